@@ -1,0 +1,95 @@
+"""The shape every capability (placement, pools, ladder, hibernation, Ollama) takes.
+
+A component sees the daemon's adapters through ``Context`` and hooks into each pass:
+``plan`` (pure: decides from the tick, touches nothing) -> the actuator runs the actions
+through the component's ``executors`` -> ``observe`` sees the results. ``status`` and
+``collect`` publish from the same tick; ``routes`` add control-API calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .actions import Action, ActionResult, Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prometheus_client.core import Metric
+
+    from .cgroups import CgroupFS
+    from .config import Config
+    from .engine import Engine
+    from .history import History
+    from .inventory import Inventory
+    from .journal import Journal
+    from .pools import PoolUsage, ReserveState
+    from .snapshot import Snapshot
+
+
+@dataclass
+class Tick:
+    """Everything one pass decides from. Built once per pass, then read-only."""
+
+    snapshot: "Snapshot"
+    cfg: "Config"
+    now: float
+    pools: dict[str, "PoolUsage"]
+    reserve: "ReserveState"
+    history: "History"
+    # Desired-value overrides by other components, per container id: e.g. the ladder's
+    # or the Ollama governor's CPU quota, which placement must not "repair" back.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reconcile: bool = False  # a full drift-repair pass (periodic or after a relist)
+    events: tuple[str, ...] = ()  # container ids with events since the last pass
+
+
+@dataclass
+class Context:
+    """The adapters, passed in so tests can hand in their own (fixture roots, clocks)."""
+
+    engine: "Engine"
+    inventory: "Inventory"
+    cgroups: "CgroupFS"
+    journal: "Journal"
+    history: "History"
+    clock: Callable[[], float]
+    get_config: Callable[[], "Config"]
+    request_pass: Callable[[], None]  # ask the loop for a pass now (e.g. after an event)
+    proc: str = "/proc"
+
+
+class Component:
+    name = "component"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def plan(self, tick: Tick) -> list[Action]:
+        return []
+
+    def executors(self) -> dict[str, Callable[[Action], Outcome]]:
+        return {}
+
+    def observe(self, tick: Tick, results: list[ActionResult]) -> None:
+        pass
+
+    def overrides(self, tick: Tick) -> dict[str, dict[str, Any]]:
+        """Desired-value overrides this component holds (merged into tick.overrides
+        before any component plans)."""
+        return {}
+
+    def status(self, tick: Tick) -> dict[str, Any] | None:
+        return None
+
+    def collect(self, tick: Tick) -> Iterable["Metric"]:
+        return ()
+
+    def routes(self) -> dict[tuple[str, str], Callable[[dict], tuple[int, dict]]]:
+        """{(method, path): handler(body) -> (http status, json)}; POST routes are root-only."""
+        return {}
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

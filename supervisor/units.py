@@ -1,0 +1,100 @@
+"""Parsing of human sizes and durations in the config ("1.38GiB", "512MiB", "5m", "30s")."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+SIZE_UNITS_HELP = "a number of bytes or a number with a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. '512MiB', '1.38GiB'"
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_UNITS_HELP = "a number of seconds or a number with a unit: ms, s, m, h, d, e.g. '500ms', '30s', '5m'"
+
+_NUM = r"\s*([0-9]+(?:\.[0-9]+)?)\s*"
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string such as '1.38GiB'. Raises ValueError naming the accepted units."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}; expected {SIZE_UNITS_HELP}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a size: {value!r}; expected {SIZE_UNITS_HELP}")
+    m = re.fullmatch(_NUM + r"([A-Za-z]*)\s*", value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"cannot parse size {value!r}; expected {SIZE_UNITS_HELP}")
+    return int(round(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]))
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as '5m'. Raises ValueError naming the accepted units."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}; expected {DURATION_UNITS_HELP}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r}; expected {DURATION_UNITS_HELP}")
+    m = re.fullmatch(_NUM + r"([a-z]*)\s*", value.strip().lower())
+    if not m or (m.group(2) or "s") not in _DURATION_UNITS:
+        raise ValueError(f"cannot parse duration {value!r}; expected {DURATION_UNITS_HELP}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+
+
+def format_bytes(n: float | None) -> str:
+    """Short human form, powers of 1024: '1.4GiB'."""
+    if n is None:
+        return "-"
+    step = 1024.0
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < step or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= step
+    return f"{n:.1f}TiB"
+
+
+def parse_cpuset(spec: str) -> tuple[int, ...]:
+    """Cores from a Linux cpuset list ('0-3,8,10-11'). Raises ValueError on bad syntax."""
+    if not isinstance(spec, str):
+        raise ValueError(f"not a cpuset: {spec!r}")
+    cores: set[int] = set()
+    text = spec.strip()
+    if not text:
+        return ()
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if not m:
+            raise ValueError(f"cannot parse cpuset {spec!r}: expected a list like '0-3,8'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"cpuset range {part!r} runs backwards")
+        cores.update(range(lo, hi + 1))
+    return tuple(sorted(cores))
+
+
+def format_cpuset(cores: tuple[int, ...] | list[int]) -> str:
+    """Canonical Linux cpuset list: (0,1,2,3,8) -> '0-3,8'."""
+    out: list[str] = []
+    run: list[int] = []
+    for c in sorted(set(cores)):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)

@@ -1,0 +1,190 @@
+"""Shared test harness.
+
+Integration tests (marker ``engine``) run against the real, isolated test engine that
+``scripts/test-engine`` starts (own socket, data root, cgroup parent; no bridge, no
+iptables). When DOCKER_HOST is not set the session starts one itself and stops it at the
+end. Containers are made from the locally imported ``rs-test/busybox`` image, run with
+``--network none``, carry the label ``rs-test=<run id>``, and are removed afterwards; the
+daemon under test is configured to manage only containers with that label, so nothing
+else on the host is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "rs-test/busybox:latest"
+RUN_ID = uuid.uuid4().hex[:10]
+TEST_LABEL = "rs-test"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """DOCKER_HOST of the isolated test engine, started here when not given."""
+    if os.environ.get("DOCKER_HOST"):
+        yield os.environ["DOCKER_HOST"]
+        return
+    env = dict(os.environ)
+    env.setdefault("SUPERVISOR_TEST_ENGINE_DIR", f"/tmp/rs-test-engine-{os.getpid()}")
+    out = subprocess.run([str(ROOT / "scripts" / "test-engine"), "start"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        pytest.fail(f"test engine did not start:\n{out.stderr}")
+    host = out.stdout.strip().split("=", 1)[1]
+    os.environ["DOCKER_HOST"] = host
+    yield host
+    subprocess.run([str(ROOT / "scripts" / "test-engine"), "stop"], env=env, timeout=120)
+    os.environ.pop("DOCKER_HOST", None)
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host):
+    import docker
+    client = docker.DockerClient(base_url=docker_host, timeout=60)
+    yield client
+    for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={RUN_ID}"}):
+        try:
+            c.remove(force=True)
+        except docker.errors.APIError:
+            pass
+    client.close()
+
+
+class Containers:
+    """Factory for test containers; removes what it made."""
+
+    def __init__(self, client):
+        self.client = client
+        self.made: list = []
+
+    def run(self, name: str | None = None, command="sleep 3600", labels: dict | None = None,
+            **kw):
+        name = name or f"rs-{uuid.uuid4().hex[:8]}"
+        lab = {TEST_LABEL: RUN_ID}
+        lab.update(labels or {})
+        kw.setdefault("network_mode", "none")
+        if isinstance(command, str) and not command.startswith("/"):
+            command = ["sh", "-c", command]
+        c = self.client.containers.run(IMAGE, command, name=name, labels=lab, detach=True, **kw)
+        self.made.append(c)
+        return c
+
+    def cleanup(self) -> None:
+        import docker
+        for c in self.made:
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:
+                pass
+
+
+@pytest.fixture
+def containers(docker_client):
+    f = Containers(docker_client)
+    yield f
+    f.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def make_config(tmp_path, request):
+    """Write a test config (exact layout, manages only this run's containers) and load it.
+    Sections given as dicts are merged over the base."""
+    from supervisor.config import HostFacts, load_config
+
+    def make(extra: dict | None = None, host: HostFacts | None = None, **top):
+        import tomllib  # noqa: F401 - keeps the toml writer honest below
+        data = {
+            "state_dir": str(tmp_path / "state"),
+            "host": {"layout": "exact"},
+            "pools": {"infrastructure": {"budget": "2GiB"}, "standard": {"budget": "2GiB"}},
+            "classes": {
+                "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
+                                   "memory_limit": "128MiB", "protected": True,
+                                   "hibernate": False},
+                "standard": {"pool": "standard", "cpuset": "any", "priority": 50,
+                             "memory_limit": "64MiB", "memory_min": "8MiB"},
+            },
+            "manage": {"require_labels": {TEST_LABEL: RUN_ID}, "default_class": "standard"},
+            "docker": {"host": os.environ.get("DOCKER_HOST", "")},
+            "intervals": {"tick": "0.2s", "reconcile": "1s"},
+            "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+            "control": {"socket": str(tmp_path / "control.sock")},
+        }
+        for k, v in (extra or {}).items():
+            if isinstance(v, dict) and isinstance(data.get(k), dict):
+                merged = dict(data[k])
+                merged.update(v)
+                data[k] = merged
+            else:
+                data[k] = v
+        data.update(top)
+        path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.toml"
+        path.write_text(to_toml(data))
+        return load_config(path, host=host), path
+    return make
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """A tiny TOML writer for test configs (tables, strings, numbers, bools, lists)."""
+    import json
+    scalars, tables = [], []
+    for k, v in data.items():
+        key = k if all(ch.isalnum() or ch in "_-" for ch in k) else json.dumps(k)
+        if isinstance(v, dict):
+            tables.append((key, v))
+        else:
+            scalars.append(f"{key} = {_toml_value(v)}")
+    out = "\n".join(scalars) + "\n"
+    for key, v in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        if not v:
+            out += f"[{name}]\n"
+            continue
+        out += f"\n[{name}]\n" + to_toml(v, name)
+    return out
+
+
+def _toml_value(v) -> str:
+    import json
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v)} to TOML")
+
+
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
