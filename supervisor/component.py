@@ -56,6 +56,9 @@ class Context:
     get_config: Callable[[], "Config"]
     request_pass: Callable[[], None]  # ask the loop for a pass now (e.g. after an event)
     proc: str = "/proc"
+    # Action kinds some executor handles (filled by the daemon after registration), so a
+    # planner can skip a step whose mechanism is absent and say so.
+    capabilities: set[str] = field(default_factory=set)
 
 
 class Component:

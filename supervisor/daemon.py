@@ -44,7 +44,10 @@ _HOST_ONLY_KINDS = {"alert"}
 
 def build_components(ctx: Context) -> list[Component]:
     """Every capability of the daemon, in the order they plan each pass."""
-    comps: list[Component] = []
+    from .core_actions import CoreActions
+
+    comps: list[Component] = [CoreActions(ctx)]
+    # Capabilities register here, one line each, in planning order.
     return comps
 
 
@@ -86,6 +89,7 @@ class Daemon:
         for comp in self.components:
             for kind, fn in comp.executors().items():
                 self.actuator.register(kind, fn)
+        self.ctx.capabilities.update(self.actuator.executors)
         self.inventory.add_listener(self._on_event)
         self.last_tick: Tick | None = None
         self.last_results: list[ActionResult] = []
