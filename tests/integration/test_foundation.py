@@ -48,8 +48,10 @@ def test_inventory_follows_events_without_a_relist(docker_host, containers):
         assert inv.connected.wait(10)
         relists = inv.counts["relists"]
         c = containers.run(name=f"rs-late-{RUN_ID}")
-        info = wait_for(lambda: inv.get(c.id), 10, what="container in inventory")
-        assert info.state == "running" and info.labels[TEST_LABEL] == RUN_ID
+        # "create" arrives before "start": wait for the state the events lead to.
+        info = wait_for(lambda: (i := inv.get(c.id)) and i.state == "running" and i, 10,
+                        what="running container in inventory")
+        assert info.labels[TEST_LABEL] == RUN_ID and info.pid > 0
         c.pause()
         wait_for(lambda: inv.get(c.id).state == "paused", 10, what="paused state")
         c.unpause()
