@@ -65,6 +65,13 @@ class HostSection(_Section):
     def _size(cls, v: Any) -> Any:
         return v if v == "auto" else _check_size(v)
 
+    @field_validator("cores")
+    @classmethod
+    def _cores(cls, v: Any) -> Any:
+        if v != "auto" and v < 1:
+            raise ValueError("must be at least 1, or \"auto\"")
+        return v
+
 
 class ReserveSection(_Section):
     emergency: Size = "1.38GiB"
@@ -387,6 +394,9 @@ def read_toml(path: str | os.PathLike) -> dict:
         raise ConfigError([("", f"cannot read config file {path}: {e.strerror}")]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([("", f"{path} is not valid TOML: {e}")]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([("", f"{path} is not UTF-8 text (byte {e.start}): TOML files "
+                            "must be UTF-8")]) from None
 
 
 def load_settings(path: str | os.PathLike | None = None, data: dict | None = None) -> Settings:
