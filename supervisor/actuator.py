@@ -40,8 +40,19 @@ class Actuator:
             self._destructive_times.popleft()
         return len(self._destructive_times) >= self.max_destructive_per_minute
 
+    def _begin(self, action: Action, now: float) -> int:
+        if self.journal is None:
+            return 0
+        try:
+            return self.journal.begin(action, now)
+        except JournalError as e:
+            log.error("%s", e)
+            self.counts[("journal", "failed")] += 1
+            return 0
+
     def execute_one(self, action: Action, dry_run: bool) -> ActionResult:
         now = self.clock()
+        seq = 0
         if dry_run:
             result = ActionResult(action, ok=True, dry_run=True,
                                   detail="would " + action.describe(), time_s=now)
@@ -54,6 +65,9 @@ class Actuator:
                 result = ActionResult(action, ok=False, dry_run=False, time_s=now,
                                       detail=f"no executor for action kind {action.kind!r}")
             else:
+                # Intent first (issue 4): a crash inside the executor leaves a row saying
+                # what was under way, marked "interrupted" at the next open.
+                seq = self._begin(action, now)
                 try:
                     out = fn(action)
                 except ContainerGone as e:
@@ -74,7 +88,10 @@ class Actuator:
         self.recent.append(result)
         if self.journal is not None:
             try:
-                self.journal.record(result)
+                if seq:
+                    self.journal.finish(seq, result)
+                else:
+                    self.journal.record(result)
             except JournalError as e:
                 log.error("%s", e)
                 self.counts[("journal", "failed")] += 1

@@ -372,6 +372,42 @@ class CgroupFS:
                    nonblock: bool = False) -> None:
         self.write(f"{loc.dir(controller)}/{name}", value, nonblock=nonblock)
 
+    def _write_may_refuse(self, path: str, value: str | int) -> bool:
+        """Write a knob whose write the kernel may refuse for lack of reclaimable memory:
+        False on EAGAIN/EBUSY (nothing is wrong with the cgroup), CgroupError otherwise."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, str(value).encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EBUSY):
+                return False
+            raise _wrap(path, e) from None
+        return True
+
+    def reclaim(self, loc: CgroupLocation, nbytes: int) -> bool:
+        """v2: ask the kernel to reclaim ``nbytes`` from the cgroup now (memory.reclaim,
+        Documentation/admin-guide/cgroup-v2.rst). True when all of it was reclaimed, False
+        when the kernel reclaimed less (EAGAIN). v1 has no such file: see reclaim_by_limit."""
+        if loc.version != 2:
+            raise CgroupError(loc.dir("memory"), "memory.reclaim exists only on cgroup v2")
+        return self._write_may_refuse(f"{loc.dir('memory')}/memory.reclaim", int(nbytes))
+
+    def reclaim_by_limit(self, loc: CgroupLocation, target_bytes: int, restore_limit: str) -> bool:
+        """v1's way to make the kernel reclaim a cgroup's memory: lower
+        memory.limit_in_bytes to ``target_bytes`` (the kernel reclaims until usage fits,
+        or refuses with EBUSY rather than OOM-kill when it cannot; cgroup-v1/memory.rst
+        2.5 and mem_cgroup_resize_max), then write ``restore_limit`` back at once. True
+        when usage fitted the target. The caller records ``restore_limit`` durably first:
+        a crash between the two writes must not leave the lowered limit behind."""
+        path = f"{loc.dir('memory')}/memory.limit_in_bytes"
+        try:
+            return self._write_may_refuse(path, int(target_bytes))
+        finally:
+            self.write(path, restore_limit)
+
     def controller_roots(self) -> dict[str, str]:
         if self.version == 2:
             return {"unified": self.root}
@@ -381,6 +417,95 @@ class CgroupFS:
         if self.version == 2:
             return read_text(f"{self.root}/cgroup.controllers").split()
         return list(self._v1_roots)
+
+    # ------------------------------------------------------------- own groups
+
+    def group_exists(self, rel: str) -> bool:
+        base = self.root if self.version == 2 else self._v1_roots.get("memory", "")
+        return bool(base) and os.path.isdir(base + "/" + rel.strip("/"))
+
+    def make_group(self, rel: str, subtree: tuple[str, ...] = ()) -> CgroupLocation:
+        """Create the cgroup ``rel`` and its missing ancestors (a pool's parent cgroup).
+
+        v2: every level we walk gets those of ``subtree`` its cgroup.controllers offers
+        enabled in cgroup.subtree_control, so the level below (and the containers Docker
+        starts there with --cgroup-parent) have memory.max, cpu.max, cpuset.cpus
+        (Documentation/admin-guide/cgroup-v2.rst, "Enabling and Disabling"). The host's
+        root is never written. v1: the directory is made in every controller hierarchy;
+        a new cpuset group starts with empty cpuset.cpus/mems, in which no task may run
+        (cgroup-v1/cpusets.rst), so both are copied from the parent level by level."""
+        parts = [p for p in rel.strip("/").split("/") if p]
+        if not parts:
+            raise CgroupError(self.root, "refusing to treat the root as a group of our own")
+        if self.version == 2:
+            d = self.root
+            for p in parts:
+                d = f"{d}/{p}"
+                self._mkdir(d)
+                if subtree:
+                    self._enable_subtree(d, subtree)
+        else:
+            seen: set[str] = set()
+            for ctrl, root in self._v1_roots.items():
+                real = os.path.realpath(root)  # cpu and cpuacct are often one mount
+                if real in seen:
+                    continue
+                seen.add(real)
+                d = root
+                for p in parts:
+                    parent, d = d, f"{d}/{p}"
+                    self._mkdir(d)
+                    if ctrl == "cpuset":
+                        for name in ("cpuset.cpus", "cpuset.mems"):
+                            if not read_text(f"{d}/{name}").strip():
+                                self.write(f"{d}/{name}", read_text(f"{parent}/{name}").strip())
+        return self.location("/" + "/".join(parts))
+
+    def remove_group(self, rel: str) -> None:
+        """Remove ``rel`` and every empty cgroup below it, in every hierarchy mounted
+        under the root (Docker's cgroupfs driver also makes the --cgroup-parent path in
+        devices, freezer, name=systemd...). A group that still holds tasks raises
+        CgroupError (EBUSY); one already gone is fine."""
+        tail = rel.strip("/")
+        if not tail:
+            raise CgroupError(self.root, "refusing to remove the root")
+        if self.version == 2:
+            bases = [self.root]
+        else:
+            try:
+                bases = sorted(f"{self.root}/{n}" for n in os.listdir(self.root))
+            except OSError as e:
+                raise _wrap(self.root, e) from None
+        seen: set[str] = set()
+        for base in bases:
+            top = os.path.realpath(f"{base}/{tail}")
+            if top in seen or not os.path.isdir(top):
+                continue
+            seen.add(top)
+            for d, _, _ in os.walk(top, topdown=False):  # children before their parent
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise _wrap(d, e) from None
+
+    def _mkdir(self, d: str) -> None:
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise _wrap(d, e) from None
+
+    def _enable_subtree(self, d: str, wanted: tuple[str, ...]) -> None:
+        offered = set(read_text(f"{d}/cgroup.controllers").split())
+        enabled = set(read_text(f"{d}/cgroup.subtree_control").split())
+        for c in wanted:
+            if c in offered and c not in enabled:
+                # One controller per write: a write naming one the kernel refuses would
+                # otherwise leave the others unset too.
+                self.write(f"{d}/cgroup.subtree_control", f"+{c}")
 
 
 def _slice_path(slice_name: str) -> str:

@@ -8,6 +8,7 @@ through the component's ``executors`` -> ``observe`` sees the results. ``status`
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -59,6 +60,10 @@ class Context:
     # Action kinds some executor handles (filled by the daemon after registration), so a
     # planner can skip a step whose mechanism is absent and say so.
     capabilities: set[str] = field(default_factory=set)
+    # Breach onsets by kind (e.g. "psi_memory"), shown as resource_supervisor_breaches_total.
+    # The daemon counts "reserve", "pool_used_over_budget" and "pool_allocated_over_budget"
+    # itself; a component adds its own kinds: ``ctx.breaches["psi_memory"] += 1``.
+    breaches: "Counter[str]" = field(default_factory=Counter)
 
 
 class Component:

@@ -184,9 +184,16 @@ class LadderSection(_Section):
     min_action_interval: Duration = "15s"
     max_actions_per_minute: int = Field(10, ge=1)
     throttle_ratio: float = Field(0.9, gt=0, le=1)
+    # CPU throttle: the container's CPU limit times this (the v1 stand-in for memory.high).
+    throttle_cpu_ratio: float = Field(0.5, gt=0, le=1)
     oom_events_threshold: int = Field(3, ge=1)
+    # Under a breach, a container idle this long may be hibernated (ladder step 4).
+    hibernate_idle_after: Duration = "30s"
+    # Grace a container gets to exit when the ladder stops it (then SIGKILL).
+    stop_timeout: Duration = "10s"
 
-    _v = field_validator("psi_duration", "grace", "clear_after", "min_action_interval")(
+    _v = field_validator("psi_duration", "grace", "clear_after", "min_action_interval",
+                         "hibernate_idle_after", "stop_timeout")(
         classmethod(lambda cls, v: _check_duration(v)))
 
 
@@ -216,8 +223,19 @@ class OllamaSection(_Section):
     api_url: str = ""  # "" = the container's published 11434 port on loopback
     api_timeout_s: float = Field(2.0, gt=0)
     idle_for: Duration = "2m"
+    # A loaded model whose /api/ps expires_at has not moved this long counts as idle
+    # (may be unloaded under memory pressure).
+    model_idle_for: Duration = "30s"
 
-    _v = field_validator("idle_for")(classmethod(lambda cls, v: _check_duration(v)))
+    _v = field_validator("idle_for", "model_idle_for")(
+        classmethod(lambda cls, v: _check_duration(v)))
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, v: str) -> str:
+        if v and not (v.startswith(("http://", "https://")) and len(v.split("://", 1)[1]) > 0):
+            raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:11434, not {v!r}")
+        return v
 
 
 class MetricsSection(_Section):

@@ -1,9 +1,11 @@
 """The control API: HTTP + JSON on a unix socket in the runtime directory.
 
 Reads (GET) are for root and members of ``control.read_group``; mutating calls (POST)
-for root only. The caller is known from the socket's peer credentials (SO_PEERCRED),
-not from anything it says. Every request is validated; a bad one gets a 4xx with a
-reason and changes nothing.
+for root only. The caller is known from the socket's peer credentials (SO_PEERCRED,
+unix(7)), not from anything it says. Every request is validated before its handler
+runs: malformed HTTP, a body that is not a JSON object, an unknown parameter, a value
+of the wrong type, an unknown path or method all get a 4xx with a reason, and nothing
+is changed. A handler signals a bad request by raising ``ApiError``.
 """
 
 from __future__ import annotations
@@ -12,17 +14,22 @@ import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import socketserver
 import struct
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Callable
+from typing import Any, Callable
+from urllib.parse import parse_qsl
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict], tuple[int, dict]]
 MAX_BODY_BYTES = 64 * 1024
+# A client that connects and then says nothing must not hold a thread for ever.
+REQUEST_TIMEOUT_S = 10.0
 
 
 class ApiError(Exception):
@@ -31,14 +38,94 @@ class ApiError(Exception):
         self.status = status
 
 
+# ---------------------------------------------------------------- parameter checking
+
+def _as_int(name: str, v: Any) -> int:
+    if isinstance(v, bool):
+        raise ApiError(400, f"{name} must be an integer, not {json.dumps(v)}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    raise ApiError(400, f"{name} must be an integer, not {json.dumps(v, default=str)}")
+
+
+def _as_float(name: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise ApiError(400, f"{name} must be a number, not {json.dumps(v)}")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise ApiError(400, f"{name} must be a number, not {json.dumps(v, default=str)}")
+
+
+def _as_bool(name: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return v.lower() in ("true", "1", "yes")
+    raise ApiError(400, f"{name} must be true or false, not {json.dumps(v, default=str)}")
+
+
+def _as_str(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ApiError(400, f"{name} must be a string, not {json.dumps(v, default=str)}")
+    if not v or len(v) > 256 or any(ord(ch) < 32 for ch in v):
+        raise ApiError(400, f"{name} must be 1-256 printable characters")
+    return v
+
+
+_CONVERT = {int: _as_int, float: _as_float, bool: _as_bool, str: _as_str}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One accepted parameter: its type, whether it must be given, its default, and the
+    inclusive range an int/float must lie in."""
+
+    type: type = str
+    required: bool = False
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+
+
+def check_params(body: dict, spec: dict[str, Param]) -> dict[str, Any]:
+    """The body's parameters, converted and range-checked, or ApiError(400) naming the
+    first problem. Parameters not in ``spec`` are refused (a typo must not be ignored)."""
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        accepted = ", ".join(sorted(spec)) or "none"
+        raise ApiError(400, f"unknown parameter {unknown[0]!r}; accepted: {accepted}")
+    out: dict[str, Any] = {}
+    for name, p in spec.items():
+        if name not in body or body[name] is None:
+            if p.required:
+                raise ApiError(400, f"missing required parameter {name!r}")
+            out[name] = p.default
+            continue
+        v = _CONVERT[p.type](name, body[name])
+        if p.min is not None and v < p.min or p.max is not None and v > p.max:
+            lo = "" if p.min is None else f"{p.min:g}"
+            hi = "" if p.max is None else f"{p.max:g}"
+            raise ApiError(400, f"{name} must be in [{lo}, {hi}], not {v}")
+        out[name] = v
+    return out
+
+
+# ---------------------------------------------------------------- the server
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process on the other end of a unix socket."""
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", data)
 
 
-def _groups_of(uid: int, gid: int) -> set[int]:
-    import pwd
+def groups_of(uid: int, gid: int) -> set[int]:
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -46,9 +133,18 @@ def _groups_of(uid: int, gid: int) -> set[int]:
     return {gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
 
 
+@dataclass(frozen=True)
+class Route:
+    fn: Handler
+    params: dict[str, Param] | None  # None: the handler checks its own body
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     server: "ControlServer"
     protocol_version = "HTTP/1.1"
+    # A garbled request line still gets a status line and headers, not a bare HTTP/0.9 body.
+    default_request_version = "HTTP/1.0"
+    timeout = REQUEST_TIMEOUT_S
 
     def address_string(self) -> str:  # unix sockets have no client address
         return "unix"
@@ -58,59 +154,106 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: dict) -> None:
         data = (json.dumps(body, default=str) + "\n").encode()
+        # One request per connection: after an early refusal the unread rest of a request
+        # must not be taken for the next one.
+        self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed request lines and headers (caught by http.server) answer in JSON too.
+        self.close_connection = True
+        try:
+            self._reply(code, {"error": message or explain or "bad request"})
+        except OSError:
+            pass
+
+    def _body(self) -> dict:
+        body: dict = {}
+        _, _, query = self.path.partition("?")
+        if query:
+            try:
+                pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+            except ValueError:
+                raise ApiError(400, "malformed query string") from None
+            for k, v in pairs:
+                if k in body:
+                    raise ApiError(400, f"parameter {k!r} given twice")
+                body[k] = v
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError(411, "send the body with a Content-Length, not chunked")
+        length = self.headers.get("Content-Length")
+        if length:
+            try:
+                n = int(length)
+            except ValueError:
+                raise ApiError(400, "Content-Length is not a number") from None
+            if n < 0 or n > MAX_BODY_BYTES:
+                raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            raw = self.rfile.read(n)
+            if len(raw) != n:
+                raise ApiError(400, "body shorter than its Content-Length")
+            if raw.strip():
+                try:
+                    parsed = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    raise ApiError(400, "body is not valid JSON") from None
+                if not isinstance(parsed, dict):
+                    raise ApiError(400, "body must be a JSON object")
+                for k, v in parsed.items():
+                    if k in body:
+                        raise ApiError(400, f"parameter {k!r} given in both query and body")
+                    body[k] = v
+        return body
 
     def _handle(self, method: str) -> None:
         try:
             _, uid, gid = peer_credentials(self.connection)
-            path, _, query = self.path.partition("?")
+            path = self.path.partition("?")[0]
             route = self.server.routes.get((method, path))
             if route is None:
-                known = sorted(p for m, p in self.server.routes if m == method)
+                other = sorted(m for m, p in self.server.routes if p == path)
+                if other:
+                    raise ApiError(405, f"{path} takes {', '.join(other)}, not {method}")
+                known = sorted(f"{m} {p}" for m, p in self.server.routes)
                 raise ApiError(404, f"no {method} {path}; known: {', '.join(known)}")
             if method == "POST" and uid != 0:
-                raise ApiError(403, "mutating calls need root")
+                raise ApiError(403, f"{method} {path} changes the daemon's state and needs "
+                                    f"root (you are uid {uid})")
             if method == "GET" and uid != 0 and not self.server.may_read(uid, gid):
                 raise ApiError(403, f"reading needs root or membership of group "
-                                    f"{self.server.read_group!r}")
-            body: dict = {}
-            if query:
-                from urllib.parse import parse_qsl
-                body.update(dict(parse_qsl(query)))
-            length = self.headers.get("Content-Length")
-            if length:
-                try:
-                    n = int(length)
-                except ValueError:
-                    raise ApiError(400, "Content-Length is not a number") from None
-                if n < 0 or n > MAX_BODY_BYTES:
-                    raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
-                raw = self.rfile.read(n)
-                if raw.strip():
-                    try:
-                        parsed = json.loads(raw)
-                    except (ValueError, UnicodeDecodeError):
-                        raise ApiError(400, "body is not valid JSON") from None
-                    if not isinstance(parsed, dict):
-                        raise ApiError(400, "body must be a JSON object")
-                    body.update(parsed)
-            status, reply = route(body)
-            self._reply(status, reply)
+                                    f"{self.server.read_group!r} (you are uid {uid})")
+            body = self._body()
+            if route.params is not None:
+                body = check_params(body, route.params)
+            result = route.fn(body)
+            if (not isinstance(result, tuple) or len(result) != 2
+                    or not isinstance(result[0], int) or not isinstance(result[1], dict)):
+                raise TypeError(f"handler for {method} {path} returned {type(result).__name__}")
+            self._reply(*result)
         except ApiError as e:
+            self.server.count(f"http_{e.status}")
             self._reply(e.status, {"error": str(e)})
         except Exception as e:  # noqa: BLE001 - a handler bug answers 500 and the daemon lives
             log.exception("control API handler failed")
+            self.server.count("http_500")
             self._reply(500, {"error": f"internal error: {type(e).__name__}"})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._handle("GET")
 
     def do_POST(self) -> None:  # noqa: N802
         self._handle("POST")
+
+    def _not_allowed(self) -> None:
+        self._reply(405, {"error": f"method {self.command} not supported; use GET or POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -119,7 +262,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, read_group: str):
         self.path = path
         self.read_group = read_group
-        self.routes: dict[tuple[str, str], Handler] = {}
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
             os.unlink(path)  # a stale socket from a crashed run
@@ -129,15 +274,22 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         # Anyone may connect; the handler decides by peer credentials.
         os.chmod(path, 0o666)
 
+    def count(self, key: str) -> None:
+        with self._counts_lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+
     def may_read(self, uid: int, gid: int) -> bool:
         try:
             want = grp.getgrnam(self.read_group).gr_gid
         except KeyError:
             return False
-        return want in _groups_of(uid, gid)
+        return want in groups_of(uid, gid)
 
-    def add(self, method: str, path: str, fn: Handler) -> None:
-        self.routes[(method, path)] = fn
+    def add(self, method: str, path: str, fn: Handler,
+            params: dict[str, Param] | None = None) -> None:
+        if method not in ("GET", "POST"):
+            raise ValueError(f"control routes are GET or POST, not {method}")
+        self.routes[(method, path)] = Route(fn, params)
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="control", daemon=True)
@@ -155,24 +307,35 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def request(path: str, method: str, url: str, body: dict | None = None,
             timeout_s: float = 10.0) -> tuple[int, dict]:
-    """Client side (supctl): one HTTP request over the unix socket."""
+    """Client side (supctl): one HTTP request over the unix socket. Raises OSError when
+    the socket cannot be reached."""
     import http.client
 
     class _Conn(http.client.HTTPConnection):
         def connect(self) -> None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(timeout_s)
-            s.connect(path)
+            try:
+                s.connect(path)
+            except OSError:
+                s.close()
+                raise
             self.sock = s
 
     conn = _Conn("localhost", timeout=timeout_s)
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data else {}
-    conn.request(method, url, body=data, headers=headers)
-    resp = conn.getresponse()
-    raw = resp.read()
-    conn.close()
     try:
-        return resp.status, json.loads(raw) if raw else {}
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else {}
+        try:
+            conn.request(method, url, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except http.client.HTTPException as e:
+            raise ConnectionError(f"bad answer from the daemon: {e}") from None
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(raw) if raw else {}
     except ValueError:
         return resp.status, {"error": raw.decode(errors="replace")}
+    return resp.status, parsed if isinstance(parsed, dict) else {"value": parsed}

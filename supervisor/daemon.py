@@ -30,16 +30,16 @@ from .host import HostSampler
 from .inventory import Inventory
 from .journal import Journal
 from .actuator import Actuator
-from .metrics import MetricsServer, make_registry
+from .metrics import MetricsServer, PassMetrics, make_registry
 from .pools import account, reserve_state
 from .sampler import Sampler
 from .sdnotify import Notifier
-from .status import build_status
 
 log = logging.getLogger("supervisor.daemon")
 
 # Actions that act on a container; held back while the engine is down (stale view).
-_HOST_ONLY_KINDS = {"alert"}
+# "pool_cgroups" writes only the pools' own cgroups, which need no engine.
+_HOST_ONLY_KINDS = {"alert", "pool_cgroups"}
 
 
 def build_components(ctx: Context) -> list[Component]:
@@ -48,7 +48,20 @@ def build_components(ctx: Context) -> list[Component]:
 
     comps: list[Component] = [CoreActions(ctx)]
     # Capabilities register here, one line each, in planning order.
+    from .poolcg import PoolCgroups; comps.append(PoolCgroups(ctx))  # noqa: E702
+    from .placement import Placement; comps.append(Placement(ctx))  # noqa: E702
+    from .ladder import Ladder; comps.append(Ladder(ctx))  # noqa: E702
+    from .hibernation import Hibernation; comps.append(Hibernation(ctx))  # noqa: E702
+    from .ollama import OllamaGovernor; comps.append(OllamaGovernor(ctx))  # noqa: E702
     return comps
+
+
+def _acting(cfg: Config) -> Config:
+    """The same config with dry_run off (GET /plan plans, POST /apply acts, for real)."""
+    if not cfg.dry_run:
+        return cfg
+    from dataclasses import replace
+    return replace(cfg, settings=cfg.settings.model_copy(update={"dry_run": False}))
 
 
 class Daemon:
@@ -96,7 +109,15 @@ class Daemon:
         self.last_pass_mono = 0.0
         self.last_pass_duration_s = 0.0
         self.pass_durations: deque[float] = deque(maxlen=1000)
+        self.breaches = self.ctx.breaches  # breach onsets by kind, for /metrics
+        self.pass_metrics = PassMetrics(self.breaches)  # tick histogram, breach onsets
         self._last_reconcile = 0.0
+        self.prev_tick: Tick | None = None  # the pass before last_tick (CPU % in status)
+        self.force_dry_run = False  # --dry-run given on the command line
+        # One pass at a time: the loop, GET /plan and POST /apply take turns.
+        self.pass_lock = threading.RLock()
+        self._last_watchdog_mono = 0.0
+        self._keepalive_every_s = 1.0  # at most this often; less when the watchdog is short
         self.metrics_server: MetricsServer | None = None
         self.control_server: ControlServer | None = None
         self.registry = make_registry(self)
@@ -120,10 +141,64 @@ class Daemon:
 
     # ------------------------------------------------------------------ one pass
 
-    def run_once(self, reconcile: bool | None = None) -> tuple[Tick, list[ActionResult]]:
-        """One pass: sample, plan, act, publish. Tests drive the daemon through this."""
+    def run_once(self, reconcile: bool | None = None,
+                 dry_run: bool | None = None) -> tuple[Tick, list[ActionResult]]:
+        """One pass: sample, plan, act, publish. Tests drive the daemon through this.
+        ``dry_run`` overrides the config's for this pass (POST /apply acts for real)."""
+        with self.pass_lock:
+            return self._pass(reconcile, dry_run)
+
+    def plan_tick(self, tick: Tick) -> tuple[list[tuple[Component, Action]], list[Action]]:
+        """What the components decide on ``tick``: (actions to run, actions held back
+        because the engine is down). Runs every plan() and executes nothing."""
+        for comp in self.components:
+            tick.overrides.update(comp.overrides(tick))
+        planned: list[tuple[Component, Action]] = []
+        for comp in self.components:
+            try:
+                for a in comp.plan(tick):
+                    planned.append((comp, a))
+            except Exception:  # noqa: BLE001 - one planner's bug must not stop the others
+                log.exception("planner %s failed", comp.name)
+                self.counts["planner_errors"] += 1
+        held: list[Action] = []
+        if not tick.snapshot.engine_up:
+            # The container view is stale while the engine is down: no container action.
+            held = [a for _, a in planned if a.kind not in _HOST_ONLY_KINDS]
+            planned = [(c, a) for c, a in planned if a.kind in _HOST_ONLY_KINDS]
+        return planned, held
+
+    def plan_now(self) -> dict:
+        """GET /plan: what the daemon would do on its last snapshot, changing nothing: a
+        full (reconcile) pass planned as if it acted for real, and nothing executed."""
+        from dataclasses import replace
+        with self.pass_lock:
+            tick = self.last_tick
+            if tick is None:
+                return {"ready": False, "actions": [], "held": []}
+            planned, held = self.plan_tick(replace(
+                tick, cfg=_acting(tick.cfg), overrides={}, reconcile=True))
+        return {"ready": True, "snapshot_time_s": tick.snapshot.time_s,
+                "dry_run": tick.cfg.dry_run, "engine_up": tick.snapshot.engine_up,
+                "actions": [a.to_dict() for _, a in planned],
+                "held": [a.to_dict() for a in held]}
+
+    def keepalive(self) -> None:
+        """WATCHDOG=1 while a long pass makes progress (sent at most once a second):
+        each engine call is bounded by docker.timeout_s, so a pass with many slow actions
+        keeps the watchdog fed, and only a call that hangs lets systemd restart us."""
+        now = time.monotonic()
+        # _last_watchdog_mono is 0 until READY=1 is sent: systemd's watchdog starts then.
+        if (self.notifier.enabled and self._last_watchdog_mono
+                and now - self._last_watchdog_mono >= self._keepalive_every_s):
+            self._last_watchdog_mono = now
+            self.notifier.notify(WATCHDOG=1)
+
+    def _pass(self, reconcile: bool | None, dry_run: bool | None) -> tuple[Tick, list[ActionResult]]:
         t0 = time.perf_counter()
         cfg = self.cfg
+        if dry_run is False and cfg.dry_run:
+            cfg = _acting(cfg)  # planners plan for real too (they may hold back repeats in dry-run)
         now = self.clock()
         with self._events_lock:
             events = tuple(self._event_ids)
@@ -145,23 +220,15 @@ class Daemon:
         tick = Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
                     reserve=reserve_state(snap, cfg), history=self.history,
                     reconcile=reconcile, events=events)
-        for comp in self.components:
-            tick.overrides.update(comp.overrides(tick))
-        planned: list[tuple[Component, Action]] = []
-        for comp in self.components:
-            try:
-                for a in comp.plan(tick):
-                    planned.append((comp, a))
-            except Exception:  # noqa: BLE001 - one planner's bug must not stop the others
-                log.exception("planner %s failed", comp.name)
-                self.counts["planner_errors"] += 1
-        if not engine_up:
-            # The container view is stale while the engine is down: no container action.
-            held = [a for _, a in planned if a.kind not in _HOST_ONLY_KINDS]
-            if held:
-                self.counts["actions_held_engine_down"] += len(held)
-            planned = [(c, a) for c, a in planned if a.kind in _HOST_ONLY_KINDS]
-        results = self.actuator.execute([a for _, a in planned], dry_run=cfg.dry_run)
+        self.keepalive()
+        planned, held = self.plan_tick(tick)
+        if held:
+            self.counts["actions_held_engine_down"] += len(held)
+        results = []
+        for _, a in planned:
+            results.append(self.actuator.execute_one(
+                a, dry_run=cfg.dry_run if dry_run is None else dry_run))
+            self.keepalive()
         by_comp: dict[int, list[ActionResult]] = {}
         for (comp, _), r in zip(planned, results):
             by_comp.setdefault(id(comp), []).append(r)
@@ -171,12 +238,13 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.exception("observer %s failed", comp.name)
                 self.counts["planner_errors"] += 1
-        self.last_tick = tick
+        self.prev_tick, self.last_tick = self.last_tick, tick
         self.last_results = results
         self.counts["passes"] += 1
         self.last_pass_mono = time.monotonic()
         self.last_pass_duration_s = time.perf_counter() - t0
         self.pass_durations.append(self.last_pass_duration_s)
+        self.pass_metrics.observe(self.last_pass_duration_s, tick)
         return tick, results
 
     # ------------------------------------------------------------------ reload
@@ -188,8 +256,14 @@ class Daemon:
         except ConfigError as e:
             self.last_config_error = e.render()
             self.counts["reload_failed"] += 1
-            log.error("reload refused, keeping the running config: %s", e.render())
+            log.error("reload refused, keeping the running config: %s", e.render(),
+                      extra={"config": self.config_path,
+                             "problems": [f"{k}: {r}" if k else r for k, r in e.problems]})
             return False, e.render()
+        if self.force_dry_run and not new.dry_run:
+            # --dry-run on the command line outlives any reload.
+            from dataclasses import replace
+            new = replace(new, settings=new.settings.model_copy(update={"dry_run": True}))
         old = self.cfg
         fixed = []
         for key, a, b in (("metrics.listen", old.settings.metrics.listen, new.settings.metrics.listen),
@@ -212,26 +286,11 @@ class Daemon:
     # ------------------------------------------------------------------ servers
 
     def _routes(self) -> None:
+        from .api import core_routes
         srv = self.control_server
         assert srv is not None
-        srv.add("GET", "/status", lambda body: (200, build_status(self)))
-        srv.add("GET", "/health", lambda body: (200, self.health()))
-
-        def journal(body: dict) -> tuple[int, dict]:
-            try:
-                limit = int(body.get("limit", 50))
-                after = int(body.get("after", 0))
-            except (TypeError, ValueError):
-                return 400, {"error": "limit and after must be integers"}
-            if not 0 < limit <= 10000 or after < 0:
-                return 400, {"error": "limit must be 1-10000 and after >= 0"}
-            return 200, {"entries": self.journal.recent(limit, after)}
-        srv.add("GET", "/journal", journal)
-
-        def reload(body: dict) -> tuple[int, dict]:
-            ok, msg = self.reload()
-            return (200 if ok else 422), ({"message": msg} if ok else {"error": msg})
-        srv.add("POST", "/reload", reload)
+        for (method, path), (fn, params) in core_routes(self).items():
+            srv.add(method, path, fn, params)
         for comp in self.components:
             for (method, path), fn in comp.routes().items():
                 srv.add(method, path, fn)
@@ -266,6 +325,18 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
+    def _note_slow_pass(self, watchdog_s: float | None) -> None:
+        """Say so when a pass runs long: past the tick it is an overrun (counted); past
+        half the watchdog interval systemd would soon restart us (logged, with why)."""
+        took = self.last_pass_duration_s
+        if took > self.cfg.tick_s:
+            self.counts["tick_overruns"] += 1
+        if watchdog_s and took > watchdog_s:
+            self.counts["slow_passes"] += 1
+            log.warning("pass took %.1fs, more than half the watchdog interval (%.0fs); "
+                        "%d actions ran in it", took, 2 * watchdog_s, len(self.last_results),
+                        extra={"pass_s": round(took, 3), "watchdog_s": 2 * watchdog_s})
+
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -294,12 +365,19 @@ class Daemon:
             comp.start()
         ready_sent = False
         min_gap_s = 0.05  # a burst of events coalesces into passes this far apart
+        # systemd's watchdog (WATCHDOG_USEC) wants a ping at least this often.
+        watchdog_s = self.notifier.watchdog_interval_s()
+        if watchdog_s:
+            self._keepalive_every_s = min(1.0, watchdog_s / 2)
         try:
             while not self._stop.is_set():
                 t0 = time.monotonic()
                 if self._reload.is_set():
                     self._reload.clear()
+                    self.notifier.notify(RELOADING=1, STATUS="reloading the config",
+                                         MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
                     self.reload()
+                    self.notifier.notify(READY=1, STATUS=self.status_line())
                 try:
                     self.run_once()
                 except SupervisorError as e:
@@ -314,8 +392,19 @@ class Daemon:
                     log.info("ready: %s", self.status_line())
                 else:
                     self.notifier.notify(WATCHDOG=1, STATUS=self.status_line())
-                elapsed = time.monotonic() - t0
-                self._wake.wait(timeout=max(min_gap_s, self.cfg.tick_s - elapsed))
+                self._last_watchdog_mono = time.monotonic()
+                self._note_slow_pass(watchdog_s)
+                # Wait for the next tick or an event; a tick longer than the watchdog
+                # interval is waited out in slices, pinging between them.
+                deadline = t0 + max(min_gap_s, self.cfg.tick_s)
+                while not self._stop.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    if self._wake.wait(timeout=min(remaining, watchdog_s or remaining)):
+                        break
+                    self.notifier.notify(WATCHDOG=1)
+                    self._last_watchdog_mono = time.monotonic()
                 self._wake.clear()
                 gap = time.monotonic() - t0
                 if gap < min_gap_s:
@@ -367,13 +456,18 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("config: %s", w)
     try:
         d = Daemon(cfg, args.config)
+        d.force_dry_run = args.dry_run
     except SupervisorError as e:
         log.error("cannot start: %s", e)
         return 1
     except OSError as e:
         log.error("cannot start: %s", e)
         return 1
-    return d.run()
+    try:
+        return d.run()
+    except OSError as e:  # e.g. the metrics port is taken or the socket dir unwritable
+        log.error("cannot serve: %s", e)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .errors import ContainerGone, EngineUnavailable
+from .errors import ContainerGone, EngineRefused, EngineUnavailable
 from .snapshot import ContainerInfo
 
 _CONN_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
@@ -156,8 +156,25 @@ class Engine:
 
     def update(self, ident: str, **kw) -> None:
         """container.update(cpuset_cpus=…, mem_limit=…, mem_reservation=…, memswap_limit=…,
-        cpu_quota=…, cpu_period=…, nano_cpus=…)."""
-        self._call("update", lambda: self._c().api.update_container(ident, **kw))
+        cpu_quota=…, cpu_period=…, nano_cpus=…). Raises EngineRefused when the engine
+        refuses the values."""
+        nano_cpus = kw.pop("nano_cpus", None)
+
+        def go() -> None:
+            api = self._c().api
+            if kw:
+                api.update_container(ident, **kw)
+            if nano_cpus is not None:
+                # The SDK's update_container has no NanoCpus, and a container started with
+                # --cpus refuses CpuQuota/CpuPeriod updates ("Conflicting options"): its
+                # CPU limit changes only through NanoCpus (API POST /containers/{id}/update).
+                res = api._post_json(api._url("/containers/{0}/update", ident),
+                                     data={"NanoCpus": int(nano_cpus)})
+                api._raise_for_status(res)
+        try:
+            self._call("update", go)
+        except docker.errors.APIError as e:
+            raise EngineRefused(f"update refused: {e.explanation or e}") from None
 
     def pause(self, ident: str) -> None:
         self._call("pause", lambda: self._c().api.pause(ident))
@@ -170,6 +187,52 @@ class Engine:
 
     def start(self, ident: str) -> None:
         self._call("start", lambda: self._c().api.start(ident))
+
+    def events_between(self, since_s: int, until_s: int, ident: str = "") -> list[dict]:
+        """Past container events (the engine keeps recent ones in memory), optionally of one
+        container; returns at once. Hibernation asks whether a container it paused was
+        unpaused by somebody else while the daemon was down."""
+        filters: dict = {"type": "container"}
+        if ident:
+            filters["container"] = ident
+        return self._call("events", lambda: list(self._c().events(
+            since=int(since_s), until=int(until_s), filters=filters, decode=True)))
+
+    # -- recreating a container (Ollama governor): create / rename / remove / networks
+
+    def _refusable(self, kind: str, fn):
+        try:
+            return self._call(kind, fn)
+        except docker.errors.APIError as e:
+            raise EngineRefused(f"{kind} refused: {e.explanation or e}") from None
+
+    def create(self, body: dict, name: str) -> str:
+        """POST /containers/create with a whole body (Config fields + HostConfig +
+        NetworkingConfig, the shapes inspect returns). Returns the new id."""
+        res = self._refusable("create", lambda: self._c().api.create_container_from_config(body, name))
+        return res["Id"]
+
+    def rename(self, ident: str, name: str) -> None:
+        self._refusable("rename", lambda: self._c().api.rename(ident, name))
+
+    def remove(self, ident: str, force: bool = False) -> None:
+        """Remove a container; its volumes are never removed (v=False)."""
+        self._refusable("remove", lambda: self._c().api.remove_container(ident, v=False, force=force))
+
+    def image_id(self, ref: str) -> str | None:
+        """The id an image reference resolves to now, None when unknown."""
+        try:
+            return self._refusable("image", lambda: self._c().api.inspect_image(ref))["Id"]
+        except ContainerGone:  # NotFound: no such image
+            return None
+
+    def connect_network(self, network: str, ident: str, endpoint: dict) -> None:
+        """Attach a container to one more network with its old aliases/addresses."""
+        ipam = endpoint.get("IPAMConfig") or {}
+        self._refusable("connect", lambda: self._c().api.connect_container_to_network(
+            ident, network, aliases=endpoint.get("Aliases") or None,
+            ipv4_address=ipam.get("IPv4Address") or None,
+            ipv6_address=ipam.get("IPv6Address") or None))
 
     @property
     def client(self) -> docker.DockerClient:

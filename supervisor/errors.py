@@ -43,3 +43,8 @@ class EngineUnavailable(SupervisorError):
 
 class ContainerGone(SupervisorError):
     """A container vanished between being seen and being acted on."""
+
+
+class EngineRefused(SupervisorError):
+    """The engine answered but refused a request (e.g. conflicting CPU options, a memory
+    limit the kernel would not take)."""

@@ -2,18 +2,26 @@
 directory. Each row is committed before the next action starts, so a crash loses at
 most the action under way, never one already recorded. Bounded: the oldest rows are
 pruned past ``max_rows``. Also a small key/value table for state that must survive a
-restart (what the daemon throttled or hibernated)."""
+restart (what the daemon throttled or hibernated).
+
+An action is written twice: ``begin`` commits its intent (outcome "pending") before the
+executor runs and ``finish`` fills in the result, so a crash between deciding and acting
+leaves a row saying what was under way; the next open marks such rows "interrupted".
+``note`` records a decision that led to no action (a ladder step skipped or held, a
+breach cleared). At open the database is checked (PRAGMA quick_check); a damaged file is
+moved aside, never silently reused."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from typing import Any, Iterable
 
-from .actions import ActionResult
+from .actions import Action, ActionResult
 from .errors import SupervisorError
 
 _SCHEMA = """
@@ -40,6 +48,9 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+log = logging.getLogger(__name__)
+
+
 class JournalError(SupervisorError):
     pass
 
@@ -50,22 +61,108 @@ class Journal:
         self.max_rows = max_rows
         self.clock = clock
         self._lock = threading.Lock()
+        self.damaged_moved_to = ""  # where a database that failed its check at open went
         try:
             if path != ":memory:":
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a row is on disk when record() returns (crash between decide and act).
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
+            db: sqlite3.Connection | None = None
+            try:
+                db = self._open(path)
+                problem = self._check(db)
+            except sqlite3.OperationalError:
+                raise  # locked, unreadable, no space: not damage; never move a sound file
+            except sqlite3.DatabaseError as e:  # "file is not a database", malformed image
+                problem = str(e)
+            if problem and path != ":memory:":
+                if db is not None:
+                    db.close()
+                self.damaged_moved_to = f"{path}.damaged-{int(time.time())}"
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(path + suffix):
+                        os.replace(path + suffix, self.damaged_moved_to + suffix)
+                log.error("journal %s failed its check (%s); moved to %s and started anew",
+                          path, problem, self.damaged_moved_to)
+                db = self._open(path)
+            assert db is not None
+            self._db = db
+            self.damaged = problem
+            # Rows a crash left between begin() and finish(): the action may or may not
+            # have run; say so instead of leaving them "pending" for ever.
+            cur = self._db.execute(
+                "UPDATE journal SET outcome = 'interrupted', detail = ? WHERE outcome = 'pending'",
+                ("the daemon stopped before this action's result was recorded",))
+            self.interrupted_at_open = cur.rowcount
+        except (sqlite3.Error, OSError) as e:
             raise JournalError(f"cannot open journal {path}: {e}") from None
         self._writes = 0
 
-    def record(self, result: ActionResult) -> int:
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a row is on disk when record() returns (crash between decide and act).
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        return db
+
+    @staticmethod
+    def _check(db: sqlite3.Connection) -> str:
+        """"" when the database is sound, else what SQLite found wrong."""
+        rows = db.execute("PRAGMA quick_check").fetchall()
+        text = "; ".join(str(r[0]) for r in rows)
+        return "" if text == "ok" else text
+
+    def integrity_check(self) -> str:
+        """PRAGMA integrity_check: "ok" when the database is sound."""
+        with self._lock:
+            try:
+                rows = self._db.execute("PRAGMA integrity_check").fetchall()
+            except sqlite3.Error as e:
+                return str(e)
+        return "; ".join(str(r[0]) for r in rows)
+
+    def begin(self, action: Action, time_s: float | None = None, dry_run: bool = False) -> int:
+        """Commit an action's intent (outcome "pending") before its executor runs."""
+        a = action
+        row = (time_s or self.clock(), a.kind, a.source, a.target, a.name, a.reason, "pending",
+               int(dry_run), "", json.dumps(a.params, default=str), "{}", "{}")
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO journal (time_s, kind, source, target, name, reason, outcome,"
+                    " dry_run, detail, params, before, after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                self._writes += 1
+                if self._writes % 500 == 0:
+                    self._prune()
+                return int(cur.lastrowid)
+            except sqlite3.Error as e:
+                raise JournalError(f"journal write failed: {e}") from None
+
+    def finish(self, seq: int, result: ActionResult) -> None:
+        """Fill in the result of the row ``begin`` returned."""
+        with self._lock:
+            try:
+                self._db.execute(
+                    "UPDATE journal SET outcome = ?, detail = ?, before = ?, after = ? WHERE seq = ?",
+                    (result.outcome, result.detail, json.dumps(result.before, default=str),
+                     json.dumps(result.after, default=str), seq))
+            except sqlite3.Error as e:
+                raise JournalError(f"journal write failed: {e}") from None
+
+    def note(self, kind: str, source: str, target: str, name: str, reason: str, outcome: str,
+             detail: str = "", params: dict[str, Any] | None = None, dry_run: bool = False,
+             time_s: float | None = None) -> int:
+        """A decision that led to no action (e.g. outcome "skipped", "held", "cleared")."""
+        return self.record(ActionResult(
+            Action(kind=kind, target=target, name=name, reason=reason, source=source,
+                   params=dict(params or {})),
+            ok=True, dry_run=dry_run, detail=detail, time_s=time_s or self.clock()),
+            outcome=outcome)
+
+    def record(self, result: ActionResult, outcome: str | None = None) -> int:
         a = result.action
         row = (result.time_s or self.clock(), a.kind, a.source, a.target, a.name, a.reason,
-               result.outcome, int(result.dry_run), result.detail,
+               outcome or result.outcome, int(result.dry_run), result.detail,
                json.dumps(a.params, default=str), json.dumps(result.before, default=str),
                json.dumps(result.after, default=str))
         with self._lock:
@@ -101,6 +198,22 @@ class Journal:
             for k in ("params", "before", "after"):
                 r[k] = json.loads(r[k])
             r["dry_run"] = bool(r["dry_run"])
+        return list(reversed(rows))
+
+    def since(self, time_s: float, source: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+        """Rows at or after ``time_s`` (oldest first), of one source when given: what a
+        restarted planner reads back to keep its rate limits."""
+        q = "SELECT seq, time_s, kind, source, target, name, outcome, dry_run FROM journal WHERE time_s >= ?"
+        args: list[Any] = [time_s]
+        if source:
+            q += " AND source = ?"
+            args.append(source)
+        q += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            cur = self._db.execute(q, args)
+            cols = [d[0] for d in cur.description]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
         return list(reversed(rows))
 
     def count(self) -> int:

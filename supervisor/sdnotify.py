@@ -11,6 +11,7 @@ class Notifier:
     def __init__(self, address: str | None = None):
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         self._sock: socket.socket | None = None
+        self.dropped = 0  # messages that could not be sent (no listener, queue full)
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -27,9 +28,12 @@ class Notifier:
         if addr.startswith("@"):  # abstract namespace socket
             addr = "\0" + addr[1:]
         try:
-            self._sock.sendto(msg, addr)
+            # Never block the loop on a slow reader: a full queue drops this one message
+            # (the next pass sends another) instead of stalling every pass behind it.
+            self._sock.sendto(msg, socket.MSG_DONTWAIT, addr)
             return True
         except OSError:
+            self.dropped += 1
             return False
 
     def watchdog_interval_s(self) -> float | None:

@@ -32,6 +32,60 @@ def container_row(c, tick) -> dict[str, Any]:
     }
 
 
+def cpu_percent(cur_cpu_s: float | None, prev_cpu_s: float | None, interval_s: float) -> float | None:
+    """CPU use between two samples, 100 = one core busy (as `docker stats`). None when
+    either sample is missing or the counter went back (the container restarted)."""
+    if cur_cpu_s is None or prev_cpu_s is None or interval_s <= 0 or cur_cpu_s < prev_cpu_s:
+        return None
+    return round((cur_cpu_s - prev_cpu_s) / interval_s * 100.0, 1)
+
+
+def container_cpu_percents(tick, prev_tick) -> dict[str, float | None]:
+    """Per container id, CPU % between the previous pass and this one."""
+    if prev_tick is None:
+        return {}
+    interval_s = tick.snapshot.time_s - prev_tick.snapshot.time_s
+    prev = {c.info.id: c.stats.cpu_usage_s for c in prev_tick.snapshot.containers if c.stats}
+    return {c.info.id: cpu_percent(c.stats.cpu_usage_s if c.stats else None,
+                                   prev.get(c.info.id), interval_s)
+            for c in tick.snapshot.containers}
+
+
+def hibernation_rows(section: Any) -> dict[str, dict[str, Any]]:
+    """The hibernation component's per-container rows (``containers``: a mapping keyed
+    by container id, short id or name, or a list of rows carrying ``id``/``name``), keyed
+    every way a container row can be looked up."""
+    if not isinstance(section, dict):
+        return {}
+    rows = section.get("containers")
+    items: list[tuple[str, Any]] = []
+    if isinstance(rows, dict):
+        items = [(str(k), v) for k, v in rows.items()]
+    elif isinstance(rows, list):
+        items = [(str(r.get("id") or r.get("name") or ""), r) for r in rows if isinstance(r, dict)]
+    out: dict[str, dict[str, Any]] = {}
+    for key, row in items:
+        if not isinstance(row, dict):
+            continue
+        for k in {key, key[:12], str(row.get("id", ""))[:12], str(row.get("name", ""))} - {""}:
+            out[k] = row
+    return out
+
+
+def own_process() -> dict[str, Any]:
+    """The daemon's own footprint: it must stay small on the host it guards."""
+    import psutil
+
+    try:
+        p = psutil.Process()
+        with p.oneshot():
+            t = p.cpu_times()
+            return {"rss_bytes": p.memory_info().rss, "cpu_seconds": round(t.user + t.system, 3),
+                    "threads": p.num_threads()}
+    except psutil.Error:
+        return {}
+
+
 def build_status(d: "Daemon") -> dict[str, Any]:
     tick = d.last_tick
     cfg = d.cfg
@@ -46,6 +100,7 @@ def build_status(d: "Daemon") -> dict[str, Any]:
             "loop_alive": d.loop_alive(),
             "config_errors": d.last_config_error,
             "cgroup_version": d.cgroups.version,
+            **own_process(),
         },
         "engine": {"up": d.inventory.engine_up, "error": d.inventory.engine_error,
                    "host": cfg.settings.docker.host or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")},
@@ -66,15 +121,33 @@ def build_status(d: "Daemon") -> dict[str, Any]:
     out["reserve"] = tick.reserve.to_dict()
     out["pools"] = {name: p.to_dict() for name, p in tick.pools.items()}
     out["classes"] = {name: {"cpuset": c.cpuset or "any", "pool": c.pool, "priority": c.priority,
+                             "cores": len(c.cores) if c.cores is not None else cfg.host.cores,
+                             "memory_limit_bytes": c.memory_limit_bytes,
+                             "ports": f"{c.ports[0]}-{c.ports[1]}" if c.ports else "",
                              "protected": c.protected, "hibernate": c.hibernate}
                       for name, c in cfg.classes.items()}
     out["containers"] = [container_row(c, tick) for c in snap.containers]
+    sections = component_sections(d, tick)
+    cpu = container_cpu_percents(tick, getattr(d, "prev_tick", None))
+    idle = hibernation_rows(sections.get("hibernation"))
+    for row, c in zip(out["containers"], snap.containers):
+        row["cpu_percent"] = cpu.get(c.info.id)
+        hib = idle.get(row["id"]) or idle.get(row["name"]) or {}
+        row["idle_s"] = hib.get("idle_s")
+        row["hibernated"] = bool(hib.get("hibernated"))
+    for name, section in sections.items():
+        if section is not None:
+            out[name] = section
+    out["actions"] = [r.to_dict() for r in list(d.actuator.recent)[-10:]]
+    return out
+
+
+def component_sections(d: "Daemon", tick) -> dict[str, Any]:
+    """Each component's status section (None: it has none)."""
+    out: dict[str, Any] = {}
     for comp in d.components:
         try:
-            section = comp.status(tick)
+            out[comp.name] = comp.status(tick)
         except Exception as e:  # noqa: BLE001 - one section's bug must not hide the rest
-            section = {"error": f"{type(e).__name__}: {e}"}
-        if section is not None:
-            out[comp.name] = section
-    out["actions"] = [r.to_dict() for r in list(d.actuator.recent)[-10:]]
+            out[comp.name] = {"error": f"{type(e).__name__}: {e}"}
     return out

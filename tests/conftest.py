@@ -129,6 +129,9 @@ def make_config(tmp_path, request):
             "manage": {"require_labels": {TEST_LABEL: RUN_ID}, "default_class": "standard"},
             "docker": {"host": os.environ.get("DOCKER_HOST", "")},
             "intervals": {"tick": "0.2s", "reconcile": "1s"},
+            # Pool cgroups would go under the host's cgroup root: a test turns them on
+            # with a parent of its own (and removes it).
+            "pool_cgroups": {"enabled": False},
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             "control": {"socket": str(tmp_path / "control.sock")},
         }

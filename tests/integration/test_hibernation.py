@@ -1,0 +1,393 @@
+"""Hibernation on the real engine and kernel: an idle httpd is paused and a client in its
+namespace wakes it and gets its page; busy and infrastructure containers stay up; a slow
+stream is not frozen; stop mode through supctl; nobody else's pause is undone; page cache
+is released; readiness follows the health check; a restarted daemon still wakes on a
+connection. Plus the sock_diag probe on the host's loopback."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from conftest import ROOT, wait_for
+from supervisor.cgroups import CgroupFS
+from supervisor.control import request
+from supervisor.daemon import Daemon
+from supervisor.netdiag import NetnsWorker, list_tcp, open_probe
+
+MIB = 2**20
+HTTPD = ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]
+PAGE = "resource-supervisor test page"
+IDLE_AFTER_S = 2.0
+
+
+def hib_config(make_config, idle_after=f"{IDLE_AFTER_S}s", **extra):
+    classes = {
+        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
+                           "memory_limit": "128MiB", "protected": True, "hibernate": False},
+        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "64MiB",
+                     "memory_min": "8MiB", "idle_after": idle_after},
+        "batch": {"pool": "standard", "cpuset": "any", "memory_limit": "64MiB",
+                  "memory_min": "8MiB", "idle_after": "1h", "hibernate_mode": "stop"},
+    }
+    return make_config({"classes": classes, **extra})
+
+
+@contextlib.contextmanager
+def daemon_thread(cfg, path):
+    """The daemon's own loop, servers and threads, in this process."""
+    d = Daemon(cfg, str(path))
+    t = threading.Thread(target=d.run, name="daemon-under-test")
+    t.start()
+    try:
+        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
+        yield d
+    finally:
+        d.request_stop()
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+
+def state(c) -> str:
+    c.reload()
+    return c.status
+
+
+def in_ns(c, *argv, timeout=20):
+    """A busybox command in the container's network namespace (its loopback)."""
+    c.reload()
+    pid = c.attrs["State"]["Pid"]
+    return subprocess.run(["nsenter", "-t", str(pid), "-n", "/bin/busybox", *argv],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def api(cfg, method, url, body=None):
+    return request(cfg.settings.control.socket, method, url, body)
+
+
+def rows_for(d, c, kind):
+    return [e for e in d.journal.recent(1000, kinds=[kind]) if e["target"] == c.id]
+
+
+def hib_row(cfg, c):
+    code, st = api(cfg, "GET", "/status")
+    assert code == 200
+    return next((r for r in st["hibernation"]["containers"] if r["id"] == c.id[:12]), None)
+
+
+def test_idle_httpd_is_paused_and_a_client_in_its_namespace_wakes_it(make_config, containers):
+    cfg, path = hib_config(make_config)
+    web = containers.run(command=HTTPD)
+    with daemon_thread(cfg, path) as d:
+        wait_for(lambda: state(web) == "paused", 20, what="the idle httpd paused")
+        (row,) = wait_for(lambda: [r for r in rows_for(d, web, "hibernate") if r["outcome"] == "ok"],
+                          10, what="the hibernation's journal row")
+        assert row["source"] == "hibernation" and "idle for" in row["reason"]
+        assert "watching 127.0.0.1:8080" in row["detail"] and "released" in row["detail"]
+        st_row = hib_row(cfg, web)
+        assert st_row["hibernated"] and st_row["mode"] == "pause"
+        assert st_row["watching"] == ["127.0.0.1:8080"]
+        code, st = api(cfg, "GET", "/status")
+        assert [c for c in st["containers"] if c["id"] == web.id[:12]][0]["hibernated"] is True
+
+        got = in_ns(web, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/")
+        assert got.returncode == 0 and PAGE in got.stdout
+        assert state(web) == "running"
+        (wake,) = wait_for(lambda: rows_for(d, web, "wake"), 10, what="the wake's journal row")
+        assert wake["outcome"] == "ok" and wake["params"]["trigger"] == "connection"
+        assert "127.0.0.1:8080" in wake["reason"]
+        body = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
+                                      timeout=5).read().decode()
+        assert 'resource_supervisor_hibernation_wakes_total{trigger="connection"} 1.0' in body
+        assert "resource_supervisor_hibernation_wake_latency_seconds_count 1.0" in body
+
+
+def test_busy_and_infrastructure_containers_are_never_hibernated(make_config, containers):
+    cfg, path = hib_config(make_config)
+    idle = containers.run(command=HTTPD)
+    writer = containers.run(  # ~0.03 cores: CPU above cpu_idle_cores
+        command="while :; do dd if=/dev/zero of=/data/f bs=64k count=32 2>/dev/null; sleep 0.1; done",
+        tmpfs={"/data": "size=16m"})
+    polled = containers.run(  # ~0.002 cores: only its connections say it is in use
+        command="httpd -p 127.0.0.1:8080 -h /www; while sleep 1; do wget -q -O /dev/null http://127.0.0.1:8080/; done")
+    infra = containers.run(command=HTTPD, labels={"supervisor.class": "infrastructure"})
+    busy = (writer, polled, infra)
+    with daemon_thread(cfg, path) as d:
+        wait_for(lambda: state(idle) == "paused", 20, what="the idle control paused")
+        deadline = time.monotonic() + 3 * IDLE_AFTER_S
+        while time.monotonic() < deadline:
+            assert [state(c) for c in busy] == ["running"] * 3
+            time.sleep(0.25)
+        for c in busy:
+            assert rows_for(d, c, "hibernate") == []
+        assert hib_row(cfg, writer)["last_busy"]
+        # its loopback traffic, not its CPU, keeps it awake
+        assert hib_row(cfg, polled)["last_busy"].startswith(("network", "1 new connection"))
+        assert hib_row(cfg, infra) is None  # not even a candidate
+        code, body = api(cfg, "POST", "/hibernate", {"name": infra.name})
+        assert code == 409 and "never hibernates" in body["error"]
+        assert state(infra) == "running"
+
+
+def test_a_slow_stream_is_not_frozen_mid_flight(make_config, containers):
+    # Bytes alone would not tell: the byte threshold is set above this stream's rate, so
+    # only the sock_diag check (its last data a moment ago) keeps it awake.
+    cfg, path = hib_config(make_config, idle_after="3s",
+                           hibernation={"net_idle_bytes_per_s": 4096})
+    streamer = containers.run(
+        command="printf 'while :; do echo x; sleep 1; done\\n' > /tmp/s.sh; "
+                "exec nc -ll -p 9000 -e sh /tmp/s.sh")
+    time.sleep(0.5)
+    streamer.reload()
+    pid = streamer.attrs["State"]["Pid"]
+    # The client's stdin is empty: it sends FIN at once and only reads, so the server's end
+    # is half-closed (CLOSE_WAIT) while the stream flows, as after an HTTP request.
+    client = subprocess.Popen(["nsenter", "-t", str(pid), "-n", "/bin/busybox", "nc",
+                               "127.0.0.1", "9000"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        with daemon_thread(cfg, path) as d:
+            wait_for(lambda: any("not idle: stream" in r["detail"]
+                                 for r in rows_for(d, streamer, "hibernate")),
+                     20, what="a hibernation held back by the stream")
+            assert state(streamer) == "running"
+            assert all(r["outcome"] == "skipped" for r in rows_for(d, streamer, "hibernate"))
+            assert client.stdout.readline() == "x\n"  # the stream still flows
+            client.kill()
+            client.wait(10)
+            wait_for(lambda: state(streamer) == "paused", 20,
+                     what="hibernation once the stream ended")
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+
+
+def supctl(cfg, *args):
+    return subprocess.run([sys.executable, "-m", "supervisor.cli", "--socket",
+                           cfg.settings.control.socket, *args],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_stop_mode_hibernate_and_wake_through_supctl(make_config, containers):
+    cfg, path = hib_config(make_config)
+    job = containers.run(command="trap 'exit 0' TERM; while :; do sleep 1; done",
+                         labels={"supervisor.class": "batch"})
+    with daemon_thread(cfg, path) as d:
+        r = supctl(cfg, "hibernate", job.name)
+        assert r.returncode == 0, r.stderr
+        assert "stopped" in r.stdout
+        assert state(job) == "exited"
+        row = hib_row(cfg, job)
+        assert row["hibernated"] and row["mode"] == "stop"
+        assert d.journal.get_state(f"hibernation/{job.id}")["phase"] == "stopped"
+
+        r = supctl(cfg, "wake", job.name)
+        assert r.returncode == 0, r.stderr
+        assert "started" in r.stdout
+        assert state(job) == "running"
+        assert d.journal.get_state(f"hibernation/{job.id}") is None
+        (wake,) = rows_for(d, job, "wake")
+        assert wake["source"] == "api" and wake["outcome"] == "ok"
+
+        r = supctl(cfg, "wake", job.name)
+        assert r.returncode == 1 and "not hibernated by the supervisor" in r.stderr
+        r = supctl(cfg, "hibernate", "no-such-container")
+        assert r.returncode == 1 and "no container named" in r.stderr
+
+
+def test_nobody_elses_pause_is_undone_and_their_unpause_is_respected(make_config, containers):
+    cfg, path = hib_config(make_config)
+    theirs = containers.run(command=HTTPD)
+    ours = containers.run(command=HTTPD)
+    with daemon_thread(cfg, path) as d:
+        hib = next(c for c in d.components if c.name == "hibernation")
+        theirs.pause()
+        wait_for(lambda: state(ours) == "paused", 20, what="ours hibernated")
+        # A client waits on the container somebody else paused: it stays paused, and the
+        # client keeps waiting.
+        theirs.reload()
+        client = subprocess.Popen(["nsenter", "-t", str(theirs.attrs["State"]["Pid"]), "-n",
+                                   "/bin/busybox", "wget", "-q", "-O", "-",
+                                   "http://127.0.0.1:8080/"], stdout=subprocess.PIPE)
+        try:
+            time.sleep(2.0)
+            assert client.poll() is None and state(theirs) == "paused"
+        finally:
+            client.kill()
+            client.wait(10)
+        assert rows_for(d, theirs, "wake") == []
+        code, body = api(cfg, "POST", "/wake", {"name": theirs.name})
+        assert code == 409 and "not hibernated by the supervisor" in body["error"]
+        assert state(theirs) == "paused"
+        # Ours, unpaused by somebody else, is simply running again and forgotten.
+        assert ours.id in hib.hibernated_ids()
+        ours.unpause()
+        wait_for(lambda: ours.id not in hib.hibernated_ids(), 10, what="ours forgotten")
+        assert d.journal.get_state(f"hibernation/{ours.id}") is None
+        assert rows_for(d, ours, "wake") == []
+
+
+def test_hibernation_releases_the_page_cache(make_config, containers):
+    cfg, path = hib_config(make_config, idle_after="1h")
+    fat = containers.run(
+        command="dd if=/dev/zero of=/cache.bin bs=1M count=24 2>/dev/null && sync && "
+                "exec httpd -f -p 127.0.0.1:8080 -h /www", mem_limit="128m")
+    fs = CgroupFS()
+    wait_for(lambda: fat.reload() or fat.attrs["State"]["Pid"], 10, what="pid")
+    loc = fs.locate(fat.id, fat.attrs["State"]["Pid"])
+    wait_for(lambda: fs.read_usage(loc).memory_usage_bytes > 24 * MIB, 15, what="page cache")
+    with daemon_thread(cfg, path):
+        before = fs.read_usage(loc).memory_usage_bytes
+        code, body = api(cfg, "POST", "/hibernate", {"name": fat.name})
+        assert code == 200, body
+        assert body["hibernated"] is True and state(fat) == "paused"
+        after = fs.read_usage(loc).memory_usage_bytes
+        assert before - after >= 20 * MIB
+        assert body["released_bytes"] >= 20 * MIB
+        knob = "memory.reclaim" if fs.version == 2 else "memory.force_empty"
+        assert knob in body["detail"]
+        code, body = api(cfg, "POST", "/wake", {"name": fat.name})
+        assert code == 200 and body["woken"] is True and state(fat) == "running"
+
+
+def test_a_health_checked_container_is_ready_at_its_next_healthy_event(make_config, containers):
+    cfg, path = hib_config(make_config, idle_after="1h")
+    web = containers.run(command=HTTPD, healthcheck={
+        "test": ["CMD", "true"], "interval": 500_000_000, "retries": 1})
+    wait_for(lambda: web.reload() or web.attrs["State"]["Health"]["Status"] == "healthy", 15,
+             what="healthy")
+    with daemon_thread(cfg, path):
+        code, body = api(cfg, "POST", "/hibernate", {"name": web.name})
+        assert code == 200, body
+        got = in_ns(web, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/")
+        assert PAGE in got.stdout
+
+        def last_wake():
+            code, st = api(cfg, "GET", "/status")
+            last = st["hibernation"]["wakes"]["last"]
+            return last if last.get("ready") else None
+        last = wait_for(last_wake, 15, what="ready after the wake")
+        assert last["trigger"] == "connection"
+        # Docker stops the health monitor of a paused container; it reports healthy at
+        # its first check after the wake, which is when the container counts as ready.
+        assert last["ready_ms"] > last["latency_ms"]
+        body = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
+                                      timeout=5).read().decode()
+        assert "resource_supervisor_hibernation_wake_ready_seconds_count 1.0" in body
+
+
+def start_daemon(cfg_path):
+    return subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(cfg_path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def stop_daemon(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.returncode
+
+
+def test_a_restarted_daemon_still_wakes_a_container_on_a_connection(make_config, containers):
+    cfg, path = hib_config(make_config)
+    web = containers.run(command=HTTPD)
+    proc = start_daemon(path)
+    try:
+        wait_for(lambda: state(web) == "paused", 30, what="hibernated by the first daemon")
+    finally:
+        assert stop_daemon(proc) == 0, proc.stderr.read()
+    time.sleep(0.5)
+    assert state(web) == "paused"  # left as it was
+    proc = start_daemon(path)
+    try:
+        wait_for(lambda: os.path.exists(cfg.settings.control.socket), 20, what="control socket")
+
+        def watched():
+            try:
+                row = hib_row(cfg, web)
+            except (OSError, KeyError, AssertionError):
+                return None
+            return row if row and row["hibernated"] and not row["watch_error"] else None
+        wait_for(watched, 20, what="the restored hibernation")
+        got = in_ns(web, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/")
+        assert got.returncode == 0 and PAGE in got.stdout
+        assert state(web) == "running"
+        def wakes():
+            code, body = api(cfg, "GET", "/journal?limit=200&kind=wake")
+            return [e for e in body["entries"] if e["target"] == web.id]
+        wakes = wait_for(wakes, 10, what="the wake's journal row")
+        assert wakes[-1]["outcome"] == "ok" and wakes[-1]["params"]["trigger"] == "connection"
+    finally:
+        assert stop_daemon(proc) == 0, proc.stderr.read()
+
+
+# ---------------------------------------------------------------- the probe itself
+
+
+def test_the_probe_sees_waiting_clients_v4_v6_reuseport_and_gone_sockets():
+    """On this process's own namespace (the host's loopback): a listener with a
+    connection not yet accepted, unread bytes on an established connection, a
+    SO_REUSEPORT group, and a listener closed after the probe was made."""
+    worker = NetnsWorker()
+    made = []
+
+    def listener(family, addr, port=0, reuse=False):
+        s = socket.socket(family)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((addr, port))
+        s.listen(8)
+        made.append(s)
+        return s
+    try:
+        v4 = listener(socket.AF_INET, "127.0.0.1")
+        v6 = listener(socket.AF_INET6, "::1")
+        r1 = listener(socket.AF_INET, "127.0.0.1", reuse=True)
+        r2 = listener(socket.AF_INET, "127.0.0.1", r1.getsockname()[1], reuse=True)
+        gone = listener(socket.AF_INET, "127.0.0.1")
+        ports = {s.getsockname()[1] for s in made}
+        mine = [t for t in list_tcp(worker, os.getpid()) if t.local_port in ports]
+        assert {t.local_port for t in mine if t.listening} == ports
+        probe = open_probe(worker, os.getpid(), [t for t in mine if t.listening])
+        try:
+            assert probe.dump_families == (socket.AF_INET,)
+            assert probe.waiting() == []
+            clients = [socket.create_connection(s.getsockname()[:2], timeout=5)
+                       for s in (v4, v6, r1)]
+            made.extend(clients)
+            gone.close()
+            waiting = {w.target.local_port: w.rqueue for w in probe.waiting()}
+            assert waiting == {v4.getsockname()[1]: 1, v6.getsockname()[1]: 1,
+                               r1.getsockname()[1]: 1}
+            assert len(probe.gone) == 1
+            # accepted, then 5 bytes arrive unread on the established connection
+            server_side, _ = v4.accept()
+            made.append(server_side)
+        finally:
+            probe.close()
+        est = [t for t in list_tcp(worker, os.getpid())
+               if t.state_name == "ESTABLISHED" and t.inode and
+               (t.local_addr, t.local_port, t.remote_port) == (
+                   "127.0.0.1", v4.getsockname()[1], clients[0].getsockname()[1])]
+        probe = open_probe(worker, os.getpid(), est)
+        try:
+            assert probe.waiting() == []
+            clients[0].send(b"hello")
+            time.sleep(0.05)
+            assert [(w.target.inode, w.rqueue) for w in probe.waiting()] == [(est[0].inode, 5)]
+        finally:
+            probe.close()
+    finally:
+        for s in made:
+            s.close()
+        worker.stop()

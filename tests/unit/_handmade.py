@@ -1,0 +1,77 @@
+"""Hand-made configs, snapshots and ticks for the pure decision code (no host needed)."""
+
+from __future__ import annotations
+
+import itertools
+
+from supervisor.component import Tick
+from supervisor.config import HostFacts, load_config
+from supervisor.history import History
+from supervisor.pools import account, reserve_state
+from supervisor.snapshot import CgroupStats, ContainerInfo, ContainerSample, HostSample, Snapshot
+
+MIB = 2**20
+GIB = 2**30
+_ids = itertools.count(1)
+
+
+def config(cores: int = 4, memory: int = 8 * GIB, **over):
+    """Two classes: infrastructure on core 0 (protected), standard on "any" core."""
+    data = {
+        "state_dir": "/nonexistent",
+        "host": {"layout": "exact"},
+        "reserve": {"emergency": "512MiB"},
+        "pools": {"infrastructure": {"budget": "1GiB"}, "standard": {"budget": "100MiB"}},
+        "classes": {
+            "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
+                               "memory_limit": "128MiB", "memory_min": "32MiB",
+                               "reservation_ratio": 0.75, "protected": True, "cpu_quota": 2.0},
+            "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "40MiB",
+                         "memory_min": "16MiB", "reservation_ratio": 0.5},
+        },
+        "manage": {"default_class": "standard"},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            merged = dict(data[k])
+            merged.update(v)
+            data[k] = merged
+        else:
+            data[k] = v
+    return load_config(data=data, host=HostFacts(cores=cores, memory_bytes=memory))
+
+
+def container(name: str | None = None, *, cls: str = "standard", state: str = "running",
+              limit: int = 0, reservation: int = 0, swap: int = 0, cpuset: str = "",
+              quota_us: int = 0, period_us: int = 0, nano_cpus: int = 0,
+              working_set: int = 1 * MIB, managed: bool = True, started_at: str = "",
+              cid: str | None = None, labels: dict | None = None) -> ContainerSample:
+    n = next(_ids)
+    cid = cid or f"{n:064x}"
+    name = name or f"c{n}"
+    info = ContainerInfo(id=cid, name=name, image="busybox", labels=dict(labels or {}),
+                         state=state, pid=1000 + n, cpuset_cpus=cpuset,
+                         memory_limit_bytes=limit, memory_reservation_bytes=reservation,
+                         memory_swap_bytes=swap, cpu_quota_us=quota_us, cpu_period_us=period_us,
+                         nano_cpus=nano_cpus,
+                         started_at=started_at or f"2026-11-01T00:00:{n % 60:02d}.{n:06d}Z")
+    stats = CgroupStats(version=1, path=f"/sys/fs/cgroup/memory/docker/{cid}",
+                        memory_usage_bytes=working_set, memory_working_set_bytes=working_set,
+                        memory_limit_bytes=limit or None, cpuset_cpus=cpuset)
+    return ContainerSample(info=info, class_name=cls, class_reason="label", managed=managed,
+                           stats=stats if state in ("running", "paused", "restarting") else None)
+
+
+def host(cores: int = 4, available: int = 6 * GIB) -> HostSample:
+    return HostSample(time_s=1000.0, cores=cores, cpu_seconds=(), cpu_busy_ratio=(),
+                      memory_total_bytes=8 * GIB, memory_available_bytes=available,
+                      disks={}, nets={}, pressure={})
+
+
+def tick(cfg, containers, *, reconcile: bool = True, events=(), overrides=None,
+         history: History | None = None, now: float = 1000.0, available: int = 6 * GIB) -> Tick:
+    snap = Snapshot(time_s=now, host=host(cfg.host.cores, available),
+                    containers=tuple(containers), engine_up=True, cgroup_version=1)
+    return Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
+                reserve=reserve_state(snap, cfg), history=history or History(3600, 1.0),
+                overrides=dict(overrides or {}), reconcile=reconcile, events=tuple(events))
