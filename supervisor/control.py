@@ -306,9 +306,13 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def request(path: str, method: str, url: str, body: dict | None = None,
-            timeout_s: float = 10.0) -> tuple[int, dict]:
+            timeout_s: float | None = None) -> tuple[int, dict]:
     """Client side (supctl): one HTTP request over the unix socket. Raises OSError when
-    the socket cannot be reached."""
+    the socket cannot be reached. Reads answer at once; a mutating call may wait on the
+    engine (a stop waits out the container's own stop timeout, 10 s by default), so POSTs
+    get a minute."""
+    if timeout_s is None:
+        timeout_s = 60.0 if method == "POST" else 10.0
     import http.client
 
     class _Conn(http.client.HTTPConnection):

@@ -7,7 +7,9 @@ adds one ``ActivitySample`` per candidate: cumulative CPU seconds and block I/O 
 *busy* when a connection was opened since the previous sample, or when a rate averaged
 over a smoothing window (the class's idle_after, at most 30 s, so a timer that wakes for a
 few ms every 10 s does not count) is above its threshold. A container that has been idle
-for its class's ``idle_after`` is planned for hibernation.
+for its class's ``idle_after`` is planned for hibernation. A class with ``hibernate =
+false`` or ``protected = true`` (infrastructure) never hibernates, nor does a container
+labelled ``<hibernation.opt_out_label>=false``.
 
 Loopback traffic inside the container's namespace counts: both ends are the container's
 own processes, or a client that entered its namespace (``docker exec``, ``nsenter``), and
@@ -20,8 +22,8 @@ block I/O and their own sockets judge them.
 
 Just before hibernating, the executor lists the container's TCP sockets through
 sock_diag (``netdiag.list_tcp``): a connection waiting in an accept queue, data in
-flight, or an established connection that moved data within idle_after (tcp_info's
-last-data ages) keeps it awake, so a long stream or a quiet WebSocket is never frozen
+flight, or a connection (established or half-closed) that moved data within idle_after
+(tcp_info's last-data ages) keeps it awake, so a long stream or a quiet WebSocket is never frozen
 mid-flight. Then it records the hibernation durably (journal state table) *before*
 acting, and:
 
@@ -40,7 +42,10 @@ very connection that woke it. ``POST /wake`` (``supctl wake``) wakes either mode
 containers recorded as hibernated by us are ever unpaused; one that somebody else
 unpaused (or started) is simply running again and is forgotten. After a wake, a
 container with a Docker health check is ready at its next ``health_status: healthy``
-event; the wake-to-ready time is reported.
+event; the wake-to-ready time is reported. Docker stops the health monitor of a paused
+container and marks it unhealthy (moby daemon/health.go, CloseMonitorChannel), and its
+first check after the unpause comes one health-check interval later: wake-to-ready is
+about that interval, while the waiting client is served at once.
 """
 
 from __future__ import annotations
@@ -495,11 +500,14 @@ class Hibernation(Component):
             return HibernationState(dict(self._tracks), dict(self._records), dict(self._retry_at))
 
     def plan(self, tick: Tick) -> list[Action]:
-        if not self._loaded:
-            self.load()
         return plan_hibernation(tick, self._state())
 
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
+        """Adds this pass's activity sample of every candidate (read now, used by the next
+        plan), and holds back a retry after a failed or dry-run decision."""
+        self.load()  # normally done by start(); a daemon driven pass by pass loads here
+        if not tick.snapshot.engine_up:
+            return  # PIDs of a stale view may belong to other processes by now
         cfg = tick.cfg
         th = Thresholds.from_config(cfg)
         with self._lock:
@@ -540,6 +548,10 @@ class Hibernation(Component):
                     self._retry_at[r.action.target] = tick.now + RETRY_AFTER_FAILURE_S
             for cid in [k for k, t in self._retry_at.items() if t <= tick.now]:
                 del self._retry_at[cid]
+            present = {c.info.id for c in tick.snapshot.containers} | set(self._records)
+            for cid in [k for k, lk in self._container_locks.items()
+                        if k not in present and not lk.locked()]:
+                del self._container_locks[cid]
         self._expire_readiness()
 
     # ------------------------------------------------------------------ executors
@@ -637,6 +649,13 @@ class Hibernation(Component):
             else:
                 self._engine("stop", self.ctx.engine.stop, cid,
                              timeout_s=int(action.params.get("timeout_s", 10)))
+        except EngineUnavailable:
+            # The engine may have paused (or stopped) it before the answer was lost: keep
+            # the record and let the watcher look again once the engine answers (paused
+            # or exited: ours, and watched; running: forgotten).
+            with self._lock:
+                self._restore.add(cid)
+            raise
         except BaseException:
             self._forget(cid)
             raise
@@ -737,11 +756,15 @@ class Hibernation(Component):
 
     def _wake_locked(self, rec: Record, trigger: str, t0: float) -> Outcome:
         cid = rec.id
-        info = self.ctx.inventory.refresh_one(cid)
+        want = ("paused",) if rec.mode == "pause" else ("exited", "created")
+        # The inventory follows the engine's events: no engine round trip on the way to
+        # the unpause; only a state that looks wrong is confirmed with the engine.
+        info = self.ctx.inventory.get(cid)
+        if info is None or info.id != cid or info.state not in want:
+            info = self.ctx.inventory.refresh_one(cid)
         if info is None:
             self._forget(cid)
             return Outcome(ok=False, skipped=True, detail="container no longer exists: forgotten")
-        want = "paused" if rec.mode == "pause" else ("exited", "created")
         if info.state == "running":
             self._forget(cid)
             return Outcome(ok=True, skipped=True, detail="already running (woken by somebody else)")
@@ -751,10 +774,18 @@ class Hibernation(Component):
         if info.has_healthcheck:
             with self._lock:
                 self._awaiting_ready[cid] = (t0, rec.name, trigger)
-        if rec.mode == "pause":
-            self._engine("unpause", self.ctx.engine.unpause, cid)
-        else:
-            self._engine("start", self.ctx.engine.start, cid)
+        try:
+            if rec.mode == "pause":
+                self._engine("unpause", self.ctx.engine.unpause, cid)
+            else:
+                self._engine("start", self.ctx.engine.start, cid)
+        except HibernationError:
+            now = self.ctx.inventory.refresh_one(cid)
+            if now is not None and now.state == "running":
+                self._forget(cid)
+                return Outcome(ok=True, skipped=True,
+                               detail="already running (woken by somebody else)")
+            raise
         latency_s = time.monotonic() - t0
         self._forget(cid)
         self.wake_latency.observe(latency_s)

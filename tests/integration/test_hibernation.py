@@ -353,7 +353,7 @@ def test_the_probe_sees_waiting_clients_v4_v6_reuseport_and_gone_sockets():
         v4 = listener(socket.AF_INET, "127.0.0.1")
         v6 = listener(socket.AF_INET6, "::1")
         r1 = listener(socket.AF_INET, "127.0.0.1", reuse=True)
-        r2 = listener(socket.AF_INET, "127.0.0.1", r1.getsockname()[1], reuse=True)
+        listener(socket.AF_INET, "127.0.0.1", r1.getsockname()[1], reuse=True)  # r1's group
         gone = listener(socket.AF_INET, "127.0.0.1")
         ports = {s.getsockname()[1] for s in made}
         mine = [t for t in list_tcp(worker, os.getpid()) if t.local_port in ports]

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import ROOT, RUN_ID, TEST_LABEL, wait_for
+from conftest import ROOT, RUN_ID, wait_for
 from supervisor.actions import Action
 from supervisor.cgroups import CgroupFS
 from supervisor.component import Context
@@ -22,7 +22,8 @@ from supervisor.engine import Engine
 from supervisor.history import History
 from supervisor.inventory import Inventory
 from supervisor.journal import Journal
-from supervisor.ladder import RECLAIM_PREFIX, THROTTLE_PREFIX, Ladder
+from supervisor.ladder import Ladder
+from supervisor.ladder_knobs import RECLAIM_PREFIX, THROTTLE_PREFIX
 
 MIB = 2**20
 

@@ -7,7 +7,8 @@ from dataclasses import replace
 from supervisor.component import Tick
 from supervisor.config import HostFacts, load_config
 from supervisor.history import History
-from supervisor.ladder import LadderPlan, LadderState, Throttle, plan_breach_actions
+from supervisor.ladder import LadderPlan, LadderState, plan_breach_actions
+from supervisor.ladder_knobs import Throttle
 from supervisor.pools import account, reserve_state
 from supervisor.snapshot import (CgroupStats, ContainerInfo, ContainerSample, HostSample,
                                  Pressure, Snapshot)

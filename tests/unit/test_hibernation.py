@@ -1,14 +1,20 @@
 """Hibernation's pure decisions on hand-made samples and snapshots, and the sock_diag
 wire format (no host needed)."""
 
+import dataclasses
+import shutil
 import socket
 import struct
+import time
+from pathlib import Path
 
 import pytest
 
 from _handmade import config, container, tick
+from supervisor.cgroups import CgroupFS
+from supervisor.component import Context
 from supervisor.hibernation import (
-    MAX_WATCHED_CONNECTIONS, ActivitySample, HibernationState, LatencyHistogram, Record,
+    MAX_WATCHED_CONNECTIONS, ActivitySample, Hibernation, HibernationState, LatencyHistogram, Record,
     Thresholds, Track, connection_activity, hibernation_block, idle_since, mark_busy,
     plan_hibernation, smoothing_window_s, track_activity, wake_targets)
 from supervisor.netdiag import (
@@ -302,3 +308,50 @@ def test_latency_histogram_buckets_are_cumulative():
     got = {s.labels.get("le"): s.value for s in fam.samples if s.name == "x_seconds_bucket"}
     assert got == {"0.1": 1.0, "0.3": 3.0, "+Inf": 4.0}
     assert [s.value for s in fam.samples if s.name == "x_seconds_count"] == [4.0]
+
+
+# ---------------------------------------------------------------- memory release (fixture trees)
+
+FIX = Path(__file__).parent.parent / "fixtures"
+V1_ID, V1_PID = (FIX / "cgroup_v1" / "CAPTURED").read_text().split()
+V2_ID, V2_PID = "1d80b2bcd9525e3d116080e6adab6ed5a2c135370152a9446954687cf979dec7", 4242
+
+
+def component_on(tmp_path, tree: str, proc: str):
+    """The component on a copy of a fixture cgroup tree (its knobs become plain files)."""
+    shutil.copytree(FIX / tree, tmp_path / tree)
+    shutil.copytree(FIX / proc, tmp_path / proc)
+    fs = CgroupFS(str(tmp_path / tree), proc=str(tmp_path / proc))
+    ctx = Context(engine=None, inventory=None, cgroups=fs, journal=None, history=None,
+                  clock=time.time, get_config=cfg_with, request_pass=lambda: None,
+                  proc=str(tmp_path / proc))
+    return Hibernation(ctx), fs
+
+
+def info_of(cid: str, pid: int):
+    return dataclasses.replace(container("web", cid=cid).info, pid=pid)
+
+
+def test_v2_asks_memory_reclaim_for_all_it_holds(tmp_path):
+    hib, fs = component_on(tmp_path, "cgroup_v2", "proc_v2")
+    knob = Path(fs.locate(V2_ID, V2_PID).dir("memory")) / "memory.reclaim"
+    knob.write_text("")
+    released, note = hib._release_memory(info_of(V2_ID, V2_PID))
+    assert knob.read_text() == "52428800"  # memory.current: everything it holds
+    assert released == 0 and note.startswith("memory.reclaim released 0.0 MiB")
+
+
+def test_a_v2_kernel_without_memory_reclaim_says_so(tmp_path):
+    hib, _ = component_on(tmp_path, "cgroup_v2", "proc_v2")
+    released, note = hib._release_memory(info_of(V2_ID, V2_PID))
+    assert released is None and note == "memory not released: this kernel has no memory.reclaim"
+
+
+def test_v1_writes_memory_force_empty_and_reports_the_anonymous_memory_left(tmp_path):
+    hib, fs = component_on(tmp_path, "cgroup_v1", "proc")  # the captured host has no swap
+    knob = Path(fs.locate(V1_ID, int(V1_PID)).dir("memory")) / "memory.force_empty"
+    knob.write_text("")
+    released, note = hib._release_memory(info_of(V1_ID, int(V1_PID)))
+    assert knob.read_text() == "0"
+    assert released == 0 and note.startswith("memory.force_empty released")
+    assert "no swap on this host: 0.0 MiB of anonymous memory stays resident" in note

@@ -8,8 +8,9 @@ import random
 from supervisor.actions import Action
 from supervisor.component import Context
 from supervisor.journal import Journal
-from supervisor.ladder import (BREACH_PREFIX, THROTTLE_PREFIX, Ladder, LadderState, Throttle,
-                               eviction_rank, plan_breach_actions)
+from supervisor.ladder import (BREACH_PREFIX, Ladder, LadderState, eviction_rank,
+                               plan_breach_actions)
+from supervisor.ladder_knobs import THROTTLE_PREFIX, Throttle
 from supervisor.snapshot import Pressure
 
 from _ladder_kit import MIB, Sim, container, make_cfg, make_tick

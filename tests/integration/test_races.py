@@ -1,0 +1,294 @@
+"""Races on the real engine (issue 9): a container that vanishes between being listed and
+being updated, a cgroup that disappears between being located and being read, a container
+that somebody else restarts while it is hibernated, and Docker events that arrive out of
+order. Each is provoked for real, survived, counted, and leaves no wrong action behind.
+
+The daemon runs in this process with its inventory frozen after the first listing (the
+event thread stopped, the engine still reported up): its view is then exactly "a moment
+old", and the test decides what happens in that moment."""
+
+import contextlib
+import os
+import threading
+import time
+
+import docker
+from prometheus_client import generate_latest
+
+from conftest import wait_for
+from supervisor.cgroups import CgroupFS
+from supervisor.daemon import Daemon
+from supervisor.engine import Engine
+from supervisor.inventory import Inventory
+
+from ._procs import CONTAINER_KINDS, metric_value
+
+MIB = 2**20
+CLASSES = {
+    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
+                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
+    "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
+                 "memory_min": "8MiB", "hibernate": False},
+}
+
+
+@contextlib.contextmanager
+def frozen_view_daemon(cfg, path, **adapters):
+    """A daemon whose inventory listed the engine once and then stopped following it."""
+    d = Daemon(cfg, str(path), serve=False, **adapters)
+    d.inventory.start()
+    try:
+        assert d.inventory.connected.wait(15)
+        d.inventory.stop()  # no more events: the view is frozen, the engine still "up"
+        assert d.inventory.engine_up
+        yield d
+    finally:
+        d.inventory.stop()
+        for comp in d.components:
+            comp.stop()
+        d.journal.close()
+
+
+def scrape(d) -> str:
+    return generate_latest(d.registry).decode()
+
+
+def results_for(results, c):
+    return [r for r in results if r.action.target == c.id]
+
+
+class VanishingEngine(Engine):
+    """The real engine, where a container named in ``doomed`` is removed (for real) in
+    the instant between the executor's re-check and its update call."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.doomed: set[str] = set()
+
+    def update(self, ident, **kw):
+        if ident in self.doomed:
+            self.doomed.discard(ident)
+            self.client.api.remove_container(ident, force=True)
+        return super().update(ident, **kw)
+
+
+class VanishingCgroups(CgroupFS):
+    """The real cgroupfs, where a container named in ``doomed`` is killed (for real) in
+    the instant between locating its cgroup and reading it; the read then meets a
+    directory that is gone."""
+
+    def __init__(self, client, *a, **kw):
+        super().__init__(*a, **kw)
+        self.client = client
+        self.doomed: set[str] = set()
+        self.killed: list[str] = []
+
+    def locate(self, container_id, pid=0, cgroup_parent=""):
+        loc = super().locate(container_id, pid, cgroup_parent)
+        if container_id in self.doomed:
+            self.doomed.discard(container_id)
+            self.client.api.kill(container_id)
+            wait_for(lambda: not os.path.isdir(loc.dir("memory")), 15, 0.02,
+                     "the killed container's cgroup to go")
+            self.killed.append(container_id)
+        return loc
+
+
+def test_a_container_removed_between_listing_and_update(make_config, containers, docker_host,
+                                                        docker_client, record_property):
+    cfg, path = make_config({"classes": CLASSES})
+    early = containers.run()  # gone before the pass: its re-check finds nothing
+    late = containers.run()  # gone after its re-check, just before the update call
+    keep = containers.run()  # the pass goes on for the others
+    engine = VanishingEngine(docker_host)
+    with frozen_view_daemon(cfg, path, engine=engine) as d:
+        early.remove(force=True)
+        engine.doomed.add(late.id)
+        _, results = d.run_once(reconcile=True)
+
+        (r_early,) = results_for(results, early)
+        assert r_early.action.kind == "place" and r_early.outcome == "skipped"
+        assert "no longer exists" in r_early.detail
+        (r_late,) = results_for(results, late)
+        assert r_late.action.kind == "place" and r_late.outcome == "skipped"
+        assert r_late.detail.startswith("container gone:")
+        (r_keep,) = results_for(results, keep)
+        assert r_keep.outcome == "ok"
+        assert docker_client.api.inspect_container(keep.id)["HostConfig"]["Memory"] == 64 * MIB
+
+        body = scrape(d)
+        assert metric_value(body, "resource_supervisor_actions_total",
+                            'kind="place",outcome="skipped"') == 2.0
+        sampler_misses = sum(metric_value(body, "resource_supervisor_sampler_events_total",
+                                          f'event="{e}"') or 0
+                             for e in ("cgroup_not_found", "cgroup_vanished"))
+        assert sampler_misses >= 1  # the earlier one's cgroup was gone at sampling time
+        rows = {r["target"]: r for r in d.journal.recent(100, kinds=["place"])}
+        assert rows[early.id]["outcome"] == rows[late.id]["outcome"] == "skipped"
+
+        # Both are forgotten: the next pass plans nothing for them, and no retry is due.
+        assert d.inventory.get(early.id) is None and d.inventory.get(late.id) is None
+        _, again = d.run_once(reconcile=True)
+        assert results_for(again, early) == [] and results_for(again, late) == []
+    record_property("faults_survived", 2)
+
+
+def test_a_cgroup_that_disappears_between_locate_and_read(make_config, containers,
+                                                          docker_client, record_property):
+    cfg, path = make_config({"classes": CLASSES})
+    victim = containers.run()
+    other = containers.run()
+    cgroups = VanishingCgroups(docker_client)
+    with frozen_view_daemon(cfg, path, cgroups=cgroups) as d:
+        cgroups.doomed.add(victim.id)
+        d.sampler.invalidate()  # a full read: locate, then read
+        tick, results = d.run_once(reconcile=True)
+        assert cgroups.killed == [victim.id]
+
+        (row,) = [c for c in tick.snapshot.containers if c.info.id == victim.id]
+        assert row.stats is None and row.error.startswith("cgroup vanished:")
+        (good,) = [c for c in tick.snapshot.containers if c.info.id == other.id]
+        assert good.stats is not None and good.stats.memory_usage_bytes > 0
+        assert d.sampler.counts["cgroup_vanished"] == 1
+        body = scrape(d)
+        assert metric_value(body, "resource_supervisor_sampler_events_total",
+                            'event="cgroup_vanished"') == 1.0
+
+        # The stale view still says "running": placement planned for it, and the
+        # executor's re-check saw the truth and left it alone.
+        (r,) = results_for(results, victim)
+        assert r.outcome == "skipped" and "exited" in r.detail
+        victim.reload()
+        assert victim.status == "exited"  # not started again, not updated
+        assert victim.attrs["HostConfig"]["Memory"] == 0
+        assert results_for(results, other)[0].outcome == "ok"
+    record_property("faults_survived", 1)
+
+
+@contextlib.contextmanager
+def daemon_thread(cfg, path):
+    d = Daemon(cfg, str(path), serve=False)
+    t = threading.Thread(target=d.run, name="daemon-under-test")
+    t.start()
+    try:
+        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
+        yield d
+    finally:
+        d.request_stop()
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+
+def test_a_container_restarted_by_somebody_else_while_hibernated(make_config, containers,
+                                                                  docker_client, record_property):
+    idle_after_s = 1.5
+    classes = {
+        **CLASSES,
+        "standard": {**CLASSES["standard"], "hibernate": True, "idle_after": f"{idle_after_s}s"},
+        "batch": {"pool": "standard", "cpuset": "1", "memory_limit": "32MiB",
+                  "memory_min": "8MiB", "idle_after": f"{idle_after_s}s",
+                  "hibernate_mode": "stop"},
+    }
+    cfg, path = make_config({"classes": classes, "ladder": {"max_actions_per_minute": 60}})
+    paused = containers.run(mem_limit="64m")
+    stopped = containers.run(labels={"supervisor.class": "batch"}, mem_limit="32m")
+    with daemon_thread(cfg, path) as d:
+        hib = next(c for c in d.components if c.name == "hibernation")
+
+        def state(c):
+            c.reload()
+            return c.status
+        wait_for(lambda: state(paused) == "paused" and state(stopped) == "exited", 30, 0.1,
+                 "both hibernated")
+        wait_for(lambda: {paused.id, stopped.id} <= hib.hibernated_ids(), 10, 0.05,
+                 "both recorded as hibernated")
+
+        t_restart = time.time()
+        docker_client.api.restart(paused.id, timeout=1)  # somebody else, on a paused one
+        docker_client.api.start(stopped.id)  # and on one hibernated by stopping it
+        wait_for(lambda: not ({paused.id, stopped.id} & hib.hibernated_ids()), 15, 0.05,
+                 "both forgotten")
+        assert hib.counts["forgotten"] == 2
+        assert d.journal.states("hibernation/") == {}
+        assert state(paused) == "running" and state(stopped) == "running"
+        # They were never woken by the daemon: somebody else did it.
+        assert [r for r in d.journal.recent(200, kinds=["wake"])
+                if r["target"] in (paused.id, stopped.id)] == []
+
+        # Idle again, they may hibernate again: but only after a full idle_after counted
+        # from the restart, never at once from the old record or the old idle clock.
+        wait_for(lambda: len([r for r in d.journal.recent(200, kinds=["hibernate"])
+                              if r["target"] == paused.id and r["outcome"] == "ok"]) == 2,
+                 30, 0.1, "the second hibernation")
+        second = [r for r in d.journal.recent(200, kinds=["hibernate"])
+                  if r["target"] == paused.id and r["outcome"] == "ok"][-1]
+        assert second["time_s"] - t_restart >= idle_after_s
+        assert second["params"]["idle_s"] >= idle_after_s
+        assert state(paused) == "paused"
+    record_property("faults_survived", 2)
+
+
+def event(action, c):
+    return {"Type": "container", "Action": action, "status": action, "id": c.id,
+            "Actor": {"ID": c.id, "Attributes": {"name": c.name}},
+            "time": int(time.time()), "timeNano": time.time_ns()}
+
+
+def as_engine_sees(client, cid):
+    try:
+        a = client.api.inspect_container(cid)
+    except docker.errors.NotFound:
+        return None
+    return (a["State"]["Status"], a["State"]["Pid"], a["HostConfig"]["CpusetCpus"],
+            a["HostConfig"]["Memory"])
+
+
+def as_inventory_sees(inv, cid):
+    i = inv.get(cid)
+    return None if i is None else (i.state, i.pid, i.cpuset_cpus, i.memory_limit_bytes)
+
+
+def test_docker_events_out_of_order_end_where_the_engine_is(make_config, containers, docker_host,
+                                                            docker_client, record_property):
+    removed = containers.run()
+    paused = containers.run(mem_limit="64m", cpuset_cpus="1")
+    unpaused = containers.run(mem_limit="64m", cpuset_cpus="1")
+    restarted = containers.run(mem_limit="64m", cpuset_cpus="1")
+    inv = Inventory(Engine(docker_host))
+    inv.refresh()
+    ours = (removed, paused, unpaused, restarted)
+
+    # What happened, in order.
+    removed.remove(force=True)
+    paused.pause()
+    unpaused.pause()
+    unpaused.unpause()
+    restarted.restart(timeout=1)
+    # What arrives: late, replayed and swapped.
+    for ev in (event("destroy", removed), event("start", removed),  # a start replayed late
+               event("unpause", paused), event("pause", paused),    # swapped
+               event("unpause", unpaused), event("pause", unpaused),  # the older one last
+               event("start", restarted), event("die", restarted),  # the die of the restart
+               event("kill", restarted), {"Action": "start"},  # no id: ignored
+               event("exec_create: sh", paused)):  # not about state: ignored
+        inv.handle_event(ev)
+    for c in ours:
+        assert as_inventory_sees(inv, c.id) == as_engine_sees(docker_client, c.id), c.name
+    assert inv.get(removed.id) is None
+    assert inv.counts["events"] == 10
+
+    # Fed to a daemon, the same stream leaves no wrong action behind: nothing for the
+    # removed container, nothing for the paused one, nothing for the ones in place.
+    cfg, path = make_config({"classes": CLASSES})
+    with frozen_view_daemon(cfg, path) as d:
+        seq0 = max((r["seq"] for r in d.journal.recent(10)), default=0)
+        for ev in (event("start", removed), event("unpause", paused), event("pause", paused),
+                   event("die", restarted), event("start", restarted)):
+            d.inventory.handle_event(ev)
+        _, results = d.run_once()
+        assert [r for r in results if r.action.kind in CONTAINER_KINDS] == []
+        assert [r for r in d.journal.recent(100, after_seq=seq0)
+                if r["kind"] in CONTAINER_KINDS] == []
+        for c in ours:
+            assert as_inventory_sees(d.inventory, c.id) == as_engine_sees(docker_client, c.id)
+    record_property("faults_survived", 4)
