@@ -133,12 +133,13 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
 
     # Rule 1.3: under its pool's cgroup (running containers; compose files name no driver)
     if spec.cgroup_parent is not None and klass and cfg.settings.pool_cgroups.enabled:
-        parent = cfg.settings.pool_cgroups.parent.strip("/")
-        want = {f"{parent}/{klass.pool}", f"/{parent}/{klass.pool}", f"{parent}-{klass.pool}.slice"}
+        # The same name the daemon documents and creates (poolcg), so both agree.
+        from .poolcg import cgroup_parent_for
+        expected = cgroup_parent_for(cfg, klass.pool)
+        want = {expected, expected.lstrip("/")}
         if spec.cgroup_parent not in want:
             add("1.3", "low", f"not under the cgroup of pool {klass.pool!r} (cgroup parent "
-                              f"{spec.cgroup_parent or 'default'!r}; expected "
-                              f"{parent}/{klass.pool} or {parent}-{klass.pool}.slice)")
+                              f"{spec.cgroup_parent or 'default'!r}; expected {expected})")
 
     # Rule 2.2
     if spec.healthcheck == "none":

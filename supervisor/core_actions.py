@@ -34,8 +34,15 @@ class CoreActions(Component):
                            detail=f"refused: class {cls!r} is protected and is never stopped")
         timeout = int(action.params.get("timeout_s", 10))
         self.ctx.engine.stop(info.id, timeout_s=timeout)
+        # The engine answers 304 "not modified" (which the SDK does not raise) for a
+        # container caught between states: believe inspect, not the call's return.
+        after = self.ctx.inventory.refresh_one(info.id)
+        state = after.state if after else "removed"
+        if state in ("running", "restarting"):
+            return Outcome(ok=False, detail=f"stop returned but the container is {state}",
+                           before={"state": "running"}, after={"state": state})
         return Outcome(ok=True, detail="stopped", before={"state": "running"},
-                       after={"state": "exited"})
+                       after={"state": state})
 
 
 def make_core(ctx: Context) -> CoreActions:

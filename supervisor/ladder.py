@@ -3,9 +3,10 @@
 ``plan_breach_actions(tick, state, capabilities)`` is pure and holds every decision: it
 follows the breach signals (breaches.py) into *tracks* (one per open breach), climbs
 each track's ladder one rung at a time, and undoes throttles once their breach has
-cleared. The ``Ladder`` component only stores the state it returns, executes
-``throttle``/``unthrottle``/``reclaim`` (``alert``, ``stop`` and ``hibernate`` are other
-components' executors), journals, and reads its durable state back at start.
+cleared. The ``Ladder`` component only stores the state it returns, registers the
+``throttle``/``unthrottle``/``reclaim`` executors of ladder_knobs.py (``alert``, ``stop``
+and ``hibernate`` are other components' executors), journals, and reads its durable state
+back at start.
 
 The rungs, each taken only when the previous one did not clear the breach within
 ``ladder.grace``, and only as far as the breach's level allows (warn: alert only;

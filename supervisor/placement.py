@@ -409,12 +409,18 @@ class Placement(Component):
         self.counts: Counter[str] = Counter()
         self.last_plan: PlacementPlan | None = None
         self.last_tick: Tick | None = None
+        # Recommendations are computed once per pass on the loop thread, so neither the
+        # scrape nor GET /recommend runs numpy over the history (which the loop writes).
+        self.last_recommendations: list[dict[str, Any]] = []
 
     def plan(self, tick: Tick) -> list[Action]:
         p = plan_placement(tick, self.memory)
         self.last_plan = p
         self.last_tick = tick
         return list(p.actions)
+
+    def observe_recommendations(self, tick: Tick) -> None:
+        self.last_recommendations = recommendations(tick, self.ctx.history)
 
     def executors(self) -> dict[str, Callable[[Action], Outcome]]:
         return {"place": self._place}
@@ -451,6 +457,7 @@ class Placement(Component):
                        after=resources_of(after))
 
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
+        self.observe_recommendations(tick)
         m = self.memory
         for r in results:
             a = r.action
@@ -550,7 +557,7 @@ class Placement(Component):
         rec = GaugeMetricFamily("resource_supervisor_container_recommended_memory_limit_bytes",
                                 "Working-set percentile over the history window plus headroom "
                                 "(Rule 1.1)", labels=["name", "id", "class", "pool"])
-        for r in recommendations(tick, self.ctx.history):
+        for r in self.last_recommendations:
             if r["recommended_limit_bytes"] is not None:
                 rec.add_metric([r["name"], r["id"], r["class"], r["pool"]], r["recommended_limit_bytes"])
         yield rec
@@ -562,7 +569,7 @@ class Placement(Component):
         tick = self.last_tick
         if tick is None:
             return 503, {"error": "no pass has run yet"}
-        rows = recommendations(tick, self.ctx.history)
+        rows = list(self.last_recommendations)
         want = str(body.get("container", "")).strip()
         if want:
             rows = [r for r in rows if r["name"] == want or r["id"].startswith(want[:12])]

@@ -158,7 +158,7 @@ def test_running_container_audit(cfg):
                          pid=1, memory_limit_bytes=512 * MIB, memory_reservation_bytes=256 * MIB,
                          ports=(("10250/tcp", "127.0.0.1", 10250),), restart_policy="unless-stopped",
                          user="1000", has_healthcheck=True,
-                         cgroup_parent="resource-supervisor-standard.slice")
+                         cgroup_parent="/resource-supervisor/standard")
     assert audit_container(good, cfg) == []
     outside = ContainerInfo(id="d" * 64, name="web", image="busybox", labels={}, state="running",
                             pid=1, memory_limit_bytes=512 * MIB, memory_reservation_bytes=256 * MIB,
