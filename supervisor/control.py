@@ -40,14 +40,25 @@ class ApiError(Exception):
 
 # ---------------------------------------------------------------- parameter checking
 
+# Integers a parameter may take: what SQLite (the journal) stores, and far beyond any
+# count, size or sequence number a caller means.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _as_int(name: str, v: Any) -> int:
     if isinstance(v, bool):
         raise ApiError(400, f"{name} must be an integer, not {json.dumps(v)}")
-    if isinstance(v, int):
+    if isinstance(v, str):
+        digits = v.strip().removeprefix("-")
+        # ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.
+        if digits.isascii() and digits.isdigit():
+            # int() refuses more than 4300 digits; anything past 19 is out of range anyway
+            v = int(v) if len(digits) <= 19 else _INT_MAX + 1
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not _INT_MIN <= v <= _INT_MAX:
+            raise ApiError(400, f"{name} is out of range (a 64-bit integer)")
         return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v)
-    raise ApiError(400, f"{name} must be an integer, not {json.dumps(v, default=str)}")
+    raise ApiError(400, f"{name} must be an integer, not {json.dumps(v, default=str)[:80]}")
 
 
 def _as_float(name: str, v: Any) -> float:
@@ -74,7 +85,8 @@ def _as_bool(name: str, v: Any) -> bool:
 def _as_str(name: str, v: Any) -> str:
     if not isinstance(v, str):
         raise ApiError(400, f"{name} must be a string, not {json.dumps(v, default=str)}")
-    if not v or len(v) > 256 or any(ord(ch) < 32 for ch in v):
+    if not v or len(v) > 256 or any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in v):
+        # (a lone surrogate, from a JSON "\ud800", is no character: it cannot be stored)
         raise ApiError(400, f"{name} must be 1-256 printable characters")
     return v
 
@@ -168,6 +180,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Malformed request lines and headers (caught by http.server) answer in JSON too.
         self.close_connection = True
+        # http.server answers a method it has no do_X for with 501 and an HTTP version
+        # it does not speak with 505: both are the client's mistake, answered with a 4xx
+        # (a 5xx would say the daemon is at fault).
+        if code == 501:
+            code, message = 405, f"method {self.command!r} not supported; use GET or POST"
+        elif code >= 500:
+            code, message = 400, f"{message or explain or 'bad request'}; use HTTP/1.1"
         try:
             self._reply(code, {"error": message or explain or "bad request"})
         except OSError:
@@ -195,7 +214,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(400, "Content-Length is not a number") from None
             if n < 0 or n > MAX_BODY_BYTES:
                 raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
-            raw = self.rfile.read(n)
+            try:
+                raw = self.rfile.read(n)
+            except TimeoutError:
+                # A client that stops sending mid-body: its fault, not the daemon's.
+                raise ApiError(408, f"body not received within {REQUEST_TIMEOUT_S:g} s "
+                                    "of its Content-Length") from None
             if len(raw) != n:
                 raise ApiError(400, "body shorter than its Content-Length")
             if raw.strip():

@@ -160,9 +160,8 @@ def test_a_pool_over_budget_is_alerted_throttled_and_relieved_by_a_stop(
         assert alert["seq"] < throttle["seq"] < reclaim["seq"] < stop["seq"]
         # the skipped rung is journaled at the end of the pass that went on to the stop
         assert reclaim["time_s"] < skipped["time_s"] <= stop["time_s"]
-        assert throttle["time_s"] - alert["time_s"] >= 1.0  # one grace period
         assert "ladder step 2 (throttle)" in throttle["reason"]
-        assert "alert did not clear it" in throttle["reason"]
+        assert "alert did not clear it within 1s" in throttle["reason"]
         assert stop["target"] == victim.id
         assert "ladder step 5 (stop)" in stop["reason"] and "ranks first for eviction" in stop["reason"]
 
