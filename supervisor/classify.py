@@ -6,9 +6,23 @@ from .config import Config, glob_match
 from .snapshot import ContainerInfo
 
 
+# Label values that switch a feature off for one container (supervisor.managed,
+# supervisor.hibernate, supervisor.ollama...): one list, so every opt-out reads the same.
+FALSE_VALUES = ("false", "0", "no", "off")
+TRUE_VALUES = ("true", "1", "yes", "on")
+
+
+def label_is_false(labels: dict[str, str], key: str) -> bool:
+    return labels.get(key, "").strip().lower() in FALSE_VALUES
+
+
+def label_is_true(labels: dict[str, str], key: str) -> bool:
+    return labels.get(key, "").strip().lower() in TRUE_VALUES
+
+
 def is_managed(info: ContainerInfo, cfg: Config) -> bool:
     m = cfg.settings.manage
-    if info.labels.get(m.managed_label, "").lower() in ("false", "0", "no"):
+    if label_is_false(info.labels, m.managed_label):
         return False
     return all(info.labels.get(k) == v for k, v in m.require_labels.items())
 

@@ -63,7 +63,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .actions import Action, ActionResult, Outcome
 from .cgroups import read_text, stat_value
-from .classify import classify, is_managed
+from .classify import FALSE_VALUES as OPT_OUT_VALUES, classify, is_managed
 from .component import Component, Context, Tick
 from .config import ClassConfig, Config
 from .errors import CgroupError, CgroupGone, ContainerGone, EngineUnavailable, SupervisorError
@@ -86,7 +86,6 @@ RETRY_AFTER_FAILURE_S = 60.0
 # After a wake, a health-checked container not healthy within this time is reported as
 # not ready (and no longer waited for).
 READY_TIMEOUT_S = 300.0
-OPT_OUT_VALUES = ("false", "0", "no", "off")
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 PAUSING, PAUSED, STOPPING, STOPPED = "pausing", "paused", "stopping", "stopped"

@@ -58,6 +58,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .actions import Action, ActionResult, Outcome
 from .breaches import (CRITICAL, NONE, OVER, SEVERITY_NAMES, WARN, Signal, SignalMemory,
                        evaluate_signals, scope_members)
+from .classify import label_is_false
 from .component import Component, Context, Tick
 from .journal import JournalError
 from .ladder_knobs import (MIB, MIN_RECLAIM_BYTES, THROTTLE_PREFIX, KnobExecutors, Throttle,
@@ -426,7 +427,7 @@ def _rung_hibernate(t: Track, sig: Signal, env: _Env, members: list["ContainerSa
         cls = class_of(c, cfg)
         if not cls or not cls.hibernate:
             continue
-        if c.info.labels.get(opt_out, "").lower() in ("false", "0", "no"):
+        if label_is_false(c.info.labels, opt_out):
             continue
         a = env.activity.get(c.info.id)
         if a is None or env.tick.now - a[2] < idle_after:

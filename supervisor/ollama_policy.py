@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .classify import FALSE_VALUES, TRUE_VALUES
 from .component import Tick
 from .config import glob_match
 from .ollama_api import DEFAULT_PORT, LoadedModel, check_url
@@ -29,9 +30,9 @@ _EPS = 0.005
 def match_container(labels: dict[str, str], image: str, name: str, s) -> str:
     """How a container is recognised as Ollama: "label", "image", "name", or ""."""
     flag = labels.get(s.label, "").strip().lower()
-    if flag in ("false", "0", "no"):
+    if flag in FALSE_VALUES:
         return ""
-    if flag in ("true", "1", "yes"):
+    if flag in TRUE_VALUES:
         return "label"
     if s.images and glob_match(s.images, image):
         return "image"

@@ -185,6 +185,22 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
     if not containers:
         out.append("(no containers)")
 
+    ladder = st.get("ladder") if isinstance(st.get("ladder"), dict) else {}
+    if ladder.get("breaches") or ladder.get("throttled"):
+        out.append("")
+        out.append("BREACHES")
+        for b in ladder.get("breaches", []):
+            level = b.get("level", "")
+            col = RED if level in ("critical", "over") else YELLOW
+            nxt = (f", next {b['next_step']} in {b['next_step_in_s']:.0f}s"
+                   if b.get("next_step") and b.get("next_step_in_s") is not None else "")
+            out.append(f"  {_c(f'{level:<9}', col, color)}"
+                       f"{_fit(b.get('summary') or b.get('key', ''), 50):<51}"
+                       f"step {b.get('step_name', '')}{nxt}")
+        for t in ladder.get("throttled", []):
+            out.append(f"  throttled {_fit(t.get('name', ''), 24):<25} for {t.get('since_s', 0):.0f}s "
+                       f"({', '.join(t.get('breaches', []))})")
+
     if "ollama" in st:
         out.append("")
         policy = st["ollama"].get("policy") if isinstance(st["ollama"], dict) else None
