@@ -3,11 +3,16 @@
 Dry-run is decided here (executors are never called; the journal records "would do").
 Destructive actions are capped per minute. Every result is journaled before the next
 action runs. Executors re-check their target just before a destructive step.
+
+Besides the loop, the wake watcher and the control API execute through here too (from
+their own threads): the bookkeeping is under a lock; executors are not (a 10 s stop must
+not hold up a wake), and guard their own targets.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from typing import Callable
@@ -31,9 +36,14 @@ class Actuator:
         self.counts: Counter[tuple[str, str]] = Counter()  # (kind, outcome)
         self._destructive_times: deque[float] = deque()
         self.recent: deque[ActionResult] = deque(maxlen=50)
+        self._lock = threading.Lock()
 
     def register(self, kind: str, fn: Executor) -> None:
         self.executors[kind] = fn
+
+    def _held_by_rate_limit(self, now: float) -> bool:
+        with self._lock:
+            return self._rate_limited(now)
 
     def _rate_limited(self, now: float) -> bool:
         while self._destructive_times and now - self._destructive_times[0] > 60:
@@ -56,7 +66,7 @@ class Actuator:
         if dry_run:
             result = ActionResult(action, ok=True, dry_run=True,
                                   detail="would " + action.describe(), time_s=now)
-        elif action.destructive and self._rate_limited(now):
+        elif action.destructive and self._held_by_rate_limit(now):
             result = ActionResult(action, ok=False, dry_run=False, skipped=True, time_s=now,
                                   detail="held back: destructive action limit per minute reached")
         else:
@@ -80,12 +90,14 @@ class Actuator:
                     log.exception("executor for %s failed", action.kind)
                     out = Outcome(ok=False, detail=f"internal error: {type(e).__name__}: {e}")
                 if action.destructive and out.ok and not out.skipped:
-                    self._destructive_times.append(now)
+                    with self._lock:
+                        self._destructive_times.append(now)
                 result = ActionResult(action, ok=out.ok, dry_run=False, detail=out.detail,
                                       before=out.before, after=out.after, time_s=now,
                                       skipped=out.skipped)
-        self.counts[(action.kind, result.outcome)] += 1
-        self.recent.append(result)
+        with self._lock:
+            self.counts[(action.kind, result.outcome)] += 1
+            self.recent.append(result)
         if self.journal is not None:
             try:
                 if seq:

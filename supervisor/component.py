@@ -60,6 +60,9 @@ class Context:
     # Action kinds some executor handles (filled by the daemon after registration), so a
     # planner can skip a step whose mechanism is absent and say so.
     capabilities: set[str] = field(default_factory=set)
+    # Execute one action now, outside the pass (wake watcher, control API), through the
+    # actuator: same dry-run rule, journal, counts and logs as the loop's actions.
+    execute: Callable[[Action], ActionResult] | None = None
     # Breach onsets by kind (e.g. "psi_memory"), shown as resource_supervisor_breaches_total.
     # The daemon counts "reserve", "pool_used_over_budget" and "pool_allocated_over_budget"
     # itself; a component adds its own kinds: ``ctx.breaches["psi_memory"] += 1``.

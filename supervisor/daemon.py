@@ -103,6 +103,7 @@ class Daemon:
             for kind, fn in comp.executors().items():
                 self.actuator.register(kind, fn)
         self.ctx.capabilities.update(self.actuator.executors)
+        self.ctx.execute = lambda action: self.actuator.execute_one(action, self.cfg.dry_run)
         self.inventory.add_listener(self._on_event)
         self.last_tick: Tick | None = None
         self.last_results: list[ActionResult] = []

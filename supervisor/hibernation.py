@@ -66,7 +66,7 @@ from .cgroups import read_text, stat_value
 from .classify import FALSE_VALUES as OPT_OUT_VALUES, classify, is_managed
 from .component import Component, Context, Tick
 from .config import ClassConfig, Config
-from .errors import CgroupError, CgroupGone, ContainerGone, EngineUnavailable, SupervisorError
+from .errors import CgroupError, CgroupGone, EngineUnavailable, SupervisorError
 from .host import parse_meminfo
 from .journal import JournalError
 from .netdiag import (ConnectionProbe, NetdiagError, NetnsGone, NetnsWorker, TcpSocket,
@@ -826,6 +826,9 @@ class Hibernation(Component):
             self.counts["state_write_errors"] += 1
 
     def _forget(self, cid: str) -> None:
+        # Durable record first: once hibernated_ids() no longer lists it, a restart must
+        # not find it recorded as ours either.
+        self._del_state(cid)
         with self._lock:
             self._records.pop(cid, None)
             self._restore.discard(cid)
@@ -833,7 +836,6 @@ class Hibernation(Component):
             self._tracks.pop(cid, None)
         if w is not None and w.probe is not None:
             w.probe.close()
-        self._del_state(cid)
 
     # ------------------------------------------------------------------ events
 
@@ -963,36 +965,9 @@ class Hibernation(Component):
 
     def run_action(self, action: Action) -> ActionResult:
         """Execute one of our actions outside the daemon's pass (the watcher, the control
-        API): same dry-run rule and the same journal as the actuator's."""
-        cfg = self.ctx.get_config()
-        now = self.ctx.clock()
-        shown = Action(action.kind, action.target, action.name, action.reason, action.source,
-                       {k: v for k, v in action.params.items() if k != "detected_mono"},
-                       action.destructive)
-        if cfg.dry_run:
-            result = ActionResult(shown, ok=True, dry_run=True, time_s=now,
-                                  detail="would " + shown.describe())
-        else:
-            fn = self._hibernate if action.kind == "hibernate" else self._wake
-            try:
-                out = fn(action)
-            except ContainerGone as e:
-                out = Outcome(ok=False, skipped=True, detail=f"container gone: {e}")
-            except EngineUnavailable as e:
-                out = Outcome(ok=False, detail=f"engine unavailable: {e}")
-            except SupervisorError as e:
-                out = Outcome(ok=False, detail=str(e))
-            result = ActionResult(shown, ok=out.ok, dry_run=False, detail=out.detail,
-                                  before=out.before, after=out.after, time_s=now,
-                                  skipped=out.skipped)
-        try:
-            self.ctx.journal.record(result)
-        except JournalError as e:
-            log.error("%s", e)
-        level = logging.INFO if result.ok or result.skipped else logging.WARNING
-        log.log(level, "%s %s: %s", result.outcome, shown.describe(), result.detail,
-                extra={"action": shown.kind, "target": shown.name, "outcome": result.outcome})
-        return result
+        API) through the actuator: the same dry-run rule, journal and counts."""
+        assert self.ctx.execute is not None, "the daemon sets ctx.execute"
+        return self.ctx.execute(action)
 
     def _restore_pending(self) -> None:
         if time.monotonic() < self._restore_retry_mono:
@@ -1001,7 +976,11 @@ class Hibernation(Component):
             pending = list(self._restore)
         for cid in pending:
             try:
-                self._restore_one(cid)
+                # Under the container's lock: a wake (API, connection) racing the check
+                # would otherwise be taken for "somebody else woke it", or be followed by
+                # the record being written back for a container that runs again.
+                with self._container_lock(cid):
+                    self._restore_one(cid)
             except EngineUnavailable:
                 self._restore_retry_mono = time.monotonic() + 1.0  # the engine is down
                 return

@@ -1,7 +1,6 @@
 """The foundation on the real engine: the cgroup reader sees what Docker set, working sets
 move with real memory, and the inventory follows the event stream."""
 
-import time
 
 from conftest import RUN_ID, TEST_LABEL, wait_for
 from supervisor.cgroups import CgroupFS

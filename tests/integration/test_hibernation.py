@@ -98,7 +98,9 @@ def test_idle_httpd_is_paused_and_a_client_in_its_namespace_wakes_it(make_config
         got = in_ns(web, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/")
         assert got.returncode == 0 and PAGE in got.stdout
         assert state(web) == "running"
-        (wake,) = wait_for(lambda: rows_for(d, web, "wake"), 10, what="the wake's journal row")
+        # The intent row ("pending") is written before the wake runs; wait for its result.
+        (wake,) = wait_for(lambda: [r for r in rows_for(d, web, "wake") if r["outcome"] != "pending"],
+                           10, what="the wake's journal row")
         assert wake["outcome"] == "ok" and wake["params"]["trigger"] == "connection"
         assert "127.0.0.1:8080" in wake["reason"]
         body = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
