@@ -6,7 +6,6 @@ connection. Plus the sock_diag probe on the host's loopback."""
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import threading
 import time
 import urllib.request
 
+from ._procs import DaemonProcess
 from conftest import ROOT, wait_for
 from supervisor.cgroups import CgroupFS
 from supervisor.control import request
@@ -284,36 +284,19 @@ def test_a_health_checked_container_is_ready_at_its_next_healthy_event(make_conf
         assert "resource_supervisor_hibernation_wake_ready_seconds_count 1.0" in body
 
 
-def start_daemon(cfg_path):
-    return subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(cfg_path)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def stop_daemon(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return proc.returncode
-
-
-def test_a_restarted_daemon_still_wakes_a_container_on_a_connection(make_config, containers):
+def test_a_restarted_daemon_still_wakes_a_container_on_a_connection(make_config, containers,
+                                                                     tmp_path):
     cfg, path = hib_config(make_config)
     web = containers.run(command=HTTPD)
-    proc = start_daemon(path)
+    first = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
     try:
         wait_for(lambda: state(web) == "paused", 30, what="hibernated by the first daemon")
     finally:
-        assert stop_daemon(proc) == 0, proc.stderr.read()
+        assert first.stop() == 0, first.log_text()[-3000:]
     time.sleep(0.5)
     assert state(web) == "paused"  # left as it was
-    proc = start_daemon(path)
+    second = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
     try:
-        wait_for(lambda: os.path.exists(cfg.settings.control.socket), 20, what="control socket")
-
         def watched():
             try:
                 row = hib_row(cfg, web)
@@ -324,13 +307,14 @@ def test_a_restarted_daemon_still_wakes_a_container_on_a_connection(make_config,
         got = in_ns(web, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/")
         assert got.returncode == 0 and PAGE in got.stdout
         assert state(web) == "running"
+
         def wakes():
-            code, body = api(cfg, "GET", "/journal?limit=200&kind=wake")
-            return [e for e in body["entries"] if e["target"] == web.id]
+            return [e for e in second.journal() if e["kind"] == "wake" and e["target"] == web.id
+                    and e["outcome"] != "pending"]
         wakes = wait_for(wakes, 10, what="the wake's journal row")
         assert wakes[-1]["outcome"] == "ok" and wakes[-1]["params"]["trigger"] == "connection"
     finally:
-        assert stop_daemon(proc) == 0, proc.stderr.read()
+        assert second.stop() == 0, second.log_text()[-3000:]
 
 
 # ---------------------------------------------------------------- the probe itself

@@ -6,18 +6,15 @@ stands comes back, keeps it while the breach lasts and undoes it after; and the
 executors change (and put back) what `docker inspect` and the cgroup files show."""
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 
-from conftest import ROOT, RUN_ID, wait_for
+from . import _procs
+from conftest import RUN_ID, wait_for
 from supervisor.actions import Action
 from supervisor.cgroups import CgroupFS
 from supervisor.component import Context
-from supervisor.control import request
 from supervisor.engine import Engine
 from supervisor.history import History
 from supervisor.inventory import Inventory
@@ -52,50 +49,10 @@ def ladder_config(make_config, classes=None, **ladder):
     return make_config(cfg)
 
 
-class DaemonProcess:
-    def __init__(self, cfg, path, log_path):
-        self.cfg, self.path, self.log_path = cfg, path, log_path
-        self.sock = cfg.settings.control.socket
-        self.proc = None
-
-    def start(self):
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(self.path)],
-                                     cwd=ROOT, env=dict(os.environ), stdout=log, stderr=log)
-        log.close()
-        wait_for(lambda: self.get("/status").get("ready"), 20, 0.1, "daemon ready")
-        return self
-
-    def get(self, url):
-        try:
-            code, body = request(self.sock, "GET", url, timeout_s=5)
-        except OSError:
-            return {}
-        return body if code == 200 else {}
-
-    def journal(self):
-        return self.get("/journal?limit=2000").get("entries", [])
-
+class DaemonProcess(_procs.DaemonProcess):
     def ladder_rows(self, target=None):
         return [e for e in self.journal() if e["source"] == "ladder"
                 and (target is None or e["target"] == target)]
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_text(self):
-        with open(self.log_path) as f:
-            return f.read()
 
 
 def fill(container, mib, name="fill"):

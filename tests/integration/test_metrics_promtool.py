@@ -6,14 +6,13 @@ should, stays silent when it should not, and waits exactly its `for`."""
 import importlib.util
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import yaml
 
+from ._procs import DaemonProcess
 from conftest import ROOT, wait_for
 
 PROM = ROOT / "config" / "prometheus"
@@ -26,21 +25,6 @@ ODD_POOL = "pool ünï \"q\"\nline"
 def promtool(*args, stdin: bytes | None = None, cwd: Path | None = None):
     return subprocess.run([PROMTOOL, *args], input=stdin, capture_output=True, timeout=60,
                           cwd=cwd)
-
-
-def start_daemon(cfg_path):
-    return subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(cfg_path)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -59,7 +43,8 @@ def series(body: str, metric: str, **labels) -> list[float]:
             if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
-def test_live_scrape_of_a_daemon_managing_real_containers_passes_promtool(make_config, containers):
+def test_live_scrape_of_a_daemon_managing_real_containers_passes_promtool(make_config, containers,
+                                                                          tmp_path):
     cfg, path = make_config({
         "pools": {"infrastructure": {"budget": "2GiB"}, "standard": {"budget": "2GiB"},
                   ODD_POOL: {"budget": "256MiB"}},
@@ -73,11 +58,11 @@ def test_live_scrape_of_a_daemon_managing_real_containers_passes_promtool(make_c
     frozen.pause()
     done = containers.run(command="true", mem_limit="32m")
     wait_for(lambda: (done.reload(), done.status)[1] == "exited", 15, what="container exit")
-    proc = start_daemon(path)
+    daemon = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
     url = f"http://{cfg.settings.metrics.listen}"
     try:
         def scraped():
-            code, body = get(url + "/metrics") if proc.poll() is None else (0, b"")
+            code, body = get(url + "/metrics") if daemon.alive() else (0, b"")
             text = body.decode() if code == 200 else ""
             return text if series(text, "resource_supervisor_container_state",
                                   id=frozen.id[:12], state="paused") == [1.0] else ""
@@ -107,8 +92,7 @@ def test_live_scrape_of_a_daemon_managing_real_containers_passes_promtool(make_c
             get(url + "/metrics")[1].decode()), 15, interval_s=0.2, what="series of a removed container gone")
         assert frozen.id[:12] in gone
     finally:
-        stop(proc)
-    assert proc.returncode == 0, proc.stderr.read()
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
 def _hostile_exposition() -> bytes:
