@@ -23,14 +23,20 @@ from .cgroups import CgroupFS
 from .component import Component, Context, Tick
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
 from .control import ControlServer
+from .core_actions import CoreActions
 from .engine import Engine
 from .errors import ConfigError, SupervisorError
+from .hibernation import Hibernation
 from .history import History
 from .host import HostSampler
 from .inventory import Inventory
 from .journal import Journal
+from .ladder import Ladder
 from .actuator import Actuator
 from .metrics import MetricsServer, PassMetrics, make_registry
+from .ollama import OllamaGovernor
+from .placement import Placement
+from .poolcg import PoolCgroups
 from .pools import account, reserve_state
 from .sampler import Sampler
 from .sdnotify import Notifier
@@ -43,17 +49,11 @@ _HOST_ONLY_KINDS = {"alert", "pool_cgroups"}
 
 
 def build_components(ctx: Context) -> list[Component]:
-    """Every capability of the daemon, in the order they plan each pass."""
-    from .core_actions import CoreActions
-
-    comps: list[Component] = [CoreActions(ctx)]
-    # Capabilities register here, one line each, in planning order.
-    from .poolcg import PoolCgroups; comps.append(PoolCgroups(ctx))  # noqa: E702
-    from .placement import Placement; comps.append(Placement(ctx))  # noqa: E702
-    from .ladder import Ladder; comps.append(Ladder(ctx))  # noqa: E702
-    from .hibernation import Hibernation; comps.append(Hibernation(ctx))  # noqa: E702
-    from .ollama import OllamaGovernor; comps.append(OllamaGovernor(ctx))  # noqa: E702
-    return comps
+    """Every capability of the daemon, in the order they plan each pass: pool cgroups
+    exist before placement puts containers in them; placement before the ladder, which
+    throttles what placement set; hibernation and Ollama last."""
+    return [CoreActions(ctx), PoolCgroups(ctx), Placement(ctx), Ladder(ctx),
+            Hibernation(ctx), OllamaGovernor(ctx)]
 
 
 def _acting(cfg: Config) -> Config:
