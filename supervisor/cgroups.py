@@ -352,9 +352,11 @@ class CgroupFS:
     # ------------------------------------------------------------------- write
 
     def write(self, path: str, value: str | int, nonblock: bool = False) -> None:
-        """Write one cgroup knob. ``nonblock`` opens with O_NONBLOCK: for memory.max and
-        memory.high that skips the synchronous reclaim that can stall the writer
-        (kernel commit "mm: memcontrol: don't reclaim on O_NONBLOCK write", 6.x)."""
+        """Write one cgroup knob. ``nonblock`` opens with O_NONBLOCK, which newer kernels
+        honour for memory.max/memory.high by skipping the synchronous reclaim that can
+        stall the writer. Older ones ignore the flag: on Debian's 6.1 the v2 lane measured
+        the write reclaiming 41.5 -> 12.3 MiB before returning, so callers must not rely
+        on the write being quick."""
         flags = os.O_WRONLY | (os.O_NONBLOCK if nonblock else 0)
         try:
             fd = os.open(path, flags)
