@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 
 STATE_PREFIX = "hibernation/"
 SMOOTHING_MAX_S = 30.0
+ACTIVITY_SAMPLE_MAX_S = 5.0
+# The watcher's wait while nothing is hibernated (a new watch wakes it at once).
+IDLE_WATCH_WAIT_S = 1.0
 # Established connections of one container watched for incoming data while it is frozen
 # (each costs one lookup per poll); listeners are always all watched.
 MAX_WATCHED_CONNECTIONS = 32
@@ -131,6 +134,13 @@ class Track:
     idle_since_s: float
     busy_reason: str = ""  # why it was last busy ("" = not seen busy since tracking began)
     busy_at_s: float | None = None
+
+
+def sample_interval_s(idle_after_s: float) -> float:
+    """How often a candidate's activity is sampled: a tenth of its idle_after, at most
+    ACTIVITY_SAMPLE_MAX_S (a connection opened in between is still seen: the counter
+    only grows), so 5 minutes of idleness are judged from a sample every 5 s, not 300."""
+    return min(ACTIVITY_SAMPLE_MAX_S, idle_after_s / 10)
 
 
 def smoothing_window_s(idle_after_s: float) -> float:
@@ -435,6 +445,7 @@ class Hibernation(Component):
         self._restore_retry_mono = 0.0
         self._awaiting_ready: dict[str, tuple[float, str, str]] = {}  # cid -> (mono, name, trigger)
         self._stop = threading.Event()
+        self._kick = threading.Event()  # a watch started, or stop: the idle watcher wakes
         self._thread: threading.Thread | None = None
         self.watch_cpu_s = 0.0
         self.watch_polls = 0
@@ -483,6 +494,7 @@ class Hibernation(Component):
 
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
@@ -512,11 +524,23 @@ class Hibernation(Component):
         with self._lock:
             hibernated = set(self._records)
         samples: dict[str, tuple[ActivitySample, float]] = {}
+        kept: dict[str, Track] = {}
+        with self._lock:
+            prev_tracks = dict(self._tracks)
+        # Off: nothing plans from the tracks, and reading every namespace's counters is
+        # the costliest part of a pass (issue 9 soak: 15 ms at 110 containers).
+        enabled = cfg.settings.hibernation.enabled
         for c in tick.snapshot.containers:
             cid = c.info.id
-            if cid in hibernated or c.info.state != "running" or c.stats is None:
+            if not enabled or cid in hibernated or c.info.state != "running" or c.stats is None:
                 continue
             if hibernation_block(c.info, c.class_name, c.managed, cfg):
+                continue
+            prev = prev_tracks.get(cid)
+            if prev is not None and prev.samples and prev.samples[-1].pid == c.info.pid and \
+                    tick.now - prev.samples[-1].time_s < sample_interval_s(
+                        cfg.classes[c.class_name].idle_after_s):
+                kept[cid] = prev  # sampled recently enough for its idle_after
                 continue
             net = conns = None
             if not shares_netns(c.info):
@@ -531,8 +555,8 @@ class Hibernation(Component):
                                     s.blkio_read_bytes + s.blkio_write_bytes, net, conns)
             samples[cid] = (sample, smoothing_window_s(cfg.classes[c.class_name].idle_after_s))
         with self._lock:
-            self._tracks = {cid: track_activity(self._tracks.get(cid), smp, th, win)
-                            for cid, (smp, win) in samples.items()}
+            self._tracks = {**kept, **{cid: track_activity(self._tracks.get(cid), smp, th, win)
+                                       for cid, (smp, win) in samples.items()}}
             for r in results:
                 if r.action.kind not in ("hibernate", "wake"):
                     continue
@@ -887,6 +911,7 @@ class Hibernation(Component):
         with self._lock:
             old = self._watches.pop(cid, None)
             self._watches[cid] = w
+        self._kick.set()
         if old is not None and old.probe is not None:
             old.probe.close()
         if not targets:
@@ -920,6 +945,14 @@ class Hibernation(Component):
                 log.exception("hibernation watcher pass failed")
             self.watch_cpu_s += time.thread_time() - c0
             self.watch_polls += 1
+            with self._lock:
+                idle = not self._watches and not self._restore
+            if idle:
+                # Nothing frozen to watch: wait for a watch to start (or stop), rather
+                # than polling nothing ten times a second.
+                self._kick.wait(IDLE_WATCH_WAIT_S)
+                self._kick.clear()
+                continue
             try:
                 interval = parse_duration(self.ctx.get_config().settings.hibernation.poll_interval)
             except ValueError:

@@ -75,6 +75,10 @@ THROTTLE_PREFIX = "ollama.throttle."
 # for this long: a drift that survives a recreate (an entrypoint that sets the variable
 # itself) must not turn into a restart loop.
 RECREATE_RETRY_S = 600.0
+# Host processes are looked for at most this often: a scan walks every process on the
+# host (~50 ms with 110 containers' processes, issue 9 soak), and an Ollama server
+# started outside a container is rare news. The first scan is at start.
+HOST_SCAN_EVERY_S = 60.0
 
 
 # ---------------------------------------------------------------- the view of one target
@@ -204,7 +208,7 @@ class OllamaGovernor(Component):
         if not s.enabled:
             return
         scanned = self._host_scanned_at
-        if scanned is None or self.ctx.clock() - scanned >= cfg.reconcile_s:
+        if scanned is None or self.ctx.clock() - scanned >= max(cfg.reconcile_s, HOST_SCAN_EVERY_S):
             self.scan_host()
         with self._lock:
             todo = list(self._poll_list)
