@@ -28,9 +28,16 @@ class Ring:
         return np.concatenate((self.buf[self.i:], self.buf[: self.i]))
 
     def percentile(self, q: float) -> float | None:
+        """np.percentile's default ("linear") of the samples, through one partial sort:
+        a fifth of np.percentile's cost on an hour of samples (issue 9 soak)."""
         if self.n == 0:
             return None
-        return float(np.percentile(self.buf[: self.n] if self.n < len(self.buf) else self.buf, q))
+        buf = self.buf[: self.n] if self.n < len(self.buf) else self.buf
+        pos = (self.n - 1) * min(max(q, 0.0), 100.0) / 100.0
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, self.n - 1)
+        part = np.partition(buf, (lo, hi))
+        return float(part[lo] + (part[hi] - part[lo]) * (pos - lo))
 
 
 class History:

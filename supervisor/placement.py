@@ -42,8 +42,8 @@ ADAPTIVE_CHANGE_RATIO = 0.10
 # A failed update is retried on reconcile passes, backing off up to this long.
 RETRY_MAX_S = 300.0
 # Recommendations (percentiles over the history window, which move slowly) are recomputed
-# when the set of containers changes, after placement acted, and at least this often: not
-# every tick, where they cost ~0.2 ms per container (issue 9 soak: 24 ms a pass at 110).
+# when a container comes, goes or changes its limits, and at least this often: not every
+# tick, where they cost ~0.2 ms per container (issue 9 soak: 24 ms a pass at 110).
 RECOMMEND_EVERY_S = 30.0
 _LIVE = ("running", "paused", "restarting")
 _PAGE = 4096
@@ -416,7 +416,7 @@ class Placement(Component):
         # Recommendations are computed once per pass on the loop thread, so neither the
         # scrape nor GET /recommend runs numpy over the history (which the loop writes).
         self.last_recommendations: list[dict[str, Any]] = []
-        self._recommended_for: frozenset[str] = frozenset()
+        self._recommended_for: frozenset[tuple] = frozenset()
         self._recommended_at = float("-inf")
 
     def plan(self, tick: Tick) -> list[Action]:
@@ -425,11 +425,12 @@ class Placement(Component):
         self.last_tick = tick
         return list(p.actions)
 
-    def observe_recommendations(self, tick: Tick, acted: bool = False) -> None:
-        live = frozenset(c.info.id for c in tick.snapshot.containers
-                         if c.managed and c.info.state in _LIVE)
-        if (acted or live != self._recommended_for
-                or tick.now - self._recommended_at >= RECOMMEND_EVERY_S):
+    def observe_recommendations(self, tick: Tick) -> None:
+        # What a row shows besides the percentiles: a change there shows at once.
+        live = frozenset((c.info.id, c.info.name, c.class_name, c.info.memory_limit_bytes,
+                          c.info.memory_reservation_bytes)
+                         for c in tick.snapshot.containers if c.managed and c.info.state in _LIVE)
+        if live != self._recommended_for or tick.now - self._recommended_at >= RECOMMEND_EVERY_S:
             self.last_recommendations = recommendations(tick, self.ctx.history)
             self._recommended_for = live
             self._recommended_at = tick.now
@@ -469,7 +470,7 @@ class Placement(Component):
                        after=resources_of(after))
 
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
-        self.observe_recommendations(tick, acted=any(not r.dry_run and r.ok for r in results))
+        self.observe_recommendations(tick)
         m = self.memory
         for r in results:
             a = r.action

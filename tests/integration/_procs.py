@@ -164,8 +164,18 @@ class SecondEngine:
         # Until it is reaped, `kill -0` (the script's liveness check) still finds it.
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout_s, 0.05, "dockerd to exit")
 
+    def alive(self) -> bool:
+        pid = self.pid()
+        return pid is not None and os.path.exists(f"/proc/{pid}")
+
     def remove(self) -> None:
-        """Stop it through the script (removes what is left) and delete its folder."""
-        if self.pid() is not None:
-            self._script("stop")
+        """Stop it through the script (which removes its containers) and delete its
+        folder. An engine a test left killed is started first: its containers outlived
+        it under their shims, and only the engine can take them down."""
+        if not self.alive():
+            try:
+                self._script("start")
+            except AssertionError:
+                pass
+        self._script("stop")
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -169,6 +169,42 @@ def test_a_cgroup_that_disappears_between_locate_and_read(make_config, container
     record_property("faults_survived", 1)
 
 
+def open_files_under(directory: str) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(directory):
+            out.append(target)
+    return out
+
+
+def test_a_cgroup_removed_under_the_files_the_sampler_holds_open(make_config, containers,
+                                                                 docker_client, record_property):
+    """The tick's usage files stay open between passes (read again from offset 0): when
+    the container dies, they answer ENODEV, the sampler says so, counts it and lets go
+    of them (an open file would keep the removed cgroup alive in the kernel)."""
+    cfg, path = make_config({"classes": CLASSES})
+    victim = containers.run(mem_limit="64m")
+    with frozen_view_daemon(cfg, path) as d:
+        for _ in range(3):  # full reads (new, then placed), then the tick's read: it opens
+            d.run_once()    # the usage files and keeps them
+        victim.reload()
+        memory_dir = CgroupFS().locate(victim.id, victim.attrs["State"]["Pid"]).dir("memory")
+        assert open_files_under(memory_dir), "usage files not held open"
+        docker_client.api.kill(victim.id)
+        wait_for(lambda: not os.path.isdir(memory_dir), 15, 0.02, "the cgroup to go")
+
+        tick, _ = d.run_once()  # the frozen view still says "running"
+        (row,) = [c for c in tick.snapshot.containers if c.info.id == victim.id]
+        assert row.stats is None and row.error.startswith("cgroup vanished:")
+        assert d.sampler.counts["cgroup_vanished"] == 1
+        assert open_files_under(memory_dir) == []
+    record_property("faults_survived", 1)
+
+
 @contextlib.contextmanager
 def daemon_thread(cfg, path):
     d = Daemon(cfg, str(path), serve=False)

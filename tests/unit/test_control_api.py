@@ -83,6 +83,10 @@ def test_valid_requests_reach_their_handler_with_converted_values(server):
     ("POST", "/act", {"name": "web", "ratio": True}, 400, "ratio must be a number"),
     ("POST", "/act", {"name": "web", "ratio": 2}, 400, "ratio must be in [0, 1]"),
     ("POST", "/refuse", None, 409, "not now"),
+    # found by the fuzz of the real daemon (tests/integration/test_hostile_input.py)
+    ("GET", "/items?limit=%C2%B2", None, 400, "limit must be an integer"),  # isdigit(), not int()
+    ("GET", "/items?limit=" + "1" * 5000, None, 400, "limit is out of range"),  # > 4300 digits
+    ("POST", "/act", {"name": "\ud800"}, 400, "1-256 printable characters"),  # lone surrogate
 ])
 def test_bad_requests_get_a_reason_and_change_nothing(server, method, url, body, status, words):
     code, reply = request(server.path, method, url, body)
@@ -101,6 +105,8 @@ def test_bad_requests_get_a_reason_and_change_nothing(server, method, url, body,
     (b"GARBAGE\r\n\r\n", 400, "Bad request"),
     (b"DELETE /items HTTP/1.1\r\n\r\n", 405, "not supported"),
     (b"GET /items?%zz=1&& HTTP/1.1\r\n\r\n", 400, "malformed query string"),
+    (b"BREW /items HTTP/1.1\r\n\r\n", 405, "not supported; use GET or POST"),  # not 501
+    (b"GET /items HTTP/2.0\r\n\r\n", 400, "use HTTP/1.1"),  # not 505
 ])
 def test_malformed_http_and_bodies_are_refused(server, data, status, words):
     code, reply = raw(server, data)
