@@ -73,16 +73,17 @@ def test_new_container_gets_class_limit_reservation_and_cores(make_config, conta
         assert 0.5 * limit <= hc["MemoryReservation"] <= 0.75 * limit
         assert hc["MemorySwap"] == limit  # no swap beyond the limit
         assert hc["CpusetCpus"] == "1"
+        # The journal row is finished once the update call has returned (Docker saves its
+        # HostConfig before the runtime has written the cgroup, so inspect alone is early).
+        placed = wait_for(lambda: [r for r in rows(d, "place") if r["target"] == c.id
+                                   and r["outcome"] != "pending"], 10, what="journal row")
+        assert len(placed) == 1 and placed[0]["outcome"] == "ok"
+        assert placed[0]["after"]["memory_limit_bytes"] == 64 * MIB
         # Docker's view and the kernel's agree.
         fs = CgroupFS()
         c.reload()
         s = fs.read_stats(fs.locate(c.id, c.attrs["State"]["Pid"]))
         assert (s.memory_limit_bytes, s.cpuset_cpus) == (64 * MIB, "1")
-        # The journal row is finished once the executor has read the result back.
-        placed = wait_for(lambda: [r for r in rows(d, "place") if r["target"] == c.id
-                                   and r["outcome"] != "pending"], 10, what="journal row")
-        assert len(placed) == 1 and placed[0]["outcome"] == "ok"
-        assert placed[0]["after"]["memory_limit_bytes"] == 64 * MIB
         updates = d.engine.calls["update"]
         passes = d.counts["passes"]
         wait_for(lambda: d.counts["passes"] >= passes + 8, 15, what="more passes")  # > 1 reconcile
