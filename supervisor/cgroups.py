@@ -44,7 +44,7 @@ class CgroupUsage:
     memory_usage_bytes: int
     memory_working_set_bytes: int
     cpu_usage_s: float
-    cpu_throttled_s: float
+    cpu_throttled_s: float | None  # None: not read (UsageFiles on v1; see there)
 
 
 def _wrap(path: str, e: OSError) -> CgroupError:
@@ -158,8 +158,8 @@ class UsageFiles:
             paths = {"usage": f"{m}/memory.usage_in_bytes", "mstat": f"{m}/memory.stat"}
             if "cpuacct" in loc.dirs:
                 paths["cpuacct"] = f"{loc.dirs['cpuacct']}/cpuacct.usage"
-            if "cpu" in loc.dirs:
-                paths["cstat"] = f"{loc.dirs['cpu']}/cpu.stat"
+            # v1's cpu.stat holds only the throttling counters (a metric): they come with
+            # the periodic full read, and the tick reads three files, not four.
         self._fds: dict[str, tuple[int, str]] = {}
         for key, path in paths.items():
             try:
@@ -193,8 +193,8 @@ class UsageFiles:
                                stat_value(cstat, "usage_usec") / 1e6,
                                stat_value(cstat, "throttled_usec") / 1e6)
         cpu_s = self._int("cpuacct") / 1e9 if "cpuacct" in self._fds else 0.0
-        thr = stat_value(self._text("cstat"), "throttled_time") / 1e9 if "cstat" in self._fds else 0.0
-        return CgroupUsage(usage, max(0, usage - stat_value(mstat, "total_inactive_file")), cpu_s, thr)
+        return CgroupUsage(usage, max(0, usage - stat_value(mstat, "total_inactive_file")), cpu_s,
+                           None)
 
     def close(self) -> None:
         for fd, _ in self._fds.values():
