@@ -121,11 +121,8 @@ class Journal:
                 return str(e)
         return "; ".join(str(r[0]) for r in rows)
 
-    def begin(self, action: Action, time_s: float | None = None, dry_run: bool = False) -> int:
-        """Commit an action's intent (outcome "pending") before its executor runs."""
-        a = action
-        row = (time_s or self.clock(), a.kind, a.source, a.target, a.name, a.reason, "pending",
-               int(dry_run), "", json.dumps(a.params, default=str), "{}", "{}")
+    def _insert(self, row: tuple) -> int:
+        """One journal row, committed before this returns (autocommit, synchronous=FULL)."""
         with self._lock:
             try:
                 cur = self._db.execute(
@@ -137,6 +134,13 @@ class Journal:
                 return int(cur.lastrowid)
             except sqlite3.Error as e:
                 raise JournalError(f"journal write failed: {e}") from None
+
+    def begin(self, action: Action, time_s: float | None = None, dry_run: bool = False) -> int:
+        """Commit an action's intent (outcome "pending") before its executor runs."""
+        a = action
+        row = (time_s or self.clock(), a.kind, a.source, a.target, a.name, a.reason, "pending",
+               int(dry_run), "", json.dumps(a.params, default=str), "{}", "{}")
+        return self._insert(row)
 
     def finish(self, seq: int, result: ActionResult) -> None:
         """Fill in the result of the row ``begin`` returned."""
@@ -165,17 +169,7 @@ class Journal:
                outcome or result.outcome, int(result.dry_run), result.detail,
                json.dumps(a.params, default=str), json.dumps(result.before, default=str),
                json.dumps(result.after, default=str))
-        with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT INTO journal (time_s, kind, source, target, name, reason, outcome,"
-                    " dry_run, detail, params, before, after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
-                self._writes += 1
-                if self._writes % 500 == 0:
-                    self._prune()
-                return int(cur.lastrowid)
-            except sqlite3.Error as e:
-                raise JournalError(f"journal write failed: {e}") from None
+        return self._insert(row)
 
     def _prune(self) -> None:
         self._db.execute("DELETE FROM journal WHERE seq <= (SELECT MAX(seq) FROM journal) - ?",
