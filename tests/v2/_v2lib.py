@@ -20,6 +20,7 @@ IN_LANE = os.environ.get("RS_V2_LANE") == "1"
 TEST_IMAGE = "rs-test/busybox:latest"
 TEST_LABEL = {"rs-test": "1"}
 V2_DIR = Path(__file__).parent
+_MiB = 1024 * 1024
 
 SKIP_REASON = (
     "not a cgroup v2 host (/sys/fs/cgroup/cgroup.controllers missing): "
@@ -77,6 +78,21 @@ def wait_for(pred: Callable[[], object], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def page_cache_container(containers, mib: int = 40, mem_limit: str = "256m"):
+    """A container that wrote `mib` MiB to its writable layer and synced: clean page cache
+    charged to its cgroup (reclaimable without swap, unlike tmpfs)."""
+    c = containers.run(f"dd if=/dev/zero of=/data/fill bs=1M count={mib} 2>/dev/null && sync && sleep 3600",
+                       mem_limit=mem_limit)
+    cg = containers.cgroup(c)
+
+    def ready():
+        st = kv(cg / "memory.stat")
+        return st["file"] >= (mib - 2) * _MiB and st["file_dirty"] == 0 and st["file_writeback"] == 0 and st
+
+    st = wait_for(ready, timeout=120, interval=0.25, what=f"{mib} MiB of clean page cache")
+    return c, cg, st
 
 
 # --- docker ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _v2lib import (  # noqa: E402
-    CGROUP_ROOT, IN_LANE, IS_V2, SKIP_REASON, TEST_IMAGE, V2_DIR, Containers, _busybox_image_tar,
+    CGROUP_ROOT, IS_V2, SKIP_REASON, TEST_IMAGE, V2_DIR, Containers, _busybox_image_tar,
     _rmdir_retry,
 )
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _v2lib import CGROUP_ROOT, kv, parse_pressure, read, wait_for, write
+from _v2lib import CGROUP_ROOT, kv, page_cache_container, parse_pressure, read, wait_for, write
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.cgroup_v2
@@ -70,25 +70,10 @@ def test_live_update_reaches_cgroup_files(containers):
     assert (hc["CpusetCpus"], hc["CpuQuota"], hc["Memory"], hc["MemoryReservation"]) == ("1", 25_000, 96 * MiB, 48 * MiB)
 
 
-def _page_cache_container(containers, mib: int = 40):
-    """A container that wrote `mib` MiB to its writable layer and synced: clean page cache
-    charged to its cgroup (reclaimable without swap, unlike tmpfs)."""
-    c = containers.run(f"dd if=/dev/zero of=/data/fill bs=1M count={mib} 2>/dev/null && sync && sleep 3600",
-                       mem_limit="256m")
-    cg = containers.cgroup(c)
-
-    def ready():
-        st = kv(cg / "memory.stat")
-        return st["file"] >= (mib - 2) * MiB and st["file_dirty"] == 0 and st["file_writeback"] == 0 and st
-
-    st = wait_for(ready, timeout=120, interval=0.25, what=f"{mib} MiB of clean page cache")
-    return c, cg, st
-
-
 def test_memory_high_below_current_reclaims(containers):
     """Writing memory.high below memory.current makes the kernel reclaim down to it
     (synchronously, in the write) when the memory is reclaimable (page cache)."""
-    c, cg, st = _page_cache_container(containers)
+    c, cg, st = page_cache_container(containers)
     before = int(read(cg / "memory.current"))
     high = before - 24 * MiB
     t0 = time.monotonic()
@@ -106,7 +91,7 @@ def test_memory_high_below_current_reclaims(containers):
 
 def test_memory_reclaim_makes_current_fall(containers):
     """memory.reclaim (5.19+) reclaims on demand, without changing any limit."""
-    c, cg, st = _page_cache_container(containers)
+    c, cg, st = page_cache_container(containers)
     before = int(read(cg / "memory.current"))
     t0 = time.monotonic()
     try:

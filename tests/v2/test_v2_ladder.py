@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from _v2lib import kv, read
+from _v2lib import kv, page_cache_container, read
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.cgroup_v2
@@ -80,12 +80,10 @@ def test_throttle_sets_memory_high_nonblocking_and_unthrottle_puts_max_back(ladd
 def test_reclaim_writes_memory_reclaim(ladder, containers):
     from supervisor.actions import Action
 
-    c = containers.run("dd if=/dev/zero of=/cache bs=1M count=40 2>/dev/null && sync && "
-                       "cat /cache > /dev/null; sleep 3600", mem_limit="128m")
-    cg = containers.cgroup(c)
-    time.sleep(1.0)
+    # wait for the clean page cache (a fixed sleep raced the guest's slow dd + sync)
+    c, cg, _ = page_cache_container(containers, mem_limit="128m")
     before = int(read(cg / "memory.current"))
-    assert before >= 40 * MiB
+    assert before >= 38 * MiB
     ladder.ctx.inventory.refresh()
     out = ladder.executors()["reclaim"](Action("reclaim", c.id, c.name, "test", "ladder",
                                                {"bytes": 30 * MiB}))
