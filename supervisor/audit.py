@@ -253,7 +253,8 @@ def parse_compose_size(v: Any) -> int:
     return int(float(m.group(1)) * 1024 ** _POW[m.group(2).lower()])
 
 
-def _labels(v: Any) -> dict[str, str]:
+def _key_values(v: Any) -> dict[str, str]:
+    """Compose's two spellings of labels and environment: a mapping, or "KEY=VALUE" items."""
     if isinstance(v, dict):
         return {str(k): "" if x is None else str(x) for k, x in v.items()}
     if isinstance(v, list):
@@ -335,21 +336,9 @@ def parse_port(entry: Any) -> list[int | None]:
     return list(_port_numbers(host))
 
 
-def _env(v: Any) -> dict[str, str]:
-    if isinstance(v, dict):
-        return {str(k): "" if x is None else str(x) for k, x in v.items()}
-    if isinstance(v, list):
-        out = {}
-        for item in v:
-            k, _, x = str(item).partition("=")
-            out[k] = x
-        return out
-    return {}
-
-
 def spec_from_compose(name: str, svc: dict) -> ServiceSpec:
     spec = ServiceSpec(name=str(svc.get("container_name") or name),
-                       image=str(svc.get("image") or ""), labels=_labels(svc.get("labels")))
+                       image=str(svc.get("image") or ""), labels=_key_values(svc.get("labels")))
     deploy = svc.get("deploy") if isinstance(svc.get("deploy"), dict) else {}
     resources = deploy.get("resources") if isinstance(deploy.get("resources"), dict) else {}
     limits = resources.get("limits") if isinstance(resources.get("limits"), dict) else {}
@@ -404,7 +393,7 @@ def spec_from_compose(name: str, svc: dict) -> ServiceSpec:
         spec.restart_bounded = rp.get("max_attempts") not in (None, 0, "0")
     user = svc.get("user")
     spec.user = None if user is None else str(user)
-    spec.env = _env(svc.get("environment"))
+    spec.env = _key_values(svc.get("environment"))
     return spec
 
 

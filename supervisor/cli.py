@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 from urllib.parse import quote
 
 from .control import request
@@ -63,6 +64,11 @@ def _color(args) -> bool:
     return sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
 
 
+def show(args, body: dict, text: Callable[[dict], str]) -> None:
+    """The reply as JSON with --json, else as the renderer's text: one body, two views."""
+    print(json.dumps(body, indent=2, sort_keys=True) if args.json else text(body))
+
+
 def refused(code: int, body: dict) -> int:
     print(f"supctl: {body.get('error') or f'HTTP {code}'}", file=sys.stderr)
     return EXIT_USAGE
@@ -72,11 +78,8 @@ def cmd_status(args) -> int:
     code, st = call(args, "GET", "/status")
     if code != 200:
         return refused(code, st)
-    if args.json:
-        print(json.dumps(st, indent=2, sort_keys=True))
-    else:
-        from .render import render_status
-        print(render_status(st, color=_color(args), width=args.width))
+    from .render import render_status
+    show(args, st, lambda b: render_status(b, color=_color(args), width=args.width))
     return health_code(st)
 
 
@@ -171,11 +174,8 @@ def cmd_plan(args) -> int:
     code, body = call(args, "GET", "/plan")
     if code != 200:
         return refused(code, body)
-    if args.json:
-        print(json.dumps(body, indent=2, sort_keys=True))
-    else:
-        from .render import render_plan
-        print(render_plan(body))
+    from .render import render_plan
+    show(args, body, render_plan)
     return EXIT_OK
 
 
@@ -202,11 +202,8 @@ def cmd_recommend(args) -> int:
         return EXIT_USAGE
     if code != 200:
         return refused(code, body)
-    if args.json:
-        print(json.dumps(body, indent=2, sort_keys=True))
-    else:
-        from .render import render_recommend
-        print(render_recommend(body, width=args.width))
+    from .render import render_recommend
+    show(args, body, lambda b: render_recommend(b, width=args.width))
     return EXIT_OK
 
 
@@ -243,10 +240,7 @@ def cmd_audit(args) -> int:
         code, body = call(args, "GET", "/audit")
         if code != 200:
             return refused(code, body)
-    if args.json:
-        print(json.dumps(body, indent=2, sort_keys=True))
-    else:
-        print(render_findings(body, color=_color(args)))
+    show(args, body, lambda b: render_findings(b, color=_color(args)))
     return EXIT_FINDINGS if body.get("findings") else EXIT_OK
 
 

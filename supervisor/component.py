@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .cgroups import CgroupFS
     from .config import Config
+    from .control import Param
     from .engine import Engine
     from .history import History
     from .inventory import Inventory
@@ -95,8 +96,10 @@ class Component:
     def collect(self, tick: Tick) -> Iterable["Metric"]:
         return ()
 
-    def routes(self) -> dict[tuple[str, str], Callable[[dict], tuple[int, dict]]]:
-        """{(method, path): handler(body) -> (http status, json)}; POST routes are root-only."""
+    def routes(self) -> dict[tuple[str, str], tuple[Callable[[dict], tuple[int, dict]], dict[str, "Param"]]]:
+        """{(method, path): (handler(params) -> (http status, json), {name: Param})}. The
+        server refuses unknown or ill-typed parameters before the handler runs, as for the
+        daemon's own routes; POST routes are root-only."""
         return {}
 
     def start(self) -> None:

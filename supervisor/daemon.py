@@ -301,8 +301,8 @@ class Daemon:
         for (method, path), (fn, params) in core_routes(self).items():
             srv.add(method, path, fn, params)
         for comp in self.components:
-            for (method, path), fn in comp.routes().items():
-                srv.add(method, path, fn)
+            for (method, path), (fn, params) in comp.routes().items():
+                srv.add(method, path, fn, params)
 
     def health(self) -> dict:
         return {"loop_alive": self.loop_alive(), "engine_up": self.inventory.engine_up,

@@ -66,6 +66,7 @@ from .cgroups import read_text, stat_value
 from .classify import FALSE_VALUES as OPT_OUT_VALUES, classify, is_managed
 from .component import Component, Context, Tick
 from .config import ClassConfig, Config
+from .control import Param
 from .errors import CgroupError, CgroupGone, EngineUnavailable, SupervisorError
 from .host import parse_meminfo
 from .journal import JournalError
@@ -1077,12 +1078,15 @@ class Hibernation(Component):
 
     # ------------------------------------------------------------------ control API
 
-    def routes(self) -> dict[tuple[str, str], Callable[[dict], tuple[int, dict]]]:
-        return {("POST", "/hibernate"): self._api_hibernate, ("POST", "/wake"): self._api_wake}
+    def routes(self):
+        name = {"name": Param(str, required=True)}
+        return {("POST", "/hibernate"): (self._api_hibernate, {
+                    **name, "mode": Param(str), "force": Param(bool, default=False)}),
+                ("POST", "/wake"): (self._api_wake, name)}
 
     def _resolve(self, body: dict) -> tuple[ContainerInfo | None, tuple[int, dict] | None]:
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
+        name = body["name"]
+        if not name.strip():
             return None, (400, {"error": 'body must name a container: {"name": "NAME"}'})
         info = self.ctx.inventory.get(name.strip())
         if info is None:
@@ -1111,9 +1115,7 @@ class Hibernation(Component):
         mode = body.get("mode")
         if mode is not None and mode not in ("pause", "stop"):
             return 400, {"error": f"mode must be 'pause' or 'stop', not {mode!r}"}
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            return 400, {"error": "force must be true or false"}
+        force = body["force"]
         params: dict[str, Any] = {"trigger": "api", "active_window_s": 5.0}
         if mode:
             params["mode"] = mode

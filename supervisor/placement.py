@@ -25,6 +25,7 @@ from .admission import (DOCKER_MIN_MEMORY_BYTES, HELD, OVER_BUDGET, Admission, C
                         admit_all)
 from .component import Component, Tick
 from .config import ClassConfig, Config
+from .control import Param
 from .history import History, recommend_limit
 from .snapshot import ContainerInfo, ContainerSample
 from .units import format_bytes, format_cpuset, parse_cpuset
@@ -576,14 +577,14 @@ class Placement(Component):
         yield rec
 
     def routes(self):
-        return {("GET", "/recommend"): self._recommend}
+        return {("GET", "/recommend"): (self._recommend, {"container": Param(str, default="")})}
 
     def _recommend(self, body: dict) -> tuple[int, dict]:
         tick = self.last_tick
         if tick is None:
             return 503, {"error": "no pass has run yet"}
         rows = list(self.last_recommendations)
-        want = str(body.get("container", "")).strip()
+        want = body["container"].strip()
         if want:
             rows = [r for r in rows if r["name"] == want or r["id"].startswith(want[:12])]
             if not rows:

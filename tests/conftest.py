@@ -114,7 +114,6 @@ def make_config(tmp_path, request):
     from supervisor.config import HostFacts, load_config
 
     def make(extra: dict | None = None, host: HostFacts | None = None, **top):
-        import tomllib  # noqa: F401 - keeps the toml writer honest below
         data = {
             "state_dir": str(tmp_path / "state"),
             "host": {"layout": "exact"},

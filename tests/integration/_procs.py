@@ -3,6 +3,7 @@ hostile-input tests: start, ask, SIGKILL, restart, and read what they left behin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,15 +11,33 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
 from conftest import ROOT, wait_for
 from supervisor.control import request
+from supervisor.daemon import Daemon
 
 ENGINE_SCRIPT = ROOT / "scripts" / "test-engine"
 CONTAINER_KINDS = {"place", "throttle", "unthrottle", "reclaim", "hibernate", "wake", "stop",
                    "ollama_cpu", "ollama_recreate", "ollama_unload"}
+
+
+@contextlib.contextmanager
+def daemon_thread(cfg, path, serve: bool = True):
+    """The daemon's own loop (and, with ``serve``, its servers) in a thread of this
+    process: events wake it as in production; stopped and joined on the way out."""
+    d = Daemon(cfg, str(path), serve=serve)
+    t = threading.Thread(target=d.run, name="daemon-under-test")
+    t.start()
+    try:
+        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
+        yield d
+    finally:
+        d.request_stop()
+        t.join(timeout=30)
+        assert not t.is_alive()
 
 
 class DaemonProcess:

@@ -4,20 +4,17 @@ stream is not frozen; stop mode through supctl; nobody else's pause is undone; p
 is released; readiness follows the health check; a restarted daemon still wakes on a
 connection. Plus the sock_diag probe on the host's loopback."""
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
-from ._procs import DaemonProcess
+from ._procs import DaemonProcess, daemon_thread
 from conftest import ROOT, wait_for
 from supervisor.cgroups import CgroupFS
 from supervisor.control import request
-from supervisor.daemon import Daemon
 from supervisor.netdiag import NetnsWorker, list_tcp, open_probe
 
 MIB = 2**20
@@ -36,21 +33,6 @@ def hib_config(make_config, idle_after=f"{IDLE_AFTER_S}s", **extra):
                   "memory_min": "8MiB", "idle_after": "1h", "hibernate_mode": "stop"},
     }
     return make_config({"classes": classes, **extra})
-
-
-@contextlib.contextmanager
-def daemon_thread(cfg, path):
-    """The daemon's own loop, servers and threads, in this process."""
-    d = Daemon(cfg, str(path))
-    t = threading.Thread(target=d.run, name="daemon-under-test")
-    t.start()
-    try:
-        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
-        yield d
-    finally:
-        d.request_stop()
-        t.join(timeout=30)
-        assert not t.is_alive()
 
 
 def state(c) -> str:

@@ -4,9 +4,10 @@ a small pool admits what fits and alerts (or stops) the overflow; dry run change
 nothing; recommendations come over the control API."""
 
 import contextlib
-import threading
 
 from conftest import RUN_ID, wait_for
+
+from ._procs import daemon_thread
 from supervisor.cgroups import CgroupFS
 from supervisor.control import request
 from supervisor.daemon import Daemon
@@ -19,21 +20,6 @@ CLASSES = {
     "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
                  "memory_min": "8MiB", "reservation_ratio": 0.5},
 }
-
-
-@contextlib.contextmanager
-def daemon_thread(cfg, path, serve=False):
-    """The daemon's own loop in a thread: events wake it as in production."""
-    d = Daemon(cfg, str(path), serve=serve)
-    t = threading.Thread(target=d.run, name="daemon-under-test")
-    t.start()
-    try:
-        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
-        yield d
-    finally:
-        d.request_stop()
-        t.join(timeout=30)
-        assert not t.is_alive()
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ old", and the test decides what happens in that moment."""
 
 import contextlib
 import os
-import threading
 import time
 
 import docker
@@ -21,7 +20,7 @@ from supervisor.daemon import Daemon
 from supervisor.engine import Engine
 from supervisor.inventory import Inventory
 
-from ._procs import CONTAINER_KINDS, metric_value
+from ._procs import CONTAINER_KINDS, daemon_thread, metric_value
 
 MIB = 2**20
 CLASSES = {
@@ -205,20 +204,6 @@ def test_a_cgroup_removed_under_the_files_the_sampler_holds_open(make_config, co
     record_property("faults_survived", 1)
 
 
-@contextlib.contextmanager
-def daemon_thread(cfg, path):
-    d = Daemon(cfg, str(path), serve=False)
-    t = threading.Thread(target=d.run, name="daemon-under-test")
-    t.start()
-    try:
-        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
-        yield d
-    finally:
-        d.request_stop()
-        t.join(timeout=30)
-        assert not t.is_alive()
-
-
 def test_a_container_restarted_by_somebody_else_while_hibernated(make_config, containers,
                                                                   docker_client, record_property):
     idle_after_s = 1.5
@@ -232,7 +217,7 @@ def test_a_container_restarted_by_somebody_else_while_hibernated(make_config, co
     cfg, path = make_config({"classes": classes, "ladder": {"max_actions_per_minute": 60}})
     paused = containers.run(mem_limit="64m")
     stopped = containers.run(labels={"supervisor.class": "batch"}, mem_limit="32m")
-    with daemon_thread(cfg, path) as d:
+    with daemon_thread(cfg, path, serve=False) as d:
         hib = next(c for c in d.components if c.name == "hibernation")
 
         def state(c):
