@@ -71,7 +71,7 @@ from .errors import CgroupError, CgroupGone, EngineUnavailable, SupervisorError
 from .host import parse_meminfo
 from .journal import JournalError
 from .netdiag import (ConnectionProbe, NetdiagError, NetnsGone, NetnsWorker, TcpSocket,
-                      list_tcp, open_probe, read_counters, socket_inodes)
+                      list_tcp, open_probe, read_counters, socket_inodes, udp_services)
 from .snapshot import ContainerInfo
 from .units import parse_duration
 
@@ -659,6 +659,10 @@ class Hibernation(Component):
                 self.counts["kept_awake_by_connections"] += 1
                 return Outcome(ok=False, skipped=True, detail=f"not idle: {busy}",
                                after={"busy": busy})
+        if mode == "pause" and not action.params.get("force"):
+            refused = self._udp_refusal(info, owned)
+            if refused:
+                return refused
         targets = wake_targets(sockets, owned) if mode == "pause" else []
         rec = Record(id=cid, name=info.name, mode=mode, since_s=self.ctx.clock(),
                      phase=PAUSING if mode == "pause" else STOPPING,
@@ -706,6 +710,32 @@ class Hibernation(Component):
         return Outcome(ok=True, detail=f"paused; {note}; {watched}", before={"state": "running"},
                        after={"state": "paused", "mode": "pause", "released_bytes": released,
                               "watching": [t.describe() for t in targets]})
+
+    def _udp_refusal(self, info: ContainerInfo, owned: frozenset[int] | None) -> Outcome | None:
+        """A paused UDP service would never wake: a datagram opens no connection for the
+        watcher to see, it only waits (or is dropped) in the socket's queue. Such a
+        container is not paused (stop mode, woken on request, or force are the operator's
+        choice); its idle timer starts over, so it is tried again after idle_after."""
+        try:
+            udp = [u for u in udp_services(self.ctx.proc, info.pid)
+                   if owned is None or u.inode in owned]
+        except NetnsGone:
+            return Outcome(ok=False, skipped=True, detail="container stopped meanwhile")
+        except NetdiagError as e:
+            self.counts["socket_check_errors"] += 1
+            return Outcome(ok=False, detail=f"cannot check its UDP sockets, not hibernated: {e}")
+        if not udp:
+            return None
+        listening = ", ".join(u.describe() for u in udp[:4]) + (" ..." if len(udp) > 4 else "")
+        busy = f"serves {listening}: a datagram cannot wake a paused container"
+        with self._lock:
+            t = mark_busy(self._tracks.get(info.id), self.ctx.clock(), busy)
+            if t is not None:
+                self._tracks[info.id] = t
+        self.counts["kept_awake_by_udp"] += 1
+        return Outcome(ok=False, skipped=True,
+                       detail=f"not hibernated: {busy} (hibernate_mode = \"stop\" or force to hibernate it)",
+                       after={"busy": busy})
 
     def _release_memory(self, info: ContainerInfo) -> tuple[int | None, str]:
         """Ask the kernel to reclaim the frozen container's memory; (bytes released, what

@@ -33,6 +33,7 @@ import queue
 import select
 import socket
 import struct
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import Future, TimeoutError as FutureTimeout
@@ -209,6 +210,76 @@ def socket_inodes(proc: str, pids: Iterable[int]) -> frozenset[int]:
                 except ValueError:
                     continue
     return frozenset(out)
+
+
+# A bound, unconnected UDP socket shows state 07 (TCP_CLOSE) and remote port 0 in
+# /proc/net/udp. One bound to a port of the kernel's default ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999) is taken for a client's (a resolver's
+# sendto() socket), not a service.
+UDP_UNCONNECTED = 7
+EPHEMERAL_PORTS = range(32768, 61000)
+
+
+@dataclass(frozen=True, slots=True)
+class UdpSocket:
+    """A UDP socket that waits for datagrams from anyone: a UDP service."""
+
+    family: int
+    local_addr: str
+    local_port: int
+    inode: int
+    rqueue: int  # bytes received and not yet read
+
+    def describe(self) -> str:
+        host = f"[{self.local_addr}]" if self.family == socket.AF_INET6 else self.local_addr
+        return f"udp {host}:{self.local_port}"
+
+
+def _proc_net_addr(field: str, family: int) -> tuple[str, int]:
+    """"0100007F:14E9" -> ("127.0.0.1", 5353). /proc prints the address as 32-bit words
+    in host byte order, the port in network order."""
+    addr, _, port = field.partition(":")
+    raw = bytes.fromhex(addr)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, raw), int(port, 16)
+
+
+def parse_proc_udp(text: str, family: int) -> list[UdpSocket]:
+    """The UDP services of one /proc/PID/net/udp or udp6 table (see EPHEMERAL_PORTS)."""
+    out = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10 or int(f[3], 16) != UDP_UNCONNECTED:
+            continue
+        addr, port = _proc_net_addr(f[1], family)
+        _, remote_port = _proc_net_addr(f[2], family)
+        if remote_port or not port or port in EPHEMERAL_PORTS:
+            continue
+        out.append(UdpSocket(family, addr, port, int(f[9]), int(f[4].partition(":")[2], 16)))
+    return out
+
+
+def udp_services(proc: str, pid: int) -> list[UdpSocket]:
+    """UDP services in PID's network namespace, read from /proc without entering it.
+    Raises NetnsGone / NetdiagError."""
+    out: list[UdpSocket] = []
+    for name, family in (("udp", socket.AF_INET), ("udp6", socket.AF_INET6)):
+        path = f"{proc}/{pid}/net/{name}"
+        try:
+            with open(path, "rb") as f:  # a seq file: read() returns a page at a time
+                text = f.read().decode("ascii", "replace")
+        except FileNotFoundError:
+            if family == socket.AF_INET6 and os.path.exists(f"{proc}/{pid}"):
+                continue  # a kernel without IPv6
+            raise NetnsGone(f"process {pid} is gone") from None
+        except OSError as e:
+            raise NetdiagError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            out.extend(parse_proc_udp(text, family))
+        except (ValueError, IndexError) as e:
+            raise NetdiagError(f"unexpected line in {path}: {e}") from None
+    return out
 
 
 def netns_id(proc: str, pid: int) -> str:

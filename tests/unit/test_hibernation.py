@@ -18,8 +18,8 @@ from supervisor.hibernation import (
     Thresholds, Track, connection_activity, hibernation_block, idle_since, mark_busy,
     plan_hibernation, smoothing_window_s, track_activity, wake_targets)
 from supervisor.netdiag import (
-    DONE, ERROR, SOCK, TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, dump_request, exact_request,
-    parse_reply, parse_snmp, read_counters)
+    DONE, ERROR, SOCK, TCP_ESTABLISHED, TCP_LISTEN, NetnsGone, TcpSocket, dump_request,
+    exact_request, parse_proc_udp, parse_reply, parse_snmp, read_counters, udp_services)
 
 TH = Thresholds(cpu_cores=0.01, net_bytes_per_s=64.0, blkio_bytes_per_s=4096.0)
 
@@ -355,3 +355,42 @@ def test_v1_writes_memory_force_empty_and_reports_the_anonymous_memory_left(tmp_
     assert knob.read_text() == "0"
     assert released == 0 and note.startswith("memory.force_empty released")
     assert "no swap on this host: 0.0 MiB of anonymous memory stays resident" in note
+
+
+# ---------------------------------------------------------------- UDP services (captured /proc)
+
+
+def test_udp_services_are_the_unconnected_sockets_on_fixed_ports():
+    """From a container's captured udp/udp6 tables: 0.0.0.0:5353 (832 bytes queued),
+    127.0.0.1:161 and [::]:5355 are services; an ephemeral-port client socket, a connected
+    socket and [::1]:45354 (ephemeral) are not."""
+    got = udp_services(str(FIX / "proc"), 19089)
+    assert sorted(u.describe() for u in got) == ["udp 0.0.0.0:5353", "udp 127.0.0.1:161",
+                                                  "udp [::]:5355"]
+    assert {u.describe(): u.rqueue for u in got}["udp 0.0.0.0:5353"] == 832
+    assert {u.inode for u in got} == {1876376, 1876379, 1876380}
+
+
+def test_udp_table_addresses_are_decoded_in_host_word_order():
+    line = (" 1: 00000000000000000000000001000000:13C4 00000000000000000000000000000000:0000 "
+            "07 00000000:00000000 00:00000000 00000000     0        0 77 2 0000000000000000 0")
+    (u,) = parse_proc_udp("header\n" + line, socket.AF_INET6)
+    assert (u.local_addr, u.local_port, u.inode) == ("::1", 5060, 77)
+
+
+def test_udp_services_of_a_gone_process_raise_netns_gone(tmp_path):
+    with pytest.raises(NetnsGone):
+        udp_services(str(tmp_path), 999999)
+
+
+def test_a_udp_service_is_not_paused_and_its_idle_timer_starts_over(tmp_path):
+    hib, _ = component_on(tmp_path, "cgroup_v1", "proc")
+    info = info_of(V1_ID, int(V1_PID))
+    hib._tracks[info.id] = Track(samples=(), idle_since_s=0.0)
+    out = hib._udp_refusal(info, owned=None)
+    assert out is not None and out.skipped and not out.ok
+    assert "udp 0.0.0.0:5353" in out.detail and "datagram cannot wake" in out.detail
+    assert hib._tracks[info.id].idle_since_s > 0.0
+    assert "udp 0.0.0.0:5353" in hib._tracks[info.id].busy_reason
+    # In a shared namespace only the container's own sockets count.
+    assert hib._udp_refusal(info, owned=frozenset({1})) is None
