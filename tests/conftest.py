@@ -12,9 +12,11 @@ else on the host is touched.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -134,18 +136,25 @@ def make_config(tmp_path, request):
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             "control": {"socket": str(tmp_path / "control.sock")},
         }
-        for k, v in (extra or {}).items():
-            if isinstance(v, dict) and isinstance(data.get(k), dict):
-                merged = dict(data[k])
-                merged.update(v)
-                data[k] = merged
-            else:
-                data[k] = v
+        merge_sections(data, extra or {})
         data.update(top)
         path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.toml"
         path.write_text(to_toml(data))
         return load_config(path, host=host), path
     return make
+
+
+def merge_sections(data: dict, over: dict) -> dict:
+    """Merge ``over`` into ``data`` in place: a section given as a dict is merged over the
+    one in ``data`` (one level deep); anything else replaces it."""
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            merged = dict(data[k])
+            merged.update(v)
+            data[k] = merged
+        else:
+            data[k] = v
+    return data
 
 
 def to_toml(data: dict, prefix: str = "") -> str:
@@ -190,3 +199,38 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, what:
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> int | None:
+    """SIGTERM to a child this process started (by its Popen, so by its PID), SIGKILL if
+    it has not exited within ``timeout_s``; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (utime + stime) process PID has used, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metrics_text(listen: str, timeout_s: float = 5.0) -> str:
+    """One scrape of the daemon's /metrics at ``listen`` (host:port)."""
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=timeout_s) as r:
+        return r.read().decode()
+
+
+def metric_value(body: str, name: str, labels: str = "") -> float | None:
+    """One sample's value from an exposition, e.g. metric_value(b, "x_total", 'kind="a"')."""
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in body.splitlines():
+        if line.startswith(want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None

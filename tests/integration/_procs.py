@@ -12,10 +12,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, metrics_text, stop_process, wait_for
 from supervisor.control import request
 from supervisor.daemon import Daemon
 
@@ -46,7 +45,6 @@ class DaemonProcess:
     def __init__(self, cfg, path, log_path, env_extra: dict | None = None):
         self.cfg, self.path, self.log_path = cfg, Path(path), Path(log_path)
         self.sock = cfg.settings.control.socket
-        self.metrics_url = f"http://{cfg.settings.metrics.listen}/metrics"
         self.journal_path = os.path.join(cfg.settings.state_dir, "journal.sqlite3")
         self.env_extra = env_extra or {}
         self.proc: subprocess.Popen | None = None
@@ -84,7 +82,7 @@ class DaemonProcess:
         return self.get(f"/journal?limit=5000&after={after_seq}").get("entries", [])
 
     def metrics(self) -> str:
-        return urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        return metrics_text(self.cfg.settings.metrics.listen)
 
     def supctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "supervisor.cli", "--socket", self.sock,
@@ -101,31 +99,13 @@ class DaemonProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc)
 
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-
-def metric_value(body: str, name: str, labels: str = "") -> float | None:
-    """One sample's value from an exposition, e.g. metric_value(b, "x_total", 'kind="a"')."""
-    want = f"{name}{{{labels}}}" if labels else name
-    for line in body.splitlines():
-        if line.startswith(want + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def journal_integrity(path: str) -> str:

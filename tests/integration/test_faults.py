@@ -11,9 +11,9 @@ import time
 import docker
 import pytest
 
-from conftest import RUN_ID, Containers, wait_for
+from conftest import RUN_ID, Containers, metric_value, wait_for
 
-from ._procs import CONTAINER_KINDS, DaemonProcess, SecondEngine, metric_value
+from ._procs import CONTAINER_KINDS, DaemonProcess, SecondEngine
 
 MIB = 2**20
 

@@ -10,10 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 from ._procs import DaemonProcess, daemon_thread
-from conftest import ROOT, wait_for
+from conftest import ROOT, metrics_text, wait_for
 from supervisor.cgroups import CgroupFS
 from supervisor.control import request
 from supervisor.netdiag import NetnsWorker, list_tcp, open_probe
@@ -86,8 +85,7 @@ def test_idle_httpd_is_paused_and_a_client_in_its_namespace_wakes_it(make_config
                            10, what="the wake's journal row")
         assert wake["outcome"] == "ok" and wake["params"]["trigger"] == "connection"
         assert "127.0.0.1:8080" in wake["reason"]
-        body = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
-                                      timeout=5).read().decode()
+        body = metrics_text(cfg.settings.metrics.listen)
         assert 'resource_supervisor_hibernation_wakes_total{trigger="connection"} 1.0' in body
         assert "resource_supervisor_hibernation_wake_latency_seconds_count 1.0" in body
 
@@ -305,8 +303,7 @@ def test_a_health_checked_container_is_ready_at_its_next_healthy_event(make_conf
         # Docker stops the health monitor of a paused container; it reports healthy at
         # its first check after the wake, which is when the container counts as ready.
         assert last["ready_ms"] > last["latency_ms"]
-        body = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
-                                      timeout=5).read().decode()
+        body = metrics_text(cfg.settings.metrics.listen)
         assert "resource_supervisor_hibernation_wake_ready_seconds_count 1.0" in body
 
 

@@ -8,10 +8,9 @@ executors change (and put back) what `docker inspect` and the cgroup files show.
 import os
 import sqlite3
 import time
-import urllib.request
 
 from . import _procs
-from conftest import RUN_ID, wait_for
+from conftest import RUN_ID, metrics_text, wait_for
 from supervisor.actions import Action
 from supervisor.cgroups import CgroupFS
 from supervisor.component import Context
@@ -144,8 +143,7 @@ def test_a_pool_over_budget_is_alerted_throttled_and_relieved_by_a_stop(
         assert st["breaches"][0]["key"] == "pool:standard"
         victim_quota = host_config(victim)["CpuQuota"]
         assert victim_quota == int(throttle["after"]["cpu"] * 100_000)
-        metrics = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
-                                         timeout=5).read().decode()
+        metrics = metrics_text(cfg.settings.metrics.listen)
         assert 'resource_supervisor_breaches_active{kind="pool"} 1.0' in metrics
         assert 'resource_supervisor_breaches_total{kind="pool_warn"} 1.0' in metrics
         assert "resource_supervisor_throttled_containers 2.0" in metrics

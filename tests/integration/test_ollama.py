@@ -8,16 +8,14 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
-from conftest import ROOT, RUN_ID, wait_for
+from conftest import ROOT, RUN_ID, metrics_text, stop_process, wait_for
 from fake_ollama import FakeOllama, keep_busy
 from supervisor.cgroups import CgroupFS
 from supervisor.core_actions import CoreActions
@@ -106,8 +104,7 @@ def test_report_policy_shows_drift_in_status_metrics_and_journal_and_changes_not
                                "--width", "400"], capture_output=True, text=True, timeout=30).stdout
         (line,) = [x for x in text.splitlines() if x.strip().startswith(f"{name}:")]
         assert "NOT COMPLIANT" in line and "OLLAMA_NUM_PARALLEL=8" in line
-        metrics = urllib.request.urlopen(f"http://{cfg.settings.metrics.listen}/metrics",
-                                         timeout=5).read().decode()
+        metrics = metrics_text(cfg.settings.metrics.listen)
         assert f'resource_supervisor_ollama_compliant{{name="{name}"}} 0.0' in metrics
         assert (f'resource_supervisor_ollama_check{{check="num_parallel",name="{name}"}} 0.0'
                 in metrics)
@@ -122,12 +119,7 @@ def test_report_policy_shows_drift_in_status_metrics_and_journal_and_changes_not
         assert "OLLAMA_NUM_PARALLEL=8" in rows[0]["reason"]
         assert "has no effect" in rows[0]["reason"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
     after = inspect(docker_client, c.id)  # report: the environment is left as it was
     assert "OLLAMA_NUM_PARALLEL=8" in after["Config"]["Env"]
     assert after["State"]["Running"]

@@ -5,10 +5,8 @@ through Prometheus' HTTP API returns the pool figures the daemon computed, as
 the Grafana dashboard."""
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for
+from conftest import ROOT, free_port, stop_process, wait_for
 from supervisor.daemon import Daemon
 
 PROM = ROOT / "config" / "prometheus"
@@ -71,12 +69,7 @@ class Prometheus:
 
     def stop(self) -> None:
         # Only the server this test started, by its PID.
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

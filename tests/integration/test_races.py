@@ -14,13 +14,13 @@ import time
 import docker
 from prometheus_client import generate_latest
 
-from conftest import wait_for
+from conftest import metric_value, wait_for
 from supervisor.cgroups import CgroupFS
 from supervisor.daemon import Daemon
 from supervisor.engine import Engine
 from supervisor.inventory import Inventory
 
-from ._procs import CONTAINER_KINDS, daemon_thread, metric_value
+from ._procs import CONTAINER_KINDS, daemon_thread
 
 MIB = 2**20
 CLASSES = {

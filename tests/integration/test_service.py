@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, stop_process, wait_for
 from supervisor.actions import Action, Outcome
 from supervisor.component import Component
 
@@ -34,16 +34,6 @@ def start_daemon(cfg_path, log_path, env_extra=None, args=()):
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(cfg_path), *args],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def supctl(sock, *args, as_nobody=False, timeout=60):
@@ -200,7 +190,7 @@ def test_sd_notify_ready_status_watchdog_each_pass_and_stopping(make_config, con
         assert all(m["STATUS"].startswith("engine up, ") for m in after)
         assert status_json(cfg.settings.control.socket)["daemon"]["passes"] >= len(after)
     finally:
-        stop(proc)
+        stop_process(proc)
         try:
             rx.wait(lambda ms: any(m.get("STOPPING") == "1" for m in ms), 10, "STOPPING=1")
         finally:
@@ -220,7 +210,7 @@ def test_watchdog_is_fed_between_passes_when_the_tick_is_long(make_config, tmp_p
         # most pings came while the loop waited out its 60 s tick
         assert passes < len(pings(rx.messages))
     finally:
-        stop(proc)
+        stop_process(proc)
         rx.close()
 
 
@@ -358,7 +348,7 @@ def test_status_agrees_with_docker_inspect_renders_and_journal_follows(make_conf
         line = next(ln for ln in seen[before:] if late.name in ln)
         assert re.match(r"\s*\d+ \d\d:\d\d:\d\d ok\s+\w+\s+" + re.escape(late.name), line)
     finally:
-        stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0
 
 
@@ -399,7 +389,7 @@ def test_plan_changes_nothing_apply_acts_and_only_root_may_mutate(make_config, c
         assert memory() > 0  # root's apply acted, for real, once
         assert c.name in r.stdout
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(make_config, tmp_path):
@@ -433,5 +423,5 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(make_config,
         wait_for(lambda: budget() == GIB, 15, what="the new budget after a good reload")
         assert status_json(sock)["daemon"]["config_errors"] == ""
     finally:
-        stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0

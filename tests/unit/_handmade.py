@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+from conftest import merge_sections
 from supervisor.component import Tick
 from supervisor.config import HostFacts, load_config
 from supervisor.history import History
@@ -31,13 +32,7 @@ def config(cores: int = 4, memory: int = 8 * GIB, **over):
         },
         "manage": {"default_class": "standard"},
     }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            merged = dict(data[k])
-            merged.update(v)
-            data[k] = merged
-        else:
-            data[k] = v
+    merge_sections(data, over)
     return load_config(data=data, host=HostFacts(cores=cores, memory_bytes=memory))
 
 
