@@ -41,14 +41,11 @@ class Actuator:
     def register(self, kind: str, fn: Executor) -> None:
         self.executors[kind] = fn
 
-    def _held_by_rate_limit(self, now: float) -> bool:
-        with self._lock:
-            return self._rate_limited(now)
-
     def _rate_limited(self, now: float) -> bool:
-        while self._destructive_times and now - self._destructive_times[0] > 60:
-            self._destructive_times.popleft()
-        return len(self._destructive_times) >= self.max_destructive_per_minute
+        with self._lock:
+            while self._destructive_times and now - self._destructive_times[0] > 60:
+                self._destructive_times.popleft()
+            return len(self._destructive_times) >= self.max_destructive_per_minute
 
     def _begin(self, action: Action, now: float) -> int:
         if self.journal is None:
@@ -66,7 +63,7 @@ class Actuator:
         if dry_run:
             result = ActionResult(action, ok=True, dry_run=True,
                                   detail="would " + action.describe(), time_s=now)
-        elif action.destructive and self._held_by_rate_limit(now):
+        elif action.destructive and self._rate_limited(now):
             result = ActionResult(action, ok=False, dry_run=False, skipped=True, time_s=now,
                                   detail="held back: destructive action limit per minute reached")
         else:

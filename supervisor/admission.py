@@ -21,7 +21,7 @@ from .pools import PoolUsage, admit
 # Docker refuses a memory limit below 6 MiB ("Minimum memory limit allowed is 6MB").
 DOCKER_MIN_MEMORY_BYTES = 6 * 2**20
 
-FITS, SHRUNK, OVER_BUDGET, HELD = "fits", "shrunk", "over-budget", "held"
+HELD = "held"  # a container whose limit cannot be changed now: its current one is kept
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,3 @@ def admit_all(budgets: dict[str, int], members: Iterable[Candidate]) -> dict[str
         for a in admit_pool(pool, budgets[pool], group):
             out[a.id] = a
     return out
-
-
-def granted_total(admissions: Iterable[Admission], pool: str) -> int:
-    """What the admitted members of ``pool`` hold once placement has applied them."""
-    return sum(a.granted_bytes for a in admissions if a.pool == pool)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .audit import audit_container, sort_findings
 from .control import ApiError, Param
+from .snapshot import LIVE_STATES
 from .status import build_status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +44,7 @@ def core_routes(d: "Daemon") -> dict[tuple[str, str], Route]:
         findings = []
         audited = []
         for c in tick.snapshot.containers:
-            if not c.managed or c.info.state not in ("running", "paused", "restarting"):
+            if not c.managed or c.info.state not in LIVE_STATES:
                 continue
             audited.append(c.info.name)
             findings += audit_container(c.info, tick.cfg)

@@ -26,9 +26,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .classify import classify
-from .config import Config, glob_match
+from .classify import classify, label_is_true
+from .config import Config
 from .errors import SupervisorError
+from .ollama_policy import match_container
 from .snapshot import ContainerInfo
 
 FORBIDDEN_HOST_PORTS = (80, 443, 8080, 8000, 3000, 5000)
@@ -84,14 +85,9 @@ def _is_root(user: str) -> bool:
     return u in ("", "root", "0")
 
 
-def _truthy(v: str | None) -> bool:
-    return (v or "").strip().lower() in ("1", "true", "yes")
-
-
 def is_ollama(spec: ServiceSpec, cfg: Config) -> bool:
-    o = cfg.settings.ollama
-    return (glob_match(o.images, spec.image) or glob_match(o.names, spec.name)
-            or _truthy(spec.labels.get(o.label)))
+    """The governor's own rule (label opt-in or opt-out first, then image, then name)."""
+    return bool(match_container(spec.labels, spec.image, spec.name, cfg.settings.ollama))
 
 
 def _class_for(spec: ServiceSpec, cfg: Config) -> tuple[str, str]:
@@ -159,7 +155,7 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
                              "no max_attempts: a failing service is restarted without end")
 
     # Rules 5.2 and 5.1
-    gateway = _truthy(spec.labels.get(GATEWAY_LABEL))
+    gateway = label_is_true(spec.labels, GATEWAY_LABEL)
     for port, written in spec.host_ports:
         if port is None:
             add("5.1", "low", f"port {written!r} is published on a host port the engine "

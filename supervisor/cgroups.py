@@ -23,7 +23,7 @@ from .snapshot import CgroupStats, Pressure
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "freezer")
 # v1 reports "no limit" as the largest page-aligned signed 64-bit value.
-_V1_UNLIMITED = 1 << 62
+V1_UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,15 @@ def read_text(path: str) -> str:
         raise _wrap(path, e) from None
 
 
+def _write_knob(path: str, value: str | int, flags: int = os.O_WRONLY) -> None:
+    """One write(2) of ``value`` to a cgroup file; OSError as raised."""
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
 def stat_value(text: str, key: str) -> int:
     """One key of a flat-keyed file without parsing the rest (memory.stat has ~40 lines)."""
     i = text.find(key + " ")
@@ -81,7 +90,12 @@ def stat_value(text: str, key: str) -> int:
 
 
 def read_int(path: str) -> int:
-    text = read_text(path).strip()
+    return _parse_int(path, read_text(path))
+
+
+def _parse_int(path: str, text: str) -> int:
+    """A single-value cgroup file's integer ("max" -> -1)."""
+    text = text.strip()
     if text == "max":
         return -1
     try:
@@ -137,6 +151,19 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
     return out
 
 
+def _usage(version: int, usage_bytes: int, memory_stat: str, cpu_s: float,
+           throttled_s: float | None) -> CgroupUsage:
+    """The hot counters; the working set as cAdvisor counts it: usage minus inactive file
+    pages (v1 reports the hierarchy's total under total_inactive_file)."""
+    inactive = stat_value(memory_stat, "inactive_file" if version == 2 else "total_inactive_file")
+    return CgroupUsage(usage_bytes, max(0, usage_bytes - inactive), cpu_s, throttled_s)
+
+
+def _v2_cpu_s(cpu_stat: str) -> tuple[float, float]:
+    """(CPU seconds used, seconds throttled) from a v2 cpu.stat."""
+    return stat_value(cpu_stat, "usage_usec") / 1e6, stat_value(cpu_stat, "throttled_usec") / 1e6
+
+
 class UsageFiles:
     """The hot-path files of one cgroup (what ``CgroupFS.read_usage`` reads), kept open and
     re-read with pread at offset 0: a cgroup file is generated afresh on each read from
@@ -176,11 +203,7 @@ class UsageFiles:
             raise _wrap(path, e) from None
 
     def _int(self, key: str) -> int:
-        text = self._text(key).strip()
-        try:
-            return -1 if text == "max" else int(text)
-        except ValueError:
-            raise CgroupError(self._fds[key][1], f"expected an integer, found {text[:40]!r}") from None
+        return _parse_int(self._fds[key][1], self._text(key))
 
     def read(self) -> CgroupUsage:
         if not self._fds:
@@ -188,13 +211,9 @@ class UsageFiles:
         usage = self._int("usage")
         mstat = self._text("mstat")
         if self.version == 2:
-            cstat = self._text("cstat")
-            return CgroupUsage(usage, max(0, usage - stat_value(mstat, "inactive_file")),
-                               stat_value(cstat, "usage_usec") / 1e6,
-                               stat_value(cstat, "throttled_usec") / 1e6)
+            return _usage(2, usage, mstat, *_v2_cpu_s(self._text("cstat")))
         cpu_s = self._int("cpuacct") / 1e9 if "cpuacct" in self._fds else 0.0
-        return CgroupUsage(usage, max(0, usage - stat_value(mstat, "total_inactive_file")), cpu_s,
-                           None)
+        return _usage(1, usage, mstat, cpu_s, None)
 
     def close(self) -> None:
         for fd, _ in self._fds.values():
@@ -278,18 +297,13 @@ class CgroupFS:
         if loc.version == 2:
             d = loc.dirs["unified"]
             usage = read_int(f"{d}/memory.current")
-            inactive = stat_value(read_text(f"{d}/memory.stat"), "inactive_file")
-            cstat = read_text(f"{d}/cpu.stat")
-            return CgroupUsage(usage, max(0, usage - inactive),
-                               stat_value(cstat, "usage_usec") / 1e6,
-                               stat_value(cstat, "throttled_usec") / 1e6)
+            return _usage(2, usage, read_text(f"{d}/memory.stat"), *_v2_cpu_s(read_text(f"{d}/cpu.stat")))
         m = loc.dirs["memory"]
         usage = read_int(f"{m}/memory.usage_in_bytes")
-        inactive = stat_value(read_text(f"{m}/memory.stat"), "total_inactive_file")
         cpu_s = read_int(f"{loc.dirs['cpuacct']}/cpuacct.usage") / 1e9 if "cpuacct" in loc.dirs else 0.0
         thr = stat_value(read_text(f"{loc.dirs['cpu']}/cpu.stat"), "throttled_time") / 1e9 \
             if "cpu" in loc.dirs else 0.0
-        return CgroupUsage(usage, max(0, usage - inactive), cpu_s, thr)
+        return _usage(1, usage, read_text(f"{m}/memory.stat"), cpu_s, thr)
 
     def open_usage(self, loc: CgroupLocation) -> UsageFiles:
         """The files ``read_usage`` reads, opened once for reading every tick."""
@@ -412,9 +426,9 @@ class CgroupFS:
         return CgroupStats(
             version=1, path=m, memory_usage_bytes=usage,
             memory_working_set_bytes=max(0, usage - mstat.get("total_inactive_file", 0)),
-            memory_limit_bytes=None if limit < 0 or limit >= _V1_UNLIMITED else limit,
+            memory_limit_bytes=None if limit < 0 or limit >= V1_UNLIMITED else limit,
             memory_high_bytes=None,
-            memory_low_bytes=None if soft < 0 or soft >= _V1_UNLIMITED else soft,
+            memory_low_bytes=None if soft < 0 or soft >= V1_UNLIMITED else soft,
             memory_events=events, cpu_usage_s=cpu_usage_ns / 1e9,
             cpu_throttled_s=cstat.get("throttled_time", 0) / 1e9,
             cpu_nr_throttled=cstat.get("nr_throttled", 0), cpu_quota_cores=quota,
@@ -429,13 +443,8 @@ class CgroupFS:
         stall the writer. Older ones ignore the flag: on Debian's 6.1 the v2 lane measured
         the write reclaiming 41.5 -> 12.3 MiB before returning, so callers must not rely
         on the write being quick."""
-        flags = os.O_WRONLY | (os.O_NONBLOCK if nonblock else 0)
         try:
-            fd = os.open(path, flags)
-            try:
-                os.write(fd, str(value).encode())
-            finally:
-                os.close(fd)
+            _write_knob(path, value, os.O_WRONLY | (os.O_NONBLOCK if nonblock else 0))
         except OSError as e:
             raise _wrap(path, e) from None
 
@@ -450,11 +459,7 @@ class CgroupFS:
         """Write a knob whose write the kernel may refuse for lack of reclaimable memory:
         False on EAGAIN/EBUSY (nothing is wrong with the cgroup), CgroupError otherwise."""
         try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, str(value).encode())
-            finally:
-                os.close(fd)
+            _write_knob(path, value)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EBUSY):
                 return False

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from typing import Callable
 
 from . import logs
@@ -56,12 +57,14 @@ def build_components(ctx: Context) -> list[Component]:
             Hibernation(ctx), OllamaGovernor(ctx)]
 
 
+def _with_dry_run(cfg: Config, dry_run: bool) -> Config:
+    """The same config with ``dry_run`` set so."""
+    return replace(cfg, settings=cfg.settings.model_copy(update={"dry_run": dry_run}))
+
+
 def _acting(cfg: Config) -> Config:
     """The same config with dry_run off (GET /plan plans, POST /apply acts, for real)."""
-    if not cfg.dry_run:
-        return cfg
-    from dataclasses import replace
-    return replace(cfg, settings=cfg.settings.model_copy(update={"dry_run": False}))
+    return _with_dry_run(cfg, False) if cfg.dry_run else cfg
 
 
 class Daemon:
@@ -176,7 +179,6 @@ class Daemon:
     def plan_now(self) -> dict:
         """GET /plan: what the daemon would do on its last snapshot, changing nothing: a
         full (reconcile) pass planned as if it acted for real, and nothing executed."""
-        from dataclasses import replace
         with self.pass_lock:
             tick = self.last_tick
             if tick is None:
@@ -236,8 +238,11 @@ class Daemon:
             self.keepalive()
         live = {c.info.id for c in snap.containers}
         for r in results:
-            if not r.dry_run and r.action.target in live:
-                self.sampler.invalidate(r.action.target)  # a cgroup write is no engine event
+            # A cgroup write is no engine event: read the container in full next pass. An
+            # alert or a skipped action wrote nothing.
+            if (not r.dry_run and not r.skipped and r.action.kind != "alert"
+                    and r.action.target in live):
+                self.sampler.invalidate(r.action.target)
         by_comp: dict[int, list[ActionResult]] = {}
         for (comp, _), r in zip(planned, results):
             by_comp.setdefault(id(comp), []).append(r)
@@ -271,8 +276,7 @@ class Daemon:
             return False, e.render()
         if self.force_dry_run and not new.dry_run:
             # --dry-run on the command line outlives any reload.
-            from dataclasses import replace
-            new = replace(new, settings=new.settings.model_copy(update={"dry_run": True}))
+            new = _with_dry_run(new, True)
         old = self.cfg
         fixed = []
         for key, a, b in (("metrics.listen", old.settings.metrics.listen, new.settings.metrics.listen),
@@ -458,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {w}")
         return 0
     if args.dry_run:
-        from dataclasses import replace
-        cfg = replace(cfg, settings=cfg.settings.model_copy(update={"dry_run": True}))
+        cfg = _with_dry_run(cfg, True)
     logs.setup(cfg.settings.log_level)
     for w in cfg.warnings:
         log.warning("config: %s", w)

@@ -171,10 +171,7 @@ class Engine:
                 res = api._post_json(api._url("/containers/{0}/update", ident),
                                      data={"NanoCpus": int(nano_cpus)})
                 api._raise_for_status(res)
-        try:
-            self._call("update", go)
-        except docker.errors.APIError as e:
-            raise EngineRefused(f"update refused: {e.explanation or e}") from None
+        self._refusable("update", go)
 
     def pause(self, ident: str) -> None:
         self._call("pause", lambda: self._c().api.pause(ident))

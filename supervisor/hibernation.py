@@ -50,9 +50,7 @@ about that interval, while the waiting client is served at once.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -63,13 +61,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .actions import Action, ActionResult, Outcome
 from .cgroups import read_text, stat_value
-from .classify import FALSE_VALUES as OPT_OUT_VALUES, classify, is_managed
+from .classify import classify, is_managed, label_is_false
 from .component import Component, Context, Tick
 from .config import ClassConfig, Config
 from .control import Param
 from .errors import CgroupError, CgroupGone, EngineUnavailable, SupervisorError
 from .host import parse_meminfo
 from .journal import JournalError
+from .metrics import DurationHistogram
 from .netdiag import (ConnectionProbe, NetdiagError, NetnsGone, NetnsWorker, TcpSocket,
                       list_tcp, open_probe, read_counters, socket_inodes, udp_services)
 from .snapshot import ContainerInfo
@@ -227,11 +226,6 @@ def mark_busy(track: Track | None, at_s: float, reason: str) -> Track | None:
                    busy_at_s=at_s)
 
 
-def _opted_out(info: ContainerInfo, cfg: Config) -> bool:
-    label = cfg.settings.hibernation.opt_out_label
-    return info.labels.get(label, "").strip().lower() in OPT_OUT_VALUES
-
-
 def hibernation_block(info: ContainerInfo, class_name: str, managed: bool, cfg: Config) -> str:
     """Why this container may not be hibernated, or "" when it may."""
     if not managed:
@@ -245,9 +239,9 @@ def hibernation_block(info: ContainerInfo, class_name: str, managed: bool, cfg: 
         return f"class {class_name!r} is protected and never hibernates"
     if klass.idle_after_s <= 0:
         return f"class {class_name!r} has idle_after 0"
-    if _opted_out(info, cfg):
-        return f"opted out by label {cfg.settings.hibernation.opt_out_label}=" \
-               f"{info.labels.get(cfg.settings.hibernation.opt_out_label)}"
+    label = cfg.settings.hibernation.opt_out_label
+    if label_is_false(info.labels, label):
+        return f"opted out by label {label}={info.labels.get(label)}"
     return ""
 
 
@@ -384,27 +378,13 @@ def plan_hibernation(tick: Tick, state: HibernationState) -> list[Action]:
 # ====================================================================== metrics helpers
 
 
-class LatencyHistogram:
+class LatencyHistogram(DurationHistogram):
     def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS_S):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * len(self.buckets)
-        self.count = 0
-        self.sum_s = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, seconds: float) -> None:
-        with self._lock:
-            self.count += 1
-            self.sum_s += seconds
-            for i, le in enumerate(self.buckets):
-                if seconds <= le:
-                    self.counts[i] += 1
+        super().__init__(buckets)
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
-        with self._lock:
-            buckets = [(repr(le), float(n)) for le, n in zip(self.buckets, self.counts)]
-            buckets.append(("+Inf", float(self.count)))
-            return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum_s)
+        buckets, sum_s = self.cumulative()
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=sum_s)
 
 
 @dataclass
@@ -524,10 +504,9 @@ class Hibernation(Component):
         th = Thresholds.from_config(cfg)
         with self._lock:
             hibernated = set(self._records)
+            prev_tracks = dict(self._tracks)
         samples: dict[str, tuple[ActivitySample, float]] = {}
         kept: dict[str, Track] = {}
-        with self._lock:
-            prev_tracks = dict(self._tracks)
         # Off: nothing plans from the tracks, and reading every namespace's counters is
         # the costliest part of a pass (issue 9 soak: 15 ms at 110 containers).
         enabled = cfg.settings.hibernation.enabled
@@ -611,6 +590,14 @@ class Hibernation(Component):
             pids = [info.pid]
         return socket_inodes(self.ctx.proc, pids)
 
+    def _mark_busy(self, cid: str, reason: str) -> None:
+        """Restart the idle clock of a container a socket check found busy."""
+        now = self.ctx.clock()
+        with self._lock:
+            t = mark_busy(self._tracks.get(cid), now, reason)
+            if t is not None:
+                self._tracks[cid] = t
+
     def _hibernate(self, action: Action) -> Outcome:
         cid = action.target
         with self._container_lock(cid):
@@ -651,11 +638,7 @@ class Hibernation(Component):
                              min(klass.idle_after_s, float(action.params.get("idle_s") or klass.idle_after_s)))
             busy = connection_activity(sockets, window_s, owned)
             if busy:
-                now = self.ctx.clock()
-                with self._lock:
-                    t = mark_busy(self._tracks.get(cid), now, busy)
-                    if t is not None:
-                        self._tracks[cid] = t
+                self._mark_busy(cid, busy)
                 self.counts["kept_awake_by_connections"] += 1
                 return Outcome(ok=False, skipped=True, detail=f"not idle: {busy}",
                                after={"busy": busy})
@@ -728,10 +711,7 @@ class Hibernation(Component):
             return None
         listening = ", ".join(u.describe() for u in udp[:4]) + (" ..." if len(udp) > 4 else "")
         busy = f"serves {listening}: a datagram cannot wake a paused container"
-        with self._lock:
-            t = mark_busy(self._tracks.get(info.id), self.ctx.clock(), busy)
-            if t is not None:
-                self._tracks[info.id] = t
+        self._mark_busy(info.id, busy)
         self.counts["kept_awake_by_udp"] += 1
         return Outcome(ok=False, skipped=True,
                        detail=f"not hibernated: {busy} (hibernate_mode = \"stop\" or force to hibernate it)",
@@ -747,12 +727,14 @@ class Hibernation(Component):
         except CgroupError as e:
             self.counts["reclaim_errors"] += 1
             return None, f"memory not released: {e}"
-        if loc.version == 2:
-            knob, value = "memory.reclaim", str(before)
-        else:
-            knob, value = "memory.force_empty", "0"
+        knob = "memory.reclaim" if loc.version == 2 else "memory.force_empty"
         try:
-            fs.write_file(loc, "memory", knob, value)
+            if loc.version == 2:
+                # Asking for everything it holds: "could not reclaim all" (EAGAIN) is the
+                # usual answer, which CgroupFS.reclaim returns as False, not an error.
+                fs.reclaim(loc, before)
+            else:
+                fs.write_file(loc, "memory", knob, "0")
         except CgroupGone:
             # ENOENT on the knob while the cgroup is still there: a kernel without it
             # (memory.reclaim came in 5.19).
@@ -762,11 +744,8 @@ class Hibernation(Component):
                 return None, "memory not released: the cgroup vanished"
             return None, f"memory not released: this kernel has no {knob}"
         except CgroupError as e:
-            # memory.reclaim answers EAGAIN when it could not reclaim all it was asked
-            # (cgroup-v2.rst): asking for everything, that is the usual answer.
-            if not (knob == "memory.reclaim" and e.reason == os.strerror(errno.EAGAIN)):
-                self.counts["reclaim_errors"] += 1
-                return None, f"memory not released: {knob}: {e.reason}"
+            self.counts["reclaim_errors"] += 1
+            return None, f"memory not released: {knob}: {e.reason}"
         try:
             after = fs.read_usage(loc).memory_usage_bytes
             anon = stat_value(fs.read_file(loc, "memory", "memory.stat"),
@@ -1221,7 +1200,7 @@ class Hibernation(Component):
                            "net_idle_bytes_per_s": h.net_idle_bytes_per_s,
                            "blkio_idle_bytes_per_s": h.blkio_idle_bytes_per_s},
             "swap_total_bytes": swap, "memory_note": note,
-            "hibernated": sum(1 for r in records),
+            "hibernated": len(records),
             "containers": rows,
             "hibernations": hibs,
             "released_bytes_total": released,

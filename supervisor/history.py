@@ -80,10 +80,3 @@ def round_up_bytes(n: float) -> int:
 def recommend_limit(p_working_set: float, headroom: float, floor_bytes: int = 0) -> int:
     """Rule 1.1: limit = observed high percentile + 20% (headroom), rounded up."""
     return max(floor_bytes, round_up_bytes(p_working_set * (1 + headroom)))
-
-
-def recommend_reservation(limit_bytes: int, ratio: float) -> int:
-    """Rule 1.1: request is 50-75% of the limit. Rounded down to whole MiB, so rounding
-    can never push it past 75% (96 MiB x 0.75 rounded up in 16 MiB steps would be 83%)."""
-    raw = limit_bytes * min(max(ratio, 0.5), 0.75)
-    return int(raw // _MIB * _MIB) if raw >= _MIB else int(raw)

@@ -137,10 +137,8 @@ class Journal:
 
     def begin(self, action: Action, time_s: float | None = None, dry_run: bool = False) -> int:
         """Commit an action's intent (outcome "pending") before its executor runs."""
-        a = action
-        row = (time_s or self.clock(), a.kind, a.source, a.target, a.name, a.reason, "pending",
-               int(dry_run), "", json.dumps(a.params, default=str), "{}", "{}")
-        return self._insert(row)
+        return self.record(ActionResult(action, ok=True, dry_run=dry_run, time_s=time_s or 0.0),
+                           outcome="pending")
 
     def finish(self, seq: int, result: ActionResult) -> None:
         """Fill in the result of the row ``begin`` returned."""
@@ -182,12 +180,7 @@ class Journal:
         if kinds:
             q += " AND kind IN (%s)" % ",".join("?" * len(kinds))
             args += kinds
-        q += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit)
-        with self._lock:
-            cur = self._db.execute(q, args)
-            cols = [d[0] for d in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        rows = self._newest(q, args, limit)
         for r in rows:
             for k in ("params", "before", "after"):
                 r[k] = json.loads(r[k])
@@ -202,13 +195,14 @@ class Journal:
         if source:
             q += " AND source = ?"
             args.append(source)
-        q += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit)
+        return list(reversed(self._newest(q, args, limit)))
+
+    def _newest(self, q: str, args: list[Any], limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` rows of query ``q`` as dicts, newest first."""
         with self._lock:
-            cur = self._db.execute(q, args)
+            cur = self._db.execute(q + " ORDER BY seq DESC LIMIT ?", [*args, limit])
             cols = [d[0] for d in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-        return list(reversed(rows))
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def count(self) -> int:
         with self._lock:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from .actions import Action, Outcome
+from .cgroups import V1_UNLIMITED
 from .classify import classify
 from .component import Context
 from .errors import CgroupError, CgroupGone, SupervisorError
@@ -41,7 +42,6 @@ THROTTLE_PREFIX = "ladder/throttle/"
 RECLAIM_PREFIX = "ladder/reclaim/"
 MIB = 1 << 20
 MIN_RECLAIM_BYTES = MIB  # asking the kernel for less is not worth a write
-V1_UNLIMITED = 1 << 62  # v1 reports "no limit" as this or more
 
 
 def untouchable(cls: "ClassConfig | None") -> bool:
@@ -104,8 +104,9 @@ class KnobExecutors:
             return None, Outcome(ok=False, skipped=True, detail="container no longer exists")
         if info.state != "running":
             return None, Outcome(ok=False, skipped=True, detail=f"container is {info.state}")
-        cls, _ = classify(info, self.ctx.get_config())
-        if untouchable(self.ctx.get_config().classes.get(cls)):
+        cfg = self.ctx.get_config()
+        cls, _ = classify(info, cfg)
+        if untouchable(cfg.classes.get(cls)):
             return None, Outcome(ok=False, skipped=True,
                                  detail=f"refused: class {cls!r} is protected")
         return info, None

@@ -20,7 +20,6 @@ from typing import Any
 
 SERVICE = "resource-supervisor"
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-_FIELD_OK = re.compile(r"[A-Z0-9_]+")
 # syslog priorities (sd-daemon(3)) by logging level
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
              logging.DEBUG: 7}
@@ -55,7 +54,7 @@ def journal_fields(record: logging.LogRecord, message: str) -> dict[str, str]:
               "CODE_LINE": str(record.lineno), "CODE_FUNC": record.funcName}
     for k, v in extra_fields(record).items():
         name = re.sub(r"[^A-Z0-9_]", "_", k.upper()).lstrip("_")
-        if name and _FIELD_OK.fullmatch(name) and name not in fields:
+        if name and name not in fields:
             fields[name] = v if isinstance(v, str) else json.dumps(v, default=str)
     return fields
 

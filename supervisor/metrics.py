@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .exposition import render
 from .pools import container_limit_bytes, pool_of
+from .snapshot import LIVE_STATES
 
 if TYPE_CHECKING:  # pragma: no cover
     from .component import Tick
@@ -50,7 +51,6 @@ CONTAINER_LABELS = ["name", "id", "class", "pool"]
 # label (a state change ends the old series; Prometheus marks it stale at once).
 CONTAINER_STATES = ("created", "running", "paused", "hibernated", "restarting", "removing",
                     "exited", "dead")
-_LIVE_STATES = ("running", "paused", "restarting")
 # /proc/stat modes, as node_exporter labels them.
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 # Pass durations: from a quiet 2-core host (~1 ms) to a pass stuck on a slow engine (10 s).
@@ -137,18 +137,12 @@ def _items(counter: Any) -> list[tuple[Any, int]]:
     return list(counter.items()) if counter else []
 
 
-class _SampleAdder:
-    """``family.add_metric`` for a label dict the caller builds once and shares: the
-    sample's name is the family's (``_total`` added for counters, as add_metric does)."""
-
-    def __init__(self) -> None:
-        self._names: dict[int, tuple[Metric, str]] = {}
-
-    def __call__(self, fam: Metric, labels: dict[str, str], value: float) -> None:
-        hit = self._names.get(id(fam))
-        if hit is None or hit[0] is not fam:
-            hit = self._names[id(fam)] = (fam, fam.name + "_total" if fam.type == "counter" else fam.name)
-        fam.samples.append(Sample(hit[1], labels, value))
+def _add(fam: Metric, labels: dict[str, str], value: float) -> None:
+    """``fam.add_metric`` for a label dict the caller builds once and shares between
+    families (add_metric makes a dict per sample); ``_total`` added for counters, as
+    add_metric does."""
+    fam.samples.append(Sample(fam.name + "_total" if fam.type == "counter" else fam.name,
+                              labels, value))
 
 
 def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
@@ -254,29 +248,28 @@ def container_families(tick: "Tick", hibernated: set[str] = frozenset()) -> Iter
                   "Bytes sent on the container's interfaces (loopback excluded)", L)
     # One label dict per container, shared by its samples (not add_metric's dict per
     # sample): ~1300 samples for 110 containers, and the writer escapes each dict once.
-    add = _SampleAdder()
     for c in tick.snapshot.containers:
         info = c.info
         lv = {"name": label_value(info.name), "id": info.short_id,
               "class": label_value(c.class_name), "pool": label_value(pool_of(c, cfg))}
-        add(managed, lv, 1.0 if c.managed else 0.0)
-        add(state, {**lv, "state": "hibernated" if info.id in hibernated
-                    else label_value(info.state)}, 1.0)
-        if info.state not in _LIVE_STATES:
+        _add(managed, lv, 1.0 if c.managed else 0.0)
+        _add(state, {**lv, "state": "hibernated" if info.id in hibernated
+                     else label_value(info.state)}, 1.0)
+        if info.state not in LIVE_STATES:
             continue
         s = c.stats
-        add(cpuset, {**lv, "cpuset": label_value(info.cpuset_cpus or (s.cpuset_cpus if s else ""))}, 1.0)
-        add(limit, lv, container_limit_bytes(c))
-        add(reservation, lv, info.memory_reservation_bytes
+        _add(cpuset, {**lv, "cpuset": label_value(info.cpuset_cpus or (s.cpuset_cpus if s else ""))}, 1.0)
+        _add(limit, lv, container_limit_bytes(c))
+        _add(reservation, lv, info.memory_reservation_bytes
             or (s.memory_low_bytes if s and s.memory_low_bytes else 0))
         if s is not None:
-            add(wss, lv, s.memory_working_set_bytes)
-            add(usage, lv, s.memory_usage_bytes)
-            add(cpu, lv, s.cpu_usage_s)
-            add(thr, lv, s.cpu_throttled_s)
+            _add(wss, lv, s.memory_working_set_bytes)
+            _add(usage, lv, s.memory_usage_bytes)
+            _add(cpu, lv, s.cpu_usage_s)
+            _add(thr, lv, s.cpu_throttled_s)
         if c.net is not None:
-            add(rx, lv, c.net.rx_bytes)
-            add(tx, lv, c.net.tx_bytes)
+            _add(rx, lv, c.net.rx_bytes)
+            _add(tx, lv, c.net.tx_bytes)
     yield from (managed, state, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx)
 
 
@@ -317,7 +310,6 @@ class SupervisorCollector:
     def __init__(self, daemon: "Daemon"):
         self.d = daemon
         self.collect_errors: Counter[str] = Counter()
-        self.collect_s: dict[str, float] = {}  # this scrape's time per part, for the operator
 
     def _own(self) -> Iterator[Metric]:
         d = self.d
@@ -335,12 +327,10 @@ class SupervisorCollector:
                            "0 when the last reload was refused (the previous config runs on)")
         reload_ok.add_metric([], 0.0 if d.last_config_error else 1.0)
         yield reload_ok
-        pm = getattr(d, "pass_metrics", None)
-        if pm is not None:
-            buckets, sum_s = pm.tick_duration.cumulative()
-            yield HistogramMetricFamily(PREFIX + "tick_duration_seconds",
-                                        "Wall time of one pass: sample, plan, act, publish",
-                                        buckets=buckets, sum_value=sum_s)
+        buckets, sum_s = d.pass_metrics.tick_duration.cumulative()
+        yield HistogramMetricFamily(PREFIX + "tick_duration_seconds",
+                                    "Wall time of one pass: sample, plan, act, publish",
+                                    buckets=buckets, sum_value=sum_s)
         actions = _counter("actions_total", "Actions by kind and outcome "
                            "(ok, failed, skipped, dry_run)", ["kind", "outcome"])
         journal_failed = 0
@@ -354,7 +344,7 @@ class SupervisorCollector:
         jf.add_metric([], journal_failed)
         yield jf
         breaches = _counter("breaches_total", "Breaches seen, by kind (counted at onset)", ["kind"])
-        for kind, n in sorted(_items(getattr(d, "breaches", None))):
+        for kind, n in sorted(_items(d.breaches)):
             breaches.add_metric([label_value(kind)], n)
         yield breaches
         for name, doc, counts in (
@@ -369,7 +359,7 @@ class SupervisorCollector:
                 fam.add_metric([label_value(event)], n)
             yield fam
 
-    def _errors(self) -> Iterator[Metric]:
+    def _errors(self, took_s: dict[str, float]) -> Iterator[Metric]:
         errs = _counter("collect_errors_total", "Scrapes where a component's metrics failed",
                         ["component"])
         for comp, n in sorted(_items(self.collect_errors)):
@@ -378,7 +368,7 @@ class SupervisorCollector:
         took = _gauge("collect_duration_seconds", "Time this scrape spent gathering each part's "
                       "metrics (exporter: host, containers, pools; others: components)",
                       ["component"])
-        for comp, secs in self.collect_s.items():
+        for comp, secs in took_s.items():
             took.add_metric([label_value(comp)], secs)
         yield took
 
@@ -389,7 +379,8 @@ class SupervisorCollector:
                 *container_families(tick, hibernated_ids(self.d.components)),
                 *pool_families(tick)]
 
-    def _component_families(self, tick: "Tick", taken: set[str]) -> list[Metric]:
+    def _component_families(self, tick: "Tick", taken: set[str],
+                            took_s: dict[str, float]) -> list[Metric]:
         out = []
         for comp in self.d.components:
             t0 = time.perf_counter()
@@ -400,7 +391,7 @@ class SupervisorCollector:
                 self.collect_errors[comp.name] += 1
                 continue
             finally:
-                self.collect_s[comp.name] = time.perf_counter() - t0
+                took_s[comp.name] = time.perf_counter() - t0
             for fam in fams:
                 if fam.name in taken:
                     # Two families of one name would make the whole exposition invalid.
@@ -413,17 +404,18 @@ class SupervisorCollector:
 
     def collect(self) -> Iterable[Metric]:
         tick = self.d.last_tick  # one tick for the whole scrape, whatever the loop does
-        self.collect_s = {}
+        # This scrape's time per part: its own dict, since scrapes may overlap.
+        took_s: dict[str, float] = {}
         t0 = time.perf_counter()
         fams = list(self._own())
         if tick is not None:
             fams.extend(self._tick_families(tick))
-        self.collect_s["exporter"] = time.perf_counter() - t0
+        took_s["exporter"] = time.perf_counter() - t0
         if tick is not None:
             fams.extend(self._component_families(tick, {f.name for f in fams} | {
-                PREFIX + "collect_errors", PREFIX + "collect_duration_seconds"}))
+                PREFIX + "collect_errors", PREFIX + "collect_duration_seconds"}, took_s))
         yield from fams
-        yield from self._errors()  # last: they count this scrape's components too
+        yield from self._errors(took_s)  # last: they count this scrape's components too
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -55,7 +55,6 @@ INET_DIAG_INFO = 2  # extension: struct tcp_info
 _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # struct inet_diag_msg after the netlink header: family, state, timer, retrans (4 bytes),
 # struct inet_diag_sockid (48 bytes), expires, rqueue, wqueue, uid, inode (u32 each).
-_DIAG_HEAD = struct.Struct("=BB")
 _DIAG_TAIL = struct.Struct("=IIIII")
 _DIAG_TAIL_OFFSET = 4 + 48
 
@@ -280,17 +279,6 @@ def udp_services(proc: str, pid: int) -> list[UdpSocket]:
         except (ValueError, IndexError) as e:
             raise NetdiagError(f"unexpected line in {path}: {e}") from None
     return out
-
-
-def netns_id(proc: str, pid: int) -> str:
-    """Identity of PID's network namespace ("net:[4026531992]"): equal for processes that
-    share one."""
-    try:
-        return os.readlink(f"{proc}/{pid}/ns/net")
-    except FileNotFoundError:
-        raise NetnsGone(f"process {pid} is gone") from None
-    except OSError as e:
-        raise NetdiagError(f"cannot read the network namespace of pid {pid}: {e.strerror}") from None
 
 
 # ---------------------------------------------------------------------- the worker thread

@@ -411,10 +411,13 @@ class OllamaGovernor(Component):
                 out[t.key] = ov
         return out
 
+    @staticmethod
+    def _params_sig(params: dict) -> str:
+        return json.dumps(params, sort_keys=True, default=str)
+
     def _recent(self, key: str, kind: str, params: dict, now: float, gap_s: float) -> bool:
         last = self._attempts.get((key, kind))
-        sig = json.dumps(params, sort_keys=True, default=str)
-        return last is not None and last[0] == sig and now - last[1] < gap_s
+        return last is not None and last[0] == self._params_sig(params) and now - last[1] < gap_s
 
     def plan(self, tick: Tick) -> list[Action]:
         self._advance(tick)
@@ -495,8 +498,7 @@ class OllamaGovernor(Component):
                 if r.ok or r.dry_run:
                     self._reported[a.target] = a.params.get("signature", "")
                 continue
-            sig = json.dumps(a.params, sort_keys=True, default=str)
-            self._attempts[(a.target, a.kind)] = (sig, tick.now)
+            self._attempts[(a.target, a.kind)] = (self._params_sig(a.params), tick.now)
             if a.kind == "ollama_recreate" and not r.dry_run and not r.skipped:
                 self._recreated[a.name] = (tick.now, r.ok)
         live = set(self._views)
@@ -519,13 +521,23 @@ class OllamaGovernor(Component):
         self.ctx.journal.del_state(THROTTLE_PREFIX + key)
         self._throttles.pop(key, None)
 
+    def _note_throttle(self, action: Action, current: float | None, cores: float | None,
+                       name: str) -> None:
+        """Save what a throttle replaces, before the write: a crash right after still
+        knows what to restore."""
+        p = action.params
+        if p["purpose"] == "throttle" and action.target not in self._throttles:
+            self._save_throttle(action.target, {
+                "before_cores": p.get("before_cores", current), "cores": cores,
+                "name": name, "since_s": self.ctx.clock()})
+
     def _exec_cpu(self, action: Action) -> Outcome:
         p = action.params
         if p.get("target_kind") == "host":
             return self._exec_cpu_host(action)
         info = self.ctx.inventory.refresh_one(action.target)  # re-check just before acting
         if info is None:
-            self._throttles.pop(action.target, None)
+            self._drop_throttle(action.target)
             return Outcome(ok=False, skipped=True, detail="container no longer exists")
         if info.state != "running":
             return Outcome(ok=False, skipped=True, detail=f"container is {info.state}")
@@ -534,11 +546,7 @@ class OllamaGovernor(Component):
         kw: dict[str, Any] = {}
         if "cores" in p:
             cores = p["cores"]
-            if p["purpose"] == "throttle" and action.target not in self._throttles:
-                # Recorded before the write: a crash right after still knows what to restore.
-                self._save_throttle(action.target, {
-                    "before_cores": p.get("before_cores", current), "cores": cores,
-                    "name": info.name, "since_s": self.ctx.clock()})
+            self._note_throttle(action, current, cores, info.name)
             if not close(current, cores):
                 if info.nano_cpus:
                     if cores is None:
@@ -576,16 +584,13 @@ class OllamaGovernor(Component):
         pid = int(action.target.split(":", 1)[1])
         hp = next((h for h in self.scan_host() if h.pid == pid), None)  # re-check
         if hp is None:
-            self._throttles.pop(action.target, None)
+            self._drop_throttle(action.target)
             return Outcome(ok=False, skipped=True, detail="the Ollama process is gone")
         if not hp.can_limit or hp.cgroup_rel != p.get("cgroup"):
             return Outcome(ok=False, skipped=True, detail=f"not limited: {hp.limit_note}")
         before = {"cpu_limit_cores": hp.cpu_limit_cores, "cgroup": hp.cgroup_rel}
         cores = p.get("cores", hp.cpu_limit_cores)
-        if p["purpose"] == "throttle" and action.target not in self._throttles:
-            self._save_throttle(action.target, {
-                "before_cores": p.get("before_cores", hp.cpu_limit_cores), "cores": cores,
-                "name": hp.name, "since_s": self.ctx.clock()})
+        self._note_throttle(action, hp.cpu_limit_cores, cores, hp.name)
         try:
             if not close(hp.cpu_limit_cores, cores):
                 self.host.write_cpu_limit(hp.cgroup_rel, cores)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psutil
 
@@ -30,14 +30,12 @@ _SYSTEMD_UNIT = re.compile(r"\.(service|scope)$")
 class HostProcess:
     pid: int
     name: str
-    cmdline: str
     env: dict[str, str]
     cpu_usage_s: float  # the server and its model runners (child processes)
     cgroup_rel: str  # the cgroup holding its CPU quota (v1: cpu controller; v2: unified)
     can_limit: bool
     limit_note: str  # why it can or cannot be limited safely
     cpu_limit_cores: float | None = None
-    errors: tuple[str, ...] = field(default=())
 
 
 def in_container(paths: dict[str, str]) -> bool:
@@ -119,10 +117,6 @@ class HostOllama:
         except (psutil.Error, OSError) as e:
             env = {}
             errors.append(f"environment unreadable: {e}")
-        try:
-            cmdline = " ".join(p.cmdline())
-        except (psutil.Error, OSError):
-            cmdline = p.info.get("name") or ""
         cpu = 0.0
         try:
             for q in [p, *p.children(recursive=True)]:
@@ -149,9 +143,9 @@ class HostOllama:
         ok, note = cgroup_verdict(rel, members, wanted, own_rel)
         if ok and errors:
             ok, note = False, "; ".join(errors)
-        return HostProcess(pid=p.pid, name=p.info.get("name") or "", cmdline=cmdline, env=env,
+        return HostProcess(pid=p.pid, name=p.info.get("name") or "", env=env,
                            cpu_usage_s=cpu, cgroup_rel=rel, can_limit=ok, limit_note=note,
-                           cpu_limit_cores=limit, errors=tuple(errors))
+                           cpu_limit_cores=limit)
 
     # ---------------------------------------------------------------- CPU quota
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .classify import FALSE_VALUES, TRUE_VALUES
+from .classify import label_is_false, label_is_true
 from .component import Tick
 from .config import glob_match
 from .ollama_api import DEFAULT_PORT, LoadedModel, check_url
 from .ollama_host import HostProcess
+from .snapshot import LIVE_STATES
 from .units import format_cpuset, parse_cpuset
 
 NUM_PARALLEL = "OLLAMA_NUM_PARALLEL"
@@ -29,10 +30,9 @@ _EPS = 0.005
 
 def match_container(labels: dict[str, str], image: str, name: str, s) -> str:
     """How a container is recognised as Ollama: "label", "image", "name", or ""."""
-    flag = labels.get(s.label, "").strip().lower()
-    if flag in FALSE_VALUES:
+    if label_is_false(labels, s.label):
         return ""
-    if flag in TRUE_VALUES:
+    if label_is_true(labels, s.label):
         return "label"
     if s.images and glob_match(s.images, image):
         return "image"
@@ -403,10 +403,6 @@ class CpuActivity:
         st = self._s.get(key)
         return None if st is None or st.rate is None else st.rate > idle_cores
 
-    def rate(self, key: str) -> float | None:
-        st = self._s.get(key)
-        return st.rate if st else None
-
     def quiet_for(self, key: str, now: float) -> float | None:
         """Seconds without CPU activity (bounded by how long we have watched)."""
         st = self._s.get(key)
@@ -440,14 +436,13 @@ class Target:
     can_limit: bool = True
     limit_note: str = ""
     cgroup_rel: str = ""
-    pid: int = 0
 
 
 def container_targets(tick: Tick, s) -> list[Target]:
     out = []
     for c in tick.snapshot.containers:
         info = c.info
-        if not c.managed or info.state not in ("running", "paused", "restarting"):
+        if not c.managed or info.state not in LIVE_STATES:
             continue
         how = match_container(info.labels, info.image, info.name, s)
         if not how:
@@ -460,7 +455,7 @@ def container_targets(tick: Tick, s) -> list[Target]:
             env=env, cpu_limit_cores=info.cpu_limit_cores, cpuset=info.cpuset_cpus,
             class_name=c.class_name, class_cpuset=klass.cpuset if klass else None,
             api_url=url, api_note=note,
-            cpu_usage_s=c.stats.cpu_usage_s if c.stats else None, pid=info.pid))
+            cpu_usage_s=c.stats.cpu_usage_s if c.stats else None))
     return out
 
 
@@ -471,4 +466,4 @@ def host_target(hp: HostProcess, s) -> Target:
         found_by="process", state="running", env=hp.env, cpu_limit_cores=hp.cpu_limit_cores,
         cpuset="", class_name="", class_cpuset=None, api_url=url, api_note=note,
         cpu_usage_s=hp.cpu_usage_s, can_limit=hp.can_limit, limit_note=hp.limit_note,
-        cgroup_rel=hp.cgroup_rel, pid=hp.pid)
+        cgroup_rel=hp.cgroup_rel)

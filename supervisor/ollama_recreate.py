@@ -43,7 +43,6 @@ class RecreateError(SupervisorError):
 class Recreated:
     old_id: str
     new_id: str
-    image: str
     notes: tuple[str, ...] = ()
 
 
@@ -194,7 +193,7 @@ class Recreator:
         except (ContainerGone, EngineRefused) as e:
             notes.append(f"old container not removed: {e}")
         self.del_state(key)
-        return Recreated(old_id=old_id, new_id=new_id, image=image, notes=tuple(notes))
+        return Recreated(old_id=old_id, new_id=new_id, notes=tuple(notes))
 
     def rollback(self, attrs: dict, new_id: str, aside: str, was_running: bool) -> str:
         """Put the old container back under its name. Returns what was done."""

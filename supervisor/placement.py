@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .actions import Action, ActionResult, Outcome
-from .admission import (DOCKER_MIN_MEMORY_BYTES, HELD, OVER_BUDGET, Admission, Candidate,
-                        admit_all)
+from .admission import DOCKER_MIN_MEMORY_BYTES, HELD, Admission, Candidate, admit_all
 from .component import Component, Tick
 from .config import ClassConfig, Config
 from .control import Param
 from .history import History, recommend_limit
-from .snapshot import ContainerInfo, ContainerSample
+from .pools import FITS, OVER_BUDGET, SHRUNK
+from .snapshot import LIVE_STATES, ContainerInfo, ContainerSample
 from .units import format_bytes, format_cpuset, parse_cpuset
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ RETRY_MAX_S = 300.0
 # when a container comes, goes or changes its limits, and at least this often: not every
 # tick, where they cost ~0.2 ms per container (issue 9 soak: 24 ms a pass at 110).
 RECOMMEND_EVERY_S = 30.0
-_LIVE = ("running", "paused", "restarting")
 _PAGE = 4096
 
 
@@ -279,7 +278,7 @@ def admission_candidates(tick: Tick) -> tuple[list[Candidate], dict[str, str]]:
     cfg = tick.cfg
     out, sources = [], {}
     for c in tick.snapshot.containers:
-        if not c.managed or c.info.state not in _LIVE:
+        if not c.managed or c.info.state not in LIVE_STATES:
             continue
         cls = cfg.classes.get(c.class_name)
         if cls is None:
@@ -364,7 +363,7 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
             continue  # already reported as "would do"; say it again only when it changes
         kind = "repair drift" if cid in mem.placed else "place"
         why = f"{kind} ({cls.name}, {d.limit_source or 'memory untouched'}"
-        if d.admission and d.admission != "fits":
+        if d.admission and d.admission != FITS:
             why += f", {d.admission}"
         why += "): " + describe_changes(c.info, kw)
         places.append(Action("place", cid, c.info.name, why, "placement",
@@ -383,7 +382,7 @@ def recommendations(tick: Tick, history: History) -> list[dict[str, Any]]:
     out = []
     for c in tick.snapshot.containers:
         cls = cfg.classes.get(c.class_name)
-        if not c.managed or cls is None or c.info.state not in _LIVE:
+        if not c.managed or cls is None or c.info.state not in LIVE_STATES:
             continue
         p = history.percentile(c.info.id, h.percentile)
         limit = recommended_limit(history, c.info.id, cls, cfg)
@@ -414,6 +413,7 @@ class Placement(Component):
         self.counts: Counter[str] = Counter()
         self.last_plan: PlacementPlan | None = None
         self.last_tick: Tick | None = None
+        self._pending: tuple[PlacementPlan, Tick] | None = None
         # Recommendations are computed once per pass on the loop thread, so neither the
         # scrape nor GET /recommend runs numpy over the history (which the loop writes).
         self.last_recommendations: list[dict[str, Any]] = []
@@ -421,16 +421,16 @@ class Placement(Component):
         self._recommended_at = float("-inf")
 
     def plan(self, tick: Tick) -> list[Action]:
-        p = plan_placement(tick, self.memory)
-        self.last_plan = p
-        self.last_tick = tick
-        return list(p.actions)
+        # Published in observe(), as the ladder does: a plan nobody executes (GET /plan,
+        # planned on a changed copy of the tick) must not show in status or /metrics.
+        self._pending = (plan_placement(tick, self.memory), tick)
+        return list(self._pending[0].actions)
 
     def observe_recommendations(self, tick: Tick) -> None:
         # What a row shows besides the percentiles: a change there shows at once.
         live = frozenset((c.info.id, c.info.name, c.class_name, c.info.memory_limit_bytes,
                           c.info.memory_reservation_bytes)
-                         for c in tick.snapshot.containers if c.managed and c.info.state in _LIVE)
+                         for c in tick.snapshot.containers if c.managed and c.info.state in LIVE_STATES)
         if live != self._recommended_for or tick.now - self._recommended_at >= RECOMMEND_EVERY_S:
             self.last_recommendations = recommendations(tick, self.ctx.history)
             self._recommended_for = live
@@ -471,6 +471,8 @@ class Placement(Component):
                        after=resources_of(after))
 
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
+        if self._pending is not None:
+            (self.last_plan, self.last_tick), self._pending = self._pending, None
         self.observe_recommendations(tick)
         m = self.memory
         for r in results:
@@ -534,7 +536,7 @@ class Placement(Component):
             row["granted_bytes"] += adm.granted_bytes
             if adm.verdict == OVER_BUDGET:
                 row["over_budget"].append(adm.to_dict())
-            elif adm.verdict == "shrunk":
+            elif adm.verdict == SHRUNK:
                 row["shrunk"].append(adm.name)
         return {"admission_policy": tick.cfg.settings.manage.admission,
                 "swap_limit_supported": self.memory.swap_limit_supported,

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .actions import Action, ActionResult, Outcome
-from .cgroups import CgroupFS, CgroupLocation, _slice_path, parse_flat_keyed, read_int
+from .cgroups import V1_UNLIMITED, CgroupFS, CgroupLocation, _slice_path, parse_flat_keyed, read_int
 from .component import Component, Tick
 from .config import Config
 from .errors import CgroupError
 from .pools import pool_of
-from .snapshot import ContainerSample
+from .snapshot import LIVE_STATES, ContainerSample
 from .units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 # and cpuset (and pids / io limits when asked) below it.
 SUBTREE_CONTROLLERS = ("memory", "cpu", "cpuset", "io", "pids")
 _PAGE = 4096
-_V1_UNLIMITED = 1 << 62
-_LIVE = ("running", "paused", "restarting")
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ def outside_pools(containers: tuple[ContainerSample, ...], cfg: Config,
     directory to its path below the hierarchy root."""
     out = []
     for c in containers:
-        if not c.managed or c.info.state not in _LIVE or c.stats is None:
+        if not c.managed or c.info.state not in LIVE_STATES or c.stats is None:
             continue
         pool = pool_of(c, cfg)
         if not pool:
@@ -121,7 +119,7 @@ def read_group(fs: CgroupFS, loc: CgroupLocation) -> dict[str, Any]:
     f = _memory_files(loc.version)
     limit = read_int(f"{d}/{f['limit']}")
     out: dict[str, Any] = {
-        "limit_bytes": None if limit < 0 or limit >= _V1_UNLIMITED else limit,
+        "limit_bytes": None if limit < 0 or limit >= V1_UNLIMITED else limit,
         "usage_bytes": read_int(f"{d}/{f['usage']}"),
     }
     try:
@@ -155,8 +153,8 @@ class PoolCgroups(Component):
         return (cfg.dry_run, desired_pool_groups(cfg))
 
     def plan(self, tick: Tick) -> list[Action]:
-        groups = desired_pool_groups(tick.cfg)
         key = self._key(tick.cfg)
+        groups = key[1]
         if not groups or key == self._applied or tick.now < self._next_try:
             return []
         why = "pool cgroups hold each pool to its budget: " + ", ".join(

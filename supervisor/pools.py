@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import Config
-from .snapshot import ContainerSample, Snapshot
+from .snapshot import LIVE_STATES, ContainerSample, Snapshot
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def account(snap: Snapshot, cfg: Config) -> dict[str, PoolUsage]:
     acc: dict[str, dict] = {name: {"alloc": 0, "used": 0, "names": [], "unl": []}
                             for name in cfg.pools}
     for c in snap.containers:
-        if not c.managed or c.info.state not in ("running", "paused", "restarting"):
+        if not c.managed or c.info.state not in LIVE_STATES:
             continue
         p = pool_of(c, cfg)
         if p not in acc:
@@ -96,13 +96,16 @@ def reserve_state(snap: Snapshot, cfg: Config) -> ReserveState:
     return ReserveState(cfg.reserve_bytes, snap.host.memory_available_bytes)
 
 
+FITS, SHRUNK, OVER_BUDGET = "fits", "shrunk", "over-budget"
+
+
 def admit(pool: PoolUsage, wanted_bytes: int, min_bytes: int) -> tuple[int, str]:
     """Admission of a container wanting ``wanted_bytes`` into ``pool`` (whose allocation
-    does not yet include it). Returns (granted bytes, verdict): "fits", "shrunk" (the
-    room left, at least the class minimum) or "over-budget" (granted 0)."""
+    does not yet include it). Returns (granted bytes, verdict): FITS, SHRUNK (the room
+    left, at least the class minimum) or OVER_BUDGET (granted 0)."""
     room = pool.budget_bytes - pool.allocated_bytes
     if wanted_bytes <= room:
-        return wanted_bytes, "fits"
+        return wanted_bytes, FITS
     if room >= min_bytes:
-        return room, "shrunk"
-    return 0, "over-budget"
+        return room, SHRUNK
+    return 0, OVER_BUDGET

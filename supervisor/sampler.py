@@ -21,11 +21,10 @@ from .classify import classify, is_managed
 from .config import Config
 from .errors import CgroupError, CgroupGone, CgroupNotFound
 from .host import HostSampler, container_net
-from .snapshot import CgroupStats, ContainerInfo, ContainerSample, HostSample, NetIO, Snapshot
+from .snapshot import LIVE_STATES, CgroupStats, ContainerInfo, ContainerSample, HostSample, NetIO, Snapshot
 
 log = logging.getLogger(__name__)
 
-_LIVE_STATES = ("running", "paused", "restarting")
 _STATS_FIELDS = tuple(f.name for f in dataclasses.fields(CgroupStats))
 
 
@@ -70,7 +69,7 @@ class Sampler:
             cached.files.close()
 
     def read_container(self, info: ContainerInfo, now: float) -> tuple[CgroupStats | None, NetIO | None, str]:
-        if info.state not in _LIVE_STATES or info.pid <= 0:
+        if info.state not in LIVE_STATES or info.pid <= 0:
             self._drop(info.id)
             return None, None, ""
         cached = self._cache.get(info.id)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Docker states in which a container has processes and a cgroup: it holds memory, counts
+# against its pool, and has figures to sample.
+LIVE_STATES = ("running", "paused", "restarting")
+
 
 @dataclass(frozen=True, slots=True)
 class Pressure:
