@@ -1,6 +1,7 @@
 """Executors shared by every component: ``alert`` (journal + log + metric, nothing else)
 and ``stop`` (the last rung of any ladder). ``stop`` re-checks its target just before
-acting: it must still exist, still be running, and not be of a protected class."""
+acting: it must still exist, still be running, and not be of a class that is never
+stopped (protected, or infrastructure)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ class CoreActions(Component):
             return Outcome(ok=False, skipped=True, detail=f"container is {info.state}, not running")
         cls, _ = classify(info, cfg)
         klass = cfg.classes.get(cls)
-        if klass is None or klass.protected:
+        if klass is None or klass.untouchable:
             return Outcome(ok=False, skipped=True,
-                           detail=f"refused: class {cls!r} is protected and is never stopped")
+                           detail=f"refused: class {cls!r} is never stopped")
         timeout = int(action.params.get("timeout_s", 10))
         self.ctx.engine.stop(info.id, timeout_s=timeout)
         # The engine answers 304 "not modified" (which the SDK does not raise) for a

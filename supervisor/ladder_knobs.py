@@ -47,7 +47,7 @@ MIN_RECLAIM_BYTES = MIB  # asking the kernel for less is not worth a write
 def untouchable(cls: "ClassConfig | None") -> bool:
     """Protected classes and infrastructure are never throttled, reclaimed, hibernated or
     stopped by the ladder."""
-    return cls is None or cls.protected or cls.name == "infrastructure"
+    return cls is None or cls.untouchable
 
 
 @dataclass(frozen=True)

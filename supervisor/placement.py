@@ -336,10 +336,10 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
                     f"; its limit of {format_bytes(held)} is left as it is" if held
                     else "; no memory limit granted"), "pools", params))
             if strict and cid not in mem.stop_sent and c.info.state == "running":
-                if cls.protected:
+                if cls.untouchable:
                     if cid not in mem.alerted:
                         others.append(Action("alert", cid, c.info.name,
-                                             f"class {cls.name} is protected: not stopped "
+                                             f"class {cls.name} is never stopped: not stopped "
                                              "although admission is strict", "pools", params))
                 else:
                     others.append(Action("stop", cid, c.info.name,

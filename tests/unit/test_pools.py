@@ -114,6 +114,22 @@ def test_strict_admission_stops_the_overflow_but_never_a_protected_class():
     assert alerts == ["i1", "i1", "s2"]  # i1: over budget, and protected so not stopped
 
 
+def test_strict_admission_never_stops_infrastructure_even_unprotected():
+    """Issue 4: infrastructure containers are never stopped, whatever its class says."""
+    cfg = config(manage={"default_class": "standard", "admission": "strict"},
+                 pools={"infrastructure": {"budget": "150MiB"}, "standard": {"budget": "100MiB"}},
+                 classes={"infrastructure": {"pool": "infrastructure", "cpuset": "0",
+                                             "memory_limit": "128MiB", "memory_min": "32MiB",
+                                             "protected": False},
+                          "standard": {"pool": "standard", "memory_limit": "40MiB",
+                                       "memory_min": "16MiB"}})
+    cs = [container("i0", cls="infrastructure", started_at="1"),
+          container("i1", cls="infrastructure", started_at="2")]
+    p = plan_placement(tick(cfg, cs))
+    assert [a for a in p.actions if a.kind == "stop"] == []
+    assert sorted(a.name for a in p.actions if a.kind == "alert") == ["i1", "i1"]
+
+
 def test_reserve_is_breached_when_available_memory_falls_below_it():
     cfg = config()
     assert not reserve_state(tick(cfg, [], available=GIB).snapshot, cfg).breached
