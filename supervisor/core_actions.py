@@ -5,11 +5,31 @@ stopped (protected, or infrastructure)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .actions import Action, Outcome
 from .classify import classify
 from .component import Component, Context
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .snapshot import ContainerInfo
+
+
+def recheck_actionable(ctx: Context, cid: str) -> "tuple[ContainerInfo | None, Outcome | None]":
+    """The re-check just before acting on a container: it as the engine sees it now, or
+    why it may not be acted on (gone, not running, of a class never acted on)."""
+    info = ctx.inventory.refresh_one(cid)
+    if info is None:
+        return None, Outcome(ok=False, skipped=True, detail="container no longer exists")
+    if info.state != "running":
+        return None, Outcome(ok=False, skipped=True, detail=f"container is {info.state}, not running")
+    cfg = ctx.get_config()
+    cls, _ = classify(info, cfg)
+    klass = cfg.classes.get(cls)
+    if klass is None or klass.untouchable:
+        return None, Outcome(ok=False, skipped=True,
+                             detail=f"refused: class {cls!r} is protected or infrastructure")
+    return info, None
 
 
 class CoreActions(Component):
@@ -22,17 +42,9 @@ class CoreActions(Component):
         return Outcome(ok=True, detail=action.reason)
 
     def _stop(self, action: Action) -> Outcome:
-        cfg = self.ctx.get_config()
-        info = self.ctx.inventory.refresh_one(action.target)  # re-check just before acting
-        if info is None:
-            return Outcome(ok=False, skipped=True, detail="container no longer exists")
-        if info.state != "running":
-            return Outcome(ok=False, skipped=True, detail=f"container is {info.state}, not running")
-        cls, _ = classify(info, cfg)
-        klass = cfg.classes.get(cls)
-        if klass is None or klass.untouchable:
-            return Outcome(ok=False, skipped=True,
-                           detail=f"refused: class {cls!r} is never stopped")
+        info, refused = recheck_actionable(self.ctx, action.target)
+        if refused is not None:
+            return refused
         timeout = int(action.params.get("timeout_s", 10))
         self.ctx.engine.stop(info.id, timeout_s=timeout)
         # The engine answers 304 "not modified" (which the SDK does not raise) for a

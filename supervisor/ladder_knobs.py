@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .actions import Action, Outcome
 from .cgroups import V1_UNLIMITED
-from .classify import classify
 from .component import Context
+from .core_actions import recheck_actionable
 from .errors import CgroupError, CgroupGone, SupervisorError
 from .units import format_bytes
 
@@ -97,20 +97,6 @@ class KnobExecutors:
         return {"throttle": self._throttle, "unthrottle": self._unthrottle,
                 "reclaim": self._reclaim}
 
-    def _recheck(self, cid: str) -> "tuple[ContainerInfo | None, Outcome | None]":
-        """The container as the engine sees it now, or why it cannot be acted on."""
-        info = self.ctx.inventory.refresh_one(cid)
-        if info is None:
-            return None, Outcome(ok=False, skipped=True, detail="container no longer exists")
-        if info.state != "running":
-            return None, Outcome(ok=False, skipped=True, detail=f"container is {info.state}")
-        cfg = self.ctx.get_config()
-        cls, _ = classify(info, cfg)
-        if untouchable(cfg.classes.get(cls)):
-            return None, Outcome(ok=False, skipped=True,
-                                 detail=f"refused: class {cls!r} is protected")
-        return info, None
-
     def _locate(self, info: "ContainerInfo") -> "CgroupLocation":
         return self.ctx.cgroups.locate(info.id, info.pid, info.cgroup_parent)
 
@@ -166,7 +152,7 @@ class KnobExecutors:
             raise SupervisorError(f"unknown throttle knob {knob!r}")
 
     def _throttle(self, action: Action) -> Outcome:
-        info, refused = self._recheck(action.target)
+        info, refused = recheck_actionable(self.ctx, action.target)
         if info is None:
             return refused  # type: ignore[return-value]
         j = self.ctx.journal
@@ -230,7 +216,7 @@ class KnobExecutors:
             before={k: rec.after.get(k) for k in restored}, after=restored)
 
     def _reclaim(self, action: Action) -> Outcome:
-        info, refused = self._recheck(action.target)
+        info, refused = recheck_actionable(self.ctx, action.target)
         if info is None:
             return refused  # type: ignore[return-value]
         fs = self.ctx.cgroups
