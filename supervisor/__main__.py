@@ -1,3 +1,3 @@
-from .daemon import main
+from supervisor.runtime.daemon import main
 
 raise SystemExit(main())

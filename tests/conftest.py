@@ -113,7 +113,7 @@ def free_port() -> int:
 def make_config(tmp_path, request):
     """Write a test config (exact layout, manages only this run's containers) and load it.
     Sections given as dicts are merged over the base."""
-    from supervisor.config import HostFacts, load_config
+    from supervisor.model.config import HostFacts, load_config
 
     def make(extra: dict | None = None, host: HostFacts | None = None, **top):
         data = {

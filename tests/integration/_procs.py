@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 from conftest import ROOT, metrics_text, stop_process, wait_for
-from supervisor.control import request
-from supervisor.daemon import Daemon
+from supervisor.publish.control import request
+from supervisor.runtime.daemon import Daemon
 
 ENGINE_SCRIPT = ROOT / "scripts" / "test-engine"
 CONTAINER_KINDS = {"place", "throttle", "unthrottle", "reclaim", "hibernate", "wake", "stop",

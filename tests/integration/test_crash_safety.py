@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import wait_for
-from supervisor.cgroups import CgroupFS
+from supervisor.adapters.cgroups import CgroupFS
 
 from ._procs import DaemonProcess, journal_integrity, journal_states
 

@@ -3,11 +3,11 @@ move with real memory, and the inventory follows the event stream."""
 
 
 from conftest import RUN_ID, TEST_LABEL, wait_for
-from supervisor.cgroups import CgroupFS
-from supervisor.engine import Engine
-from supervisor.host import HostSampler
-from supervisor.inventory import Inventory
-from supervisor.sampler import Sampler
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.adapters.engine import Engine
+from supervisor.adapters.host import HostSampler
+from supervisor.observe.inventory import Inventory
+from supervisor.observe.sampler import Sampler
 
 MIB = 2**20
 

@@ -11,15 +11,15 @@ import time
 
 from . import _procs
 from conftest import RUN_ID, metrics_text, wait_for
-from supervisor.actions import Action
-from supervisor.cgroups import CgroupFS
-from supervisor.component import Context
-from supervisor.engine import Engine
-from supervisor.history import History
-from supervisor.inventory import Inventory
-from supervisor.journal import Journal
-from supervisor.ladder import Ladder
-from supervisor.ladder_knobs import RECLAIM_PREFIX, THROTTLE_PREFIX
+from supervisor.model.actions import Action
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.act.component import Context
+from supervisor.adapters.engine import Engine
+from supervisor.observe.history import History
+from supervisor.observe.inventory import Inventory
+from supervisor.adapters.journal import Journal
+from supervisor.runtime.ladder import Ladder
+from supervisor.act.ladder_knobs import RECLAIM_PREFIX, THROTTLE_PREFIX
 
 MIB = 2**20
 

@@ -17,13 +17,13 @@ import pytest
 
 from conftest import ROOT, RUN_ID, metrics_text, stop_process, wait_for
 from fake_ollama import FakeOllama, keep_busy
-from supervisor.cgroups import CgroupFS
-from supervisor.core_actions import CoreActions
-from supervisor.daemon import Daemon
-from supervisor.host import HostSampler
-from supervisor.ollama import OllamaGovernor
-from supervisor.snapshot import Pressure
-from supervisor.status import build_status
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.act.core_actions import CoreActions
+from supervisor.runtime.daemon import Daemon
+from supervisor.adapters.host import HostSampler
+from supervisor.runtime.ollama import OllamaGovernor
+from supervisor.model.snapshot import Pressure
+from supervisor.publish.status import build_status
 
 # Ollama exits on SIGTERM; a plain `sleep` as PID 1 would make every stop wait 10 s.
 SERVE = "trap 'exit 0' TERM; sleep 3600 & wait"
@@ -388,7 +388,7 @@ def test_host_ollama_in_a_cgroup_of_its_own_gets_its_cpu_quota(
         assert {x["check"]: x["ok"] for x in t["checks"]}["cpu_limit"] is True
     finally:
         # Back to where it came from, then the group we made is removed.
-        from supervisor.cgroups import parse_proc_cgroup
+        from supervisor.adapters.cgroups import parse_proc_cgroup
         back = parse_proc_cgroup(home).get("unified" if fs.version == 2 else "cpu", "/")
         fs.write(f"{fs.location(back).dir('cpu')}/cgroup.procs", proc.pid)
         fs.remove_group(rel)

@@ -8,10 +8,10 @@ import contextlib
 from conftest import RUN_ID, wait_for
 
 from ._procs import daemon_thread
-from supervisor.cgroups import CgroupFS
-from supervisor.control import request
-from supervisor.daemon import Daemon
-from supervisor.status import build_status
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.publish.control import request
+from supervisor.runtime.daemon import Daemon
+from supervisor.publish.status import build_status
 
 MIB = 2**20
 CLASSES = {

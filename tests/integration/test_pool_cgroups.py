@@ -8,11 +8,11 @@ import uuid
 import pytest
 
 from conftest import RUN_ID, wait_for
-from supervisor.cgroups import CgroupFS
-from supervisor.daemon import Daemon
-from supervisor.errors import CgroupError
-from supervisor.poolcg import read_group
-from supervisor.status import build_status
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.runtime.daemon import Daemon
+from supervisor.model.errors import CgroupError
+from supervisor.runtime.poolcg import read_group
+from supervisor.publish.status import build_status
 
 MIB = 2**20
 

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, free_port, stop_process, wait_for
-from supervisor.daemon import Daemon
+from supervisor.runtime.daemon import Daemon
 
 PROM = ROOT / "config" / "prometheus"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

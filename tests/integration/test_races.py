@@ -15,10 +15,10 @@ import docker
 from prometheus_client import generate_latest
 
 from conftest import metric_value, wait_for
-from supervisor.cgroups import CgroupFS
-from supervisor.daemon import Daemon
-from supervisor.engine import Engine
-from supervisor.inventory import Inventory
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.runtime.daemon import Daemon
+from supervisor.adapters.engine import Engine
+from supervisor.observe.inventory import Inventory
 
 from ._procs import CONTAINER_KINDS, daemon_thread
 

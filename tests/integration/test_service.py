@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, stop_process, wait_for
-from supervisor.actions import Action, Outcome
-from supervisor.component import Component
+from supervisor.model.actions import Action, Outcome
+from supervisor.act.component import Component
 
 MIB = 2**20
 GIB = 2**30
@@ -126,7 +126,7 @@ def test_unit_file_verifies_with_the_installers_paths(tmp_path):
     # the paths the daemon is pinned to lie in the directories systemd makes for it
     env = dict(e.split("=", 1) for e in many("Service", "Environment"))
     assert env["RESOURCE_SUPERVISOR_STATE_DIR"] == "/var/lib/" + svc("StateDirectory")
-    from supervisor.cli import DEFAULT_SOCKET
+    from supervisor.cli.main import DEFAULT_SOCKET
     assert env["RESOURCE_SUPERVISOR_CONTROL__SOCKET"] == DEFAULT_SOCKET
     assert DEFAULT_SOCKET.startswith("/run/" + svc("RuntimeDirectory") + "/")
     # every directive says why it is there
@@ -239,9 +239,9 @@ class SlowSteps(Component):
 
 def test_a_slow_pass_keeps_the_watchdog_fed_and_is_reported(make_config, tmp_path, monkeypatch,
                                                             caplog):
-    from supervisor.core_actions import CoreActions
-    from supervisor.daemon import Daemon
-    from supervisor.sdnotify import Notifier
+    from supervisor.act.core_actions import CoreActions
+    from supervisor.runtime.daemon import Daemon
+    from supervisor.adapters.sdnotify import Notifier
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping at least every second
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     cfg, path = make_config()

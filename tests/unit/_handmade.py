@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 
 from conftest import merge_sections
-from supervisor.component import Tick
-from supervisor.config import HostFacts, load_config
-from supervisor.history import History
-from supervisor.pools import account, reserve_state
-from supervisor.snapshot import CgroupStats, ContainerInfo, ContainerSample, HostSample, Snapshot
+from supervisor.act.component import Tick
+from supervisor.model.config import HostFacts, load_config
+from supervisor.observe.history import History
+from supervisor.model.pools import account, reserve_state
+from supervisor.model.snapshot import CgroupStats, ContainerInfo, ContainerSample, HostSample, Snapshot
 
 MIB = 2**20
 GIB = 2**30

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from supervisor.component import Tick
-from supervisor.config import HostFacts, load_config
-from supervisor.history import History
-from supervisor.ladder import LadderPlan, LadderState, plan_breach_actions
-from supervisor.ladder_knobs import Throttle
-from supervisor.pools import account, reserve_state
-from supervisor.snapshot import (CgroupStats, ContainerInfo, ContainerSample, HostSample,
+from supervisor.act.component import Tick
+from supervisor.model.config import HostFacts, load_config
+from supervisor.observe.history import History
+from supervisor.runtime.ladder import LadderPlan, LadderState, plan_breach_actions
+from supervisor.act.ladder_knobs import Throttle
+from supervisor.model.pools import account, reserve_state
+from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, HostSample,
                                  Pressure, Snapshot)
 
 MIB = 2**20

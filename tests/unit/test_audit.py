@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.audit import (AuditError, audit_compose, audit_container, load_compose,
+from supervisor.policy.audit import (AuditError, audit_compose, audit_container, load_compose,
                               parse_compose_size, parse_port)
-from supervisor.config import load_config, shipped_config_path
-from supervisor.snapshot import ContainerInfo
+from supervisor.model.config import load_config, shipped_config_path
+from supervisor.model.snapshot import ContainerInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "tests" / "fixtures" / "compose"

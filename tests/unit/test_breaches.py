@@ -1,9 +1,9 @@
 """Breach signals on hand-made ticks: levels, hysteresis flags, PSI held for a duration,
 a container repeatedly hitting its own limit, and which containers a breach may touch."""
 
-from supervisor.breaches import (CRITICAL, NONE, OVER, WARN, SignalMemory, evaluate_signals,
+from supervisor.policy.breaches import (CRITICAL, NONE, OVER, WARN, SignalMemory, evaluate_signals,
                                  scope_members)
-from supervisor.snapshot import Pressure
+from supervisor.model.snapshot import Pressure
 
 from _ladder_kit import container, make_cfg, make_tick
 

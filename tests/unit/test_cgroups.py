@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cgroups import CgroupFS, parse_pressure, parse_proc_cgroup
-from supervisor.errors import CgroupGone, CgroupNotFound
+from supervisor.adapters.cgroups import CgroupFS, parse_pressure, parse_proc_cgroup
+from supervisor.model.errors import CgroupGone, CgroupNotFound
 
 FIX = Path(__file__).parent.parent / "fixtures"
 V1_ID, V1_PID = (FIX / "cgroup_v1" / "CAPTURED").read_text().split()

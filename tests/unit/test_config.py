@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import HostFacts, load_config, scale_cores, shipped_config_path
-from supervisor.errors import ConfigError
+from supervisor.model.config import HostFacts, load_config, scale_cores, shipped_config_path
+from supervisor.model.errors import ConfigError
 
 CONFIGS = Path(__file__).parent.parent / "fixtures" / "configs"
 TWO_CORES = HostFacts(cores=2, memory_bytes=24 * 2**30)

@@ -6,8 +6,8 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import HostFacts, load_config
-from supervisor.errors import ConfigError
+from supervisor.model.config import HostFacts, load_config
+from supervisor.model.errors import ConfigError
 
 HOST = HostFacts(cores=2, memory_bytes=8 * 2**30)
 

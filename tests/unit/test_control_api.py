@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from supervisor.control import ApiError, ControlServer, Param, check_params, request
+from supervisor.publish.control import ApiError, ControlServer, Param, check_params, request
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from _handmade import config, container, tick
-from supervisor.cgroups import CgroupFS
-from supervisor.component import Context
-from supervisor.hibernation import (
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.act.component import Context
+from supervisor.runtime.hibernation import (
     MAX_WATCHED_CONNECTIONS, ActivitySample, Hibernation, HibernationState, LatencyHistogram, Record,
     Thresholds, Track, connection_activity, hibernation_block, idle_since, mark_busy,
     plan_hibernation, smoothing_window_s, track_activity, wake_targets)
-from supervisor.netdiag import (
+from supervisor.adapters.netdiag import (
     DONE, ERROR, SOCK, TCP_ESTABLISHED, TCP_LISTEN, NetnsGone, TcpSocket, dump_request,
     exact_request, parse_proc_udp, parse_reply, parse_snmp, read_counters, udp_services)
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from supervisor.host import HostSampler, busy_ratios, container_net
+from supervisor.adapters.host import HostSampler, busy_ratios, container_net
 
 FIX = Path(__file__).parent.parent / "fixtures" / "proc"
 

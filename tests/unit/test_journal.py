@@ -5,9 +5,9 @@ moved aside, never reused."""
 import os
 import sqlite3
 
-from supervisor.actions import Action, Outcome
-from supervisor.actuator import Actuator
-from supervisor.journal import Journal
+from supervisor.model.actions import Action, Outcome
+from supervisor.act.actuator import Actuator
+from supervisor.adapters.journal import Journal
 
 
 def test_the_intent_is_on_disk_while_the_executor_runs(tmp_path):

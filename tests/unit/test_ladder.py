@@ -5,13 +5,13 @@ restart from the state the journal holds."""
 
 import random
 
-from supervisor.actions import Action
-from supervisor.component import Context
-from supervisor.journal import Journal
-from supervisor.ladder import (BREACH_PREFIX, Ladder, LadderState, eviction_rank,
+from supervisor.model.actions import Action
+from supervisor.act.component import Context
+from supervisor.adapters.journal import Journal
+from supervisor.runtime.ladder import (BREACH_PREFIX, Ladder, LadderState, eviction_rank,
                                plan_breach_actions)
-from supervisor.ladder_knobs import THROTTLE_PREFIX, Throttle
-from supervisor.snapshot import Pressure
+from supervisor.act.ladder_knobs import THROTTLE_PREFIX, Throttle
+from supervisor.model.snapshot import Pressure
 
 from _ladder_kit import MIB, Sim, container, make_cfg, make_tick
 
@@ -329,7 +329,7 @@ def ladder_on(journal, now, caps=()):
 def drive(ladder, cfg, containers, now, start, end, dt=0.2, **kw):
     """plan/observe as the daemon does, with the executors' durable records written the
     way the throttle executor writes them (intent, then result)."""
-    from supervisor.actions import ActionResult
+    from supervisor.model.actions import ActionResult
     t = start
     out = []
     while t < end - 1e-9:
@@ -418,7 +418,7 @@ def test_rate_limits_survive_a_restart_through_the_journal(tmp_path):
     cfg = make_cfg(ladder={"min_action_interval": "30s"})
     j = Journal(str(tmp_path / "journal.sqlite3"))
     c = container("a", "batch", ws_mib=100, resv_mib=8)
-    from supervisor.actions import ActionResult
+    from supervisor.model.actions import ActionResult
     j.record(ActionResult(Action("reclaim", c.info.id, "a", "r", "ladder"), ok=True,
                           dry_run=False, time_s=90.0))
     now = [100.0]

@@ -6,8 +6,8 @@ import logging
 import os
 import socket
 
-from supervisor.logs import JsonFormatter, JournalHandler, journal_fields, stderr_is_journal
-from supervisor.sdnotify import Notifier
+from supervisor.runtime.logs import JsonFormatter, JournalHandler, journal_fields, stderr_is_journal
+from supervisor.adapters.sdnotify import Notifier
 
 
 def record(msg="pass took %.1fs", args=(1.5,), level=logging.WARNING, **extra):

@@ -14,16 +14,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.actions import Action, Outcome
-from supervisor.actuator import Actuator
-from supervisor.component import Component, Tick
-from supervisor.exposition import go_float, render
-from supervisor.config import HostFacts, load_config
-from supervisor.history import History
-from supervisor.metrics import (CONTAINER_STATES, DurationHistogram, PassMetrics,
+from supervisor.model.actions import Action, Outcome
+from supervisor.act.actuator import Actuator
+from supervisor.act.component import Component, Tick
+from supervisor.publish.exposition import go_float, render
+from supervisor.model.config import HostFacts, load_config
+from supervisor.observe.history import History
+from supervisor.publish.metrics import (CONTAINER_STATES, DurationHistogram, PassMetrics,
                                 breach_conditions, make_registry)
-from supervisor.pools import account, reserve_state
-from supervisor.snapshot import (CgroupStats, ContainerInfo, ContainerSample, DiskIO,
+from supervisor.model.pools import account, reserve_state
+from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, DiskIO,
                                  HostSample, NetIO, Pressure, Snapshot)
 
 MIB = 2**20

@@ -11,25 +11,25 @@ import pytest
 
 from conftest import wait_for
 from fake_ollama import FakeOllama
-from supervisor.actions import ActionResult
-from supervisor.cgroups import CgroupFS
-from supervisor.component import Context, Tick
-from supervisor.config import HostFacts, load_config
-from supervisor.engine import Engine
-from supervisor.history import History
-from supervisor.inventory import Inventory
-from supervisor.journal import Journal
-from supervisor.ollama import ApiObs, OllamaGovernor
-from supervisor.ollama_policy import (
+from supervisor.model.actions import ActionResult
+from supervisor.adapters.cgroups import CgroupFS
+from supervisor.act.component import Context, Tick
+from supervisor.model.config import HostFacts, load_config
+from supervisor.adapters.engine import Engine
+from supervisor.observe.history import History
+from supervisor.observe.inventory import Inventory
+from supervisor.adapters.journal import Journal
+from supervisor.runtime.ollama import ApiObs, OllamaGovernor
+from supervisor.policy.ollama_policy import (
     CpuActivity, Gate, ModelSeen, ModelTracker, advance_gate, container_api_url, cpu_check,
     cpuset_check, env_checks, env_drift, env_map, gate_levels, match_container,
     model_activity, notices, ollama_idle, plan_cpu, restore_cores, unload_verdicts)
-from supervisor.ollama_api import (
+from supervisor.adapters.ollama_api import (
     LoadedModel, OllamaAPI, OllamaError, OllamaUnavailable, parse_ps, parse_time)
-from supervisor.ollama_host import cgroup_verdict, in_container
-from supervisor.ollama_recreate import create_body, with_env
-from supervisor.pools import account, reserve_state
-from supervisor.snapshot import (
+from supervisor.adapters.ollama_host import cgroup_verdict, in_container
+from supervisor.act.ollama_recreate import create_body, with_env
+from supervisor.model.pools import account, reserve_state
+from supervisor.model.snapshot import (
     CgroupStats, ContainerInfo, ContainerSample, HostSample, Pressure, Snapshot)
 
 GIB = 2**30
@@ -125,7 +125,7 @@ def test_api_url_comes_from_config_or_the_published_port_on_loopback():
 
 
 def test_a_bad_api_url_or_idle_time_is_refused_naming_the_key():
-    from supervisor.errors import ConfigError
+    from supervisor.model.errors import ConfigError
     with pytest.raises(ConfigError) as e:
         config(api_url="127.0.0.1:11434", model_idle_for="soon")
     keys = dict(e.value.problems)

@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _handmade import MIB, config, container, tick
-from supervisor.history import History
-from supervisor.placement import (Desired, PlacementMemory, cpu_kwargs, desired_resources,
+from supervisor.observe.history import History
+from supervisor.runtime.placement import (Desired, PlacementMemory, cpu_kwargs, desired_resources,
                                   plan_placement, reservation_for, reservation_in_range,
                                   same_cpuset, update_kwargs)
 
@@ -140,7 +140,7 @@ def test_dry_run_reports_a_change_once_until_it_changes():
     p = plan_placement(tick(cfg, [c]), mem)
     a = places(p)[c.info.id]
     d = Desired.from_params(a.params)
-    from supervisor.placement import _place_key
+    from supervisor.runtime.placement import _place_key
     mem.dry_reported[c.info.id] = _place_key(c.info, d, update_kwargs(c.info, d))
     assert plan_placement(tick(cfg, [c]), mem).actions == ()
     moved = container(cid=c.info.id, cpuset="2")

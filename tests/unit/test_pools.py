@@ -6,12 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _handmade import GIB, MIB, config, container, tick
-from supervisor.admission import Candidate, admit_pool
-from supervisor.history import History, recommend_limit
-from supervisor.placement import PlacementMemory, plan_placement, recommendations
-from supervisor.poolcg import (cgroup_parent_for, desired_pool_groups, outside_pools,
+from supervisor.policy.admission import Candidate, admit_pool
+from supervisor.observe.history import History, recommend_limit
+from supervisor.runtime.placement import PlacementMemory, plan_placement, recommendations
+from supervisor.runtime.poolcg import (cgroup_parent_for, desired_pool_groups, outside_pools,
                                pool_group_rel)
-from supervisor.pools import account, admit, reserve_state
+from supervisor.model.pools import account, admit, reserve_state
 
 
 def test_pool_accounting_sums_limits_and_working_sets_of_live_managed_members():

@@ -3,10 +3,10 @@ cut to the terminal's width, coloured only when asked."""
 
 import re
 
-from supervisor.cli import EXIT_ENGINE_DOWN, EXIT_EXHAUSTED, EXIT_OK, EXIT_STALLED, health_code
-from supervisor.render import (format_duration, render_findings, render_journal_entry,
+from supervisor.cli.main import EXIT_ENGINE_DOWN, EXIT_EXHAUSTED, EXIT_OK, EXIT_STALLED, health_code
+from supervisor.cli.render import (format_duration, render_findings, render_journal_entry,
                                render_plan, render_recommend, render_status)
-from supervisor.status import cpu_percent, hibernation_rows
+from supervisor.publish.status import cpu_percent, hibernation_rows
 
 MIB = 2**20
 GIB = 2**30
@@ -191,7 +191,7 @@ def test_durations_read_at_a_glance():
 
 
 def test_supctl_defaults_match_the_daemons():
-    import supervisor.cli as cli
-    from supervisor import config
+    import supervisor.cli.main as cli
+    from supervisor.model import config
     assert cli.DEFAULT_CONFIG_PATH == config.DEFAULT_CONFIG_PATH
     assert cli.DEFAULT_SOCKET == config.ControlSection().socket

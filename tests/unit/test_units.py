@@ -1,6 +1,6 @@
 import pytest
 
-from supervisor.units import format_cpuset, parse_cpuset, parse_duration, parse_size
+from supervisor.model.units import format_cpuset, parse_cpuset, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text,expected", [

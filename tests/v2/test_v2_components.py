@@ -21,7 +21,7 @@ HTTPD = ("/bin/busybox mkdir -p /tmp/www && echo 'resource-supervisor test page'
 
 
 def config(tmp_path, **standard):
-    from supervisor.config import load_config
+    from supervisor.model.config import load_config
 
     return load_config(data={
         "state_dir": str(tmp_path), "host": {"layout": "exact"},
@@ -40,7 +40,7 @@ def config(tmp_path, **standard):
 
 
 def test_placement_writes_class_limits_into_the_v2_files(tmp_path, containers):
-    from supervisor.daemon import Daemon
+    from supervisor.runtime.daemon import Daemon
 
     c = containers.run("sleep 3600")  # no limits at all
     cg = containers.cgroup(c)
@@ -68,7 +68,7 @@ def test_placement_writes_class_limits_into_the_v2_files(tmp_path, containers):
 
 
 def test_hibernation_freezes_and_a_connection_thaws(tmp_path, containers):
-    from supervisor.daemon import Daemon
+    from supervisor.runtime.daemon import Daemon
 
     web = containers.run(HTTPD)
     cg = containers.cgroup(web)

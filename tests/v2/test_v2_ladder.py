@@ -18,13 +18,13 @@ pytestmark = pytest.mark.cgroup_v2
 
 @pytest.fixture
 def ladder(docker_client, tmp_path):
-    from supervisor.cgroups import CgroupFS
-    from supervisor.component import Context
-    from supervisor.config import load_config
-    from supervisor.engine import Engine
-    from supervisor.inventory import Inventory
-    from supervisor.journal import Journal
-    from supervisor.ladder import Ladder
+    from supervisor.adapters.cgroups import CgroupFS
+    from supervisor.act.component import Context
+    from supervisor.model.config import load_config
+    from supervisor.adapters.engine import Engine
+    from supervisor.observe.inventory import Inventory
+    from supervisor.adapters.journal import Journal
+    from supervisor.runtime.ladder import Ladder
 
     cfg = load_config(data={
         "state_dir": str(tmp_path), "host": {"layout": "exact"},
@@ -46,7 +46,7 @@ def ladder(docker_client, tmp_path):
 
 
 def test_throttle_sets_memory_high_nonblocking_and_unthrottle_puts_max_back(ladder, containers):
-    from supervisor.actions import Action
+    from supervisor.model.actions import Action
 
     c = containers.run("dd if=/dev/zero of=/data/f bs=1M count=40 2>/dev/null; sleep 3600",
                        mem_limit="128m", mem_reservation="16m", tmpfs={"/data": "size=100m"})
@@ -78,7 +78,7 @@ def test_throttle_sets_memory_high_nonblocking_and_unthrottle_puts_max_back(ladd
 
 
 def test_reclaim_writes_memory_reclaim(ladder, containers):
-    from supervisor.actions import Action
+    from supervisor.model.actions import Action
 
     # wait for the clean page cache (a fixed sleep raced the guest's slow dd + sync)
     c, cg, _ = page_cache_container(containers, mem_limit="128m")

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.cgroup_v2
 
 @pytest.fixture
 def daemon(docker_client, tmp_path):
-    from supervisor.cgroups import CgroupFS
-    from supervisor.config import load_config
-    from supervisor.daemon import Daemon
+    from supervisor.adapters.cgroups import CgroupFS
+    from supervisor.model.config import load_config
+    from supervisor.runtime.daemon import Daemon
 
     parent = f"rs-test-pools-{uuid.uuid4().hex[:6]}"
     cfg = load_config(data={
@@ -94,7 +94,7 @@ def test_pool_cgroup_has_the_budget_and_holds_two_containers_to_it(daemon, conta
     assert peak <= 48 * MiB and int(read(pool / "memory.current")) <= 48 * MiB
     assert ev["max"] >= 1 and ev["oom_kill"] >= 1
     assert read(cgb / "memory.max") == "max"  # over budget: no limit of its own
-    from supervisor.status import build_status
+    from supervisor.publish.status import build_status
     st = build_status(d)
     assert [o["name"] for o in st["placement"]["pools"]["standard"]["over_budget"]] == [b.name]
     assert st["pool_cgroups"]["pools"]["standard"]["oom_kills"] >= 1

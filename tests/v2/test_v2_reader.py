@@ -15,7 +15,7 @@ pytestmark = pytest.mark.cgroup_v2
 
 @pytest.fixture
 def fs():
-    from supervisor.cgroups import CgroupFS
+    from supervisor.adapters.cgroups import CgroupFS
 
     cgfs = CgroupFS()
     assert cgfs.version == 2
@@ -48,7 +48,7 @@ def test_locate_under_cgroup_parent(fs, containers, scratch_cgroup):
 
 
 def test_locate_unknown_container_raises(fs):
-    from supervisor.errors import CgroupNotFound
+    from supervisor.model.errors import CgroupNotFound
 
     with pytest.raises(CgroupNotFound):
         fs.locate("0" * 64)

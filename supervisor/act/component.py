@@ -1,0 +1,109 @@
+"""The shape every capability (placement, pools, ladder, hibernation, Ollama) takes.
+
+A component sees the daemon's adapters through ``Context`` and hooks into each pass:
+``plan`` (pure: decides from the tick, touches nothing) -> the actuator runs the actions
+through the component's ``executors`` -> ``observe`` sees the results. ``status`` and
+``collect`` publish from the same tick; ``routes`` add control-API calls.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from supervisor.model.actions import Action, ActionResult, Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prometheus_client.core import Metric
+
+    from supervisor.adapters.cgroups import CgroupFS
+    from supervisor.model.config import Config
+    from supervisor.publish.control import Param
+    from supervisor.adapters.engine import Engine
+    from supervisor.observe.history import History
+    from supervisor.observe.inventory import Inventory
+    from supervisor.adapters.journal import Journal
+    from supervisor.model.pools import PoolUsage, ReserveState
+    from supervisor.model.snapshot import Snapshot
+
+
+@dataclass
+class Tick:
+    """Everything one pass decides from. Built once per pass, then read-only."""
+
+    snapshot: "Snapshot"
+    cfg: "Config"
+    now: float
+    pools: dict[str, "PoolUsage"]
+    reserve: "ReserveState"
+    history: "History"
+    # Desired-value overrides by other components, per container id: e.g. the ladder's
+    # or the Ollama governor's CPU quota, which placement must not "repair" back.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reconcile: bool = False  # a full drift-repair pass (periodic or after a relist)
+    events: tuple[str, ...] = ()  # container ids with events since the last pass
+
+
+@dataclass
+class Context:
+    """The adapters, passed in so tests can hand in their own (fixture roots, clocks)."""
+
+    engine: "Engine"
+    inventory: "Inventory"
+    cgroups: "CgroupFS"
+    journal: "Journal"
+    history: "History"
+    clock: Callable[[], float]
+    get_config: Callable[[], "Config"]
+    request_pass: Callable[[], None]  # ask the loop for a pass now (e.g. after an event)
+    proc: str = "/proc"
+    # Action kinds some executor handles (filled by the daemon after registration), so a
+    # planner can skip a step whose mechanism is absent and say so.
+    capabilities: set[str] = field(default_factory=set)
+    # Execute one action now, outside the pass (wake watcher, control API), through the
+    # actuator: same dry-run rule, journal, counts and logs as the loop's actions.
+    execute: Callable[[Action], ActionResult] | None = None
+    # Breach onsets by kind (e.g. "psi_memory"), shown as resource_supervisor_breaches_total.
+    # The daemon counts "reserve", "pool_used_over_budget" and "pool_allocated_over_budget"
+    # itself; a component adds its own kinds: ``ctx.breaches["psi_memory"] += 1``.
+    breaches: "Counter[str]" = field(default_factory=Counter)
+
+
+class Component:
+    name = "component"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def plan(self, tick: Tick) -> list[Action]:
+        return []
+
+    def executors(self) -> dict[str, Callable[[Action], Outcome]]:
+        return {}
+
+    def observe(self, tick: Tick, results: list[ActionResult]) -> None:
+        pass
+
+    def overrides(self, tick: Tick) -> dict[str, dict[str, Any]]:
+        """Desired-value overrides this component holds (merged into tick.overrides
+        before any component plans)."""
+        return {}
+
+    def status(self, tick: Tick) -> dict[str, Any] | None:
+        return None
+
+    def collect(self, tick: Tick) -> Iterable["Metric"]:
+        return ()
+
+    def routes(self) -> dict[tuple[str, str], tuple[Callable[[dict], tuple[int, dict]], dict[str, "Param"]]]:
+        """{(method, path): (handler(params) -> (http status, json), {name: Param})}. The
+        server refuses unknown or ill-typed parameters before the handler runs, as for the
+        daemon's own routes; POST routes are root-only."""
+        return {}
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

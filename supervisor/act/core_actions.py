@@ -1,0 +1,62 @@
+"""Executors shared by every component: ``alert`` (journal + log + metric, nothing else)
+and ``stop`` (the last rung of any ladder). ``stop`` re-checks its target just before
+acting: it must still exist, still be running, and not be of a class that is never
+stopped (protected, or infrastructure)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from supervisor.model.actions import Action, Outcome
+from supervisor.model.classify import classify
+from supervisor.act.component import Component, Context
+
+if TYPE_CHECKING:  # pragma: no cover
+    from supervisor.model.snapshot import ContainerInfo
+
+
+def recheck_actionable(ctx: Context, cid: str) -> "tuple[ContainerInfo | None, Outcome | None]":
+    """The re-check just before acting on a container: it as the engine sees it now, or
+    why it may not be acted on (gone, not running, of a class never acted on)."""
+    info = ctx.inventory.refresh_one(cid)
+    if info is None:
+        return None, Outcome(ok=False, skipped=True, detail="container no longer exists")
+    if info.state != "running":
+        return None, Outcome(ok=False, skipped=True, detail=f"container is {info.state}, not running")
+    cfg = ctx.get_config()
+    cls, _ = classify(info, cfg)
+    klass = cfg.classes.get(cls)
+    if klass is None or klass.untouchable:
+        return None, Outcome(ok=False, skipped=True,
+                             detail=f"refused: class {cls!r} is protected or infrastructure")
+    return info, None
+
+
+class CoreActions(Component):
+    name = "core"
+
+    def executors(self) -> dict[str, Callable[[Action], Outcome]]:
+        return {"alert": self._alert, "stop": self._stop}
+
+    def _alert(self, action: Action) -> Outcome:
+        return Outcome(ok=True, detail=action.reason)
+
+    def _stop(self, action: Action) -> Outcome:
+        info, refused = recheck_actionable(self.ctx, action.target)
+        if refused is not None:
+            return refused
+        timeout = int(action.params.get("timeout_s", 10))
+        self.ctx.engine.stop(info.id, timeout_s=timeout)
+        # The engine answers 304 "not modified" (which the SDK does not raise) for a
+        # container caught between states: believe inspect, not the call's return.
+        after = self.ctx.inventory.refresh_one(info.id)
+        state = after.state if after else "removed"
+        if state in ("running", "restarting"):
+            return Outcome(ok=False, detail=f"stop returned but the container is {state}",
+                           before={"state": "running"}, after={"state": state})
+        return Outcome(ok=True, detail="stopped", before={"state": "running"},
+                       after={"state": state})
+
+
+def make_core(ctx: Context) -> CoreActions:
+    return CoreActions(ctx)

@@ -1,0 +1,349 @@
+"""supctl: the operator's CLI. Talks to the daemon's control socket (HTTP + JSON);
+`supctl snapshot` and `supctl audit --compose` work without a daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+from urllib.parse import quote
+
+from supervisor.publish.control import request
+
+# The same as config.DEFAULT_CONFIG_PATH, written out so that talking to the daemon does
+# not import the config machinery (pydantic): `supctl status` starts in a fraction of the time.
+DEFAULT_CONFIG_PATH = "/etc/resource-supervisor/supervisor.toml"
+
+EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_EXHAUSTED, EXIT_ENGINE_DOWN = 0, 1, 2, 3, 4
+EXIT_FINDINGS, EXIT_STALLED = 5, 6
+EXIT_CODES_HELP = """exit codes (`supctl status` serves as a health check):
+  0  healthy
+  1  usage error, or the daemon refused the request (the reason is printed)
+  2  the daemon is unreachable (no socket, or nothing answers on it)
+  3  a memory pool is exhausted (used or allocated over budget), or the host's
+     available memory is inside the emergency reserve
+  4  the Docker engine is unreachable (the daemon runs and says so)
+  5  `supctl audit` found violations
+  6  the daemon answers but its loop has stalled (no pass for a while)
+"""
+DEFAULT_SOCKET = "/run/resource-supervisor/control.sock"
+
+
+def _socket(args) -> str:
+    return args.socket or os.environ.get("SUPCTL_SOCKET") or DEFAULT_SOCKET
+
+
+def call(args, method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    try:
+        return request(_socket(args), method, url, body)
+    except OSError as e:  # no socket, refused, no permission, timed out, a bad answer
+        print(f"supctl: daemon unreachable at {_socket(args)}: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_UNREACHABLE) from None
+
+
+def health_code(status: dict) -> int:
+    if status.get("daemon", {}).get("loop_alive") is False and status.get("ready"):
+        return EXIT_STALLED
+    if any(p.get("used_bytes", 0) > p.get("budget_bytes", 0) or
+           p.get("allocated_bytes", 0) > p.get("budget_bytes", 0)
+           for p in status.get("pools", {}).values()):
+        return EXIT_EXHAUSTED
+    if status.get("reserve", {}).get("breached"):
+        return EXIT_EXHAUSTED
+    if not status.get("engine", {}).get("up"):
+        return EXIT_ENGINE_DOWN
+    return EXIT_OK
+
+
+def _color(args) -> bool:
+    # Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+    return sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
+
+
+def show(args, body: dict, text: Callable[[dict], str]) -> None:
+    """The reply as JSON with --json, else as the renderer's text: one body, two views."""
+    print(json.dumps(body, indent=2, sort_keys=True) if args.json else text(body))
+
+
+def refused(code: int, body: dict) -> int:
+    print(f"supctl: {body.get('error') or f'HTTP {code}'}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_status(args) -> int:
+    code, st = call(args, "GET", "/status")
+    if code != 200:
+        return refused(code, st)
+    from supervisor.cli.render import render_status
+    show(args, st, lambda b: render_status(b, color=_color(args), width=args.width))
+    return health_code(st)
+
+
+def cmd_snapshot(args) -> int:
+    """One full snapshot sampled right here, without a daemon."""
+    from supervisor.adapters.cgroups import CgroupFS
+    from supervisor.model.config import load_config
+    from supervisor.adapters.engine import Engine
+    from supervisor.model.errors import ConfigError, EngineUnavailable
+    from supervisor.adapters.host import HostSampler
+    from supervisor.observe.inventory import Inventory
+    from supervisor.observe.sampler import Sampler
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USAGE
+    s = cfg.settings
+    engine = Engine(s.docker.host, s.docker.timeout_s)
+    inv = Inventory(engine)
+    up, err = True, ""
+    try:
+        inv.refresh()
+    except EngineUnavailable as e:
+        up, err = False, str(e)
+    sampler = Sampler(CgroupFS(s.docker.cgroup_root, s.docker.proc_root),
+                      HostSampler(s.docker.proc_root), proc=s.docker.proc_root)
+    snap = sampler.sample(inv.view(), cfg, up, err)
+    print(json.dumps(snap.to_dict(), indent=2, sort_keys=True, default=str))
+    return EXIT_OK if up else EXIT_ENGINE_DOWN
+
+
+def cmd_journal(args) -> int:
+    from supervisor.cli.render import render_journal_entry
+    kind = f"&kind={quote(args.kind)}" if args.kind else ""
+    code, body = call(args, "GET", f"/journal?limit={args.limit}{kind}")
+    if code != 200:
+        return refused(code, body)
+
+    def show(e: dict) -> None:
+        print(json.dumps(e, sort_keys=True) if args.json else render_journal_entry(e), flush=True)
+    # -f prints each action once, when its result is in: a row is first written "pending"
+    # (its intent) and completed in place, so the cursor stays below the oldest pending row.
+    printed: set[int] = set()
+    cursor = 0
+    pending: list[int] = []
+    for e in body.get("entries", []):
+        if args.follow and e["outcome"] == "pending":
+            pending.append(e["seq"])
+            continue
+        show(e)
+        printed.add(e["seq"])
+        cursor = max(cursor, e["seq"])
+    if not args.follow:
+        return EXIT_OK
+    if pending:
+        cursor = min(pending) - 1
+    try:
+        while True:  # like tail -f: poll for rows after the cursor
+            time.sleep(args.interval)
+            code, body = call(args, "GET", f"/journal?limit=1000&after={cursor}{kind}")
+            if code != 200:
+                return refused(code, body)
+            entries = body.get("entries", [])
+            if len(entries) == 1000 and entries[0]["seq"] > cursor + 1:
+                print(f"... entries {cursor + 1}-{entries[0]['seq'] - 1} skipped (too many)",
+                      flush=True)
+            pending = []
+            for e in entries:
+                if e["outcome"] == "pending":
+                    pending.append(e["seq"])
+                elif e["seq"] not in printed:
+                    show(e)
+                    printed.add(e["seq"])
+            top = max((e["seq"] for e in entries), default=cursor)
+            cursor = min(pending) - 1 if pending else top
+            printed = {q for q in printed if q > cursor}
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_reload(args) -> int:
+    code, body = call(args, "POST", "/reload")
+    if code != 200:
+        return refused(code, body)
+    print(body.get("message", "reloaded"))
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    code, body = call(args, "GET", "/plan")
+    if code != 200:
+        return refused(code, body)
+    from supervisor.cli.render import render_plan
+    show(args, body, render_plan)
+    return EXIT_OK
+
+
+def cmd_apply(args) -> int:
+    code, body = call(args, "POST", "/apply")
+    if code != 200:
+        return refused(code, body)
+    results = body.get("results", [])
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+    else:
+        from supervisor.cli.render import render_journal_entry
+        for r in results:
+            print(render_journal_entry(r))
+        print(f"{len(results)} action(s) run" if results else "nothing to do")
+    return EXIT_OK if all(r.get("ok") or r.get("outcome") == "skipped" for r in results) else EXIT_USAGE
+
+
+def cmd_recommend(args) -> int:
+    code, body = call(args, "GET", "/recommend")
+    if code == 404:
+        print("supctl: this daemon serves no recommendations (GET /recommend is not there)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if code != 200:
+        return refused(code, body)
+    from supervisor.cli.render import render_recommend
+    show(args, body, lambda b: render_recommend(b, width=args.width))
+    return EXIT_OK
+
+
+def _audit_config(path: str | None):
+    from supervisor.model.config import load_config, shipped_config_path
+    if path is None:
+        env = os.environ.get("RESOURCE_SUPERVISOR_CONFIG")
+        candidates = [env] if env else [DEFAULT_CONFIG_PATH, str(shipped_config_path())]
+        path = next((c for c in candidates if os.path.exists(c)), candidates[0])
+    return load_config(path)
+
+
+def cmd_audit(args) -> int:
+    from supervisor.policy.audit import AuditError, audit_compose, load_compose
+    from supervisor.model.errors import ConfigError
+    from supervisor.cli.render import render_findings
+    if args.compose:
+        try:
+            cfg = _audit_config(args.config)
+        except ConfigError as e:
+            print(e.render(), file=sys.stderr)
+            return EXIT_USAGE
+        findings, audited = [], []
+        for path in args.compose:
+            try:
+                doc = load_compose(path)
+                findings += [f.to_dict() for f in audit_compose(doc, cfg, path)]
+            except AuditError as e:
+                print(f"supctl: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            audited += [f"{path}: {n}" for n in doc["services"]]
+        body = {"audited": audited, "findings": findings}
+    else:
+        code, body = call(args, "GET", "/audit")
+        if code != 200:
+            return refused(code, body)
+    show(args, body, lambda b: render_findings(b, color=_color(args)))
+    return EXIT_FINDINGS if body.get("findings") else EXIT_OK
+
+
+def cmd_hibernate(args) -> int:
+    body: dict = {"name": args.name}
+    if args.mode:
+        body["mode"] = args.mode
+    if args.force:
+        body["force"] = True
+    code, reply = call(args, "POST", "/hibernate", body)
+    if code != 200:
+        return refused(code, reply)
+    print(json.dumps(reply, sort_keys=True) if args.json else
+          f"{reply.get('name', args.name)}: {reply.get('detail', reply.get('outcome', ''))}")
+    return EXIT_OK
+
+
+def cmd_wake(args) -> int:
+    code, reply = call(args, "POST", "/wake", {"name": args.name})
+    if code != 200:
+        return refused(code, reply)
+    print(json.dumps(reply, sort_keys=True) if args.json else
+          f"{reply.get('name', args.name)}: {reply.get('detail', reply.get('outcome', ''))}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="supctl", description="Talk to resource-supervisor.",
+                                 epilog=EXIT_CODES_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}, or $SUPCTL_SOCKET)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("status", help="host, pools, classes, containers at a glance")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.add_argument("--no-color", action="store_true")
+    p.add_argument("--width", type=int, default=0, help="render for this many columns")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("snapshot", help="sample host and containers here and print JSON (no daemon needed)")
+    p.add_argument("-c", "--config", default=os.environ.get("RESOURCE_SUPERVISOR_CONFIG", DEFAULT_CONFIG_PATH))
+    p.set_defaults(fn=cmd_snapshot)
+    p = sub.add_parser("journal", help="recent actions (-f to follow)")
+    p.add_argument("-n", "--limit", type=_positive_int, default=20)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new actions")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--kind", help="only actions of this kind (place, stop, hibernate...)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_journal)
+    p = sub.add_parser("reload", help="reload the config (a bad one is refused, the old one kept)")
+    p.set_defaults(fn=cmd_reload)
+    p = sub.add_parser("plan", help="what the daemon would do now (changes nothing)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
+    p = sub.add_parser("apply", help="run one pass now and act on its plan, even in dry-run mode (root)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_apply)
+    p = sub.add_parser("recommend", help="memory limits recommended from observed usage")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--width", type=int, default=0, help="render for this many columns")
+    p.set_defaults(fn=cmd_recommend)
+    p = sub.add_parser("audit", help="rule compliance of the running containers, or of compose files",
+                       epilog="exit code 5 when anything is found, 0 when compliant")
+    p.add_argument("--compose", action="append", metavar="FILE",
+                   help="audit this compose file instead (no daemon needed; repeatable)")
+    p.add_argument("-c", "--config", help="config whose classes and port ranges apply "
+                   f"(with --compose; default $RESOURCE_SUPERVISOR_CONFIG or {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-color", action="store_true")
+    p.set_defaults(fn=cmd_audit)
+    p = sub.add_parser("hibernate", help="hibernate a container now (root): pause it, or stop it")
+    p.add_argument("name", help="container name or id")
+    p.add_argument("--mode", choices=("pause", "stop"), help="default: its class's hibernate_mode")
+    p.add_argument("--force", action="store_true",
+                   help="even with connections waiting or a stream moving data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_hibernate)
+    p = sub.add_parser("wake", help="wake a container the supervisor hibernated (root)")
+    p.add_argument("name", help="container name or id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_wake)
+    return ap
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= n <= 10000:
+        raise argparse.ArgumentTypeError("must be 1-10000")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except BrokenPipeError:
+        # `supctl status | head`: the reader left; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Pool admission (Rule 1.3): which memory limit each container may hold so that the sum
+of the limits a pool hands out never passes its budget. Pure: a function of the
+containers' wanted limits and the pool budgets.
+
+A pool's members are admitted in a stable order, so the same container is the one left
+out pass after pass (no flapping): first those whose limit cannot change now (paused,
+restarting: counted as they are), then the ones already holding a limit, then the ones
+without, each group by start time. A member whose wanted limit does not fit gets the
+room that is left if that is at least its floor (class ``memory_min``, Docker's minimum,
+and its current working set: a limit below what it uses would only make the kernel
+reclaim or OOM-kill it); otherwise it is over budget and granted nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from supervisor.model.pools import PoolUsage, admit
+
+# Docker refuses a memory limit below 6 MiB ("Minimum memory limit allowed is 6MB").
+DOCKER_MIN_MEMORY_BYTES = 6 * 2**20
+
+HELD = "held"  # a container whose limit cannot be changed now: its current one is kept
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    name: str
+    pool: str
+    wanted_bytes: int  # the limit placement would give it (class default, kept, adaptive)
+    floor_bytes: int  # the least it may be shrunk to
+    current_bytes: int  # its limit now; 0 = none
+    changeable: bool  # running: its limit can be set now
+    started_at: str = ""  # Docker's RFC 3339 StartedAt: sorts in time order
+
+
+@dataclass(frozen=True)
+class Admission:
+    id: str
+    name: str
+    pool: str
+    wanted_bytes: int
+    granted_bytes: int  # 0 when over budget
+    verdict: str  # fits | shrunk | over-budget | held
+    room_bytes: int  # what the pool had left when this member's turn came
+    floor_bytes: int
+
+    def to_dict(self) -> dict:
+        return {"id": self.id[:12], "name": self.name, "pool": self.pool,
+                "wanted_bytes": self.wanted_bytes, "granted_bytes": self.granted_bytes,
+                "verdict": self.verdict, "room_bytes": self.room_bytes,
+                "floor_bytes": self.floor_bytes}
+
+
+def admission_order(c: Candidate) -> tuple:
+    return (0 if not c.changeable else 1 if c.current_bytes else 2, c.started_at, c.name, c.id)
+
+
+def admit_pool(pool: str, budget_bytes: int, members: Iterable[Candidate]) -> list[Admission]:
+    """Admit ``members`` of one pool in order. The sum of the granted limits (plus the
+    held ones' current limits) never exceeds ``budget_bytes``, except where held members
+    already exceed it on their own (they cannot be changed while paused)."""
+    allocated = 0
+    out = []
+    for c in sorted(members, key=admission_order):
+        room = max(0, budget_bytes - allocated)
+        if not c.changeable:
+            allocated += c.current_bytes
+            out.append(Admission(c.id, c.name, pool, c.wanted_bytes, c.current_bytes, HELD,
+                                 room, c.floor_bytes))
+            continue
+        granted, verdict = admit(PoolUsage(pool, budget_bytes, allocated, 0), c.wanted_bytes,
+                                 max(c.floor_bytes, DOCKER_MIN_MEMORY_BYTES))
+        allocated += granted
+        out.append(Admission(c.id, c.name, pool, c.wanted_bytes, granted, verdict, room,
+                             c.floor_bytes))
+    return out
+
+
+def admit_all(budgets: dict[str, int], members: Iterable[Candidate]) -> dict[str, Admission]:
+    """Admission of every candidate, by container id. Candidates of a pool the config
+    lacks are not admitted (placement leaves their memory alone and says so)."""
+    by_pool: dict[str, list[Candidate]] = {}
+    for c in members:
+        by_pool.setdefault(c.pool, []).append(c)
+    out: dict[str, Admission] = {}
+    for pool, group in by_pool.items():
+        if pool not in budgets:
+            continue
+        for a in admit_pool(pool, budgets[pool], group):
+            out[a.id] = a
+    return out

@@ -1,0 +1,421 @@
+"""Compliance audit of running containers and of compose files. Pure: functions of an
+inspected container or a parsed compose document and the config.
+
+What a container or a compose service must meet, each finding with its rule number
+(seeds/architecture-rules.md) and a severity (critical > high > medium > low):
+
+- 1.1 a memory limit (critical), a reservation of 50-75 % of it (medium; low if absent);
+- 1.3 (running containers, when pool cgroups are on) it lives under its pool's cgroup;
+- 2.2 a health check (high);
+- 2.3 a restart policy that cannot loop: not ``always``, and a deploy restart_policy
+  bounded by ``max_attempts`` (high / medium);
+- 5.2 no host port among 80, 443, 8080, 8000, 3000, 5000 (critical), except on a
+  gateway (label ``supervisor.gateway=true``; Rule 5.2's "gateway services only");
+- 5.1 host ports inside its class's range (medium). The class comes from the label,
+  the name and image rules as the daemon classifies; when none of them names one, the
+  class whose range holds the ports is taken (so a service on 10150 is a critical one);
+- 9.3 a non-root user (medium);
+- 12.1 Ollama: OLLAMA_NUM_PARALLEL and OLLAMA_MAX_LOADED_MODELS as configured and a CPU
+  limit of at most ``ollama.cpu_cores`` from the cgroup (high); ``OLLAMA_CPU_LIMIT``
+  has no effect, since Ollama reads no such variable (medium, on any service).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from supervisor.model.classify import classify, label_is_true
+from supervisor.model.config import Config
+from supervisor.model.errors import SupervisorError
+from supervisor.policy.ollama_policy import match_container
+from supervisor.model.snapshot import ContainerInfo
+
+FORBIDDEN_HOST_PORTS = (80, 443, 8080, 8000, 3000, 5000)
+GATEWAY_LABEL = "supervisor.gateway"
+SEVERITIES = ("critical", "high", "medium", "low")
+_MAX_RANGE_PORTS = 1024  # a published range wider than this is checked at its ends only
+
+
+class AuditError(SupervisorError):
+    """A compose file that cannot be read as one."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    target: str  # container or service name
+    rule: str  # "1.1"
+    severity: str  # one of SEVERITIES
+    message: str
+    source: str = ""  # "container" or the compose file's path
+
+    def to_dict(self) -> dict[str, str]:
+        return {"target": self.target, "rule": self.rule, "severity": self.severity,
+                "message": self.message, "source": self.source}
+
+
+@dataclass
+class ServiceSpec:
+    """What the checks need of a container or a compose service. None = not set there."""
+
+    name: str
+    image: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    memory_limit_bytes: int | None = None
+    memory_reservation_bytes: int | None = None
+    healthcheck: str = "none"  # "yes" | "none" | "disabled"
+    host_ports: list[tuple[int | None, str]] = field(default_factory=list)  # (port, as written)
+    unreadable_ports: list[str] = field(default_factory=list)
+    restart: str = ""
+    restart_bounded: bool | None = None  # deploy.restart_policy: max_attempts given?
+    restart_condition: str = ""
+    user: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cpu_limit_cores: float | None = None
+    cgroup_parent: str | None = None  # None: not checked
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, severity, message)
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _is_root(user: str) -> bool:
+    u = user.split(":", 1)[0].strip()
+    return u in ("", "root", "0")
+
+
+def is_ollama(spec: ServiceSpec, cfg: Config) -> bool:
+    """The governor's own rule (label opt-in or opt-out first, then image, then name)."""
+    return bool(match_container(spec.labels, spec.image, spec.name, cfg.settings.ollama))
+
+
+def _class_for(spec: ServiceSpec, cfg: Config) -> tuple[str, str]:
+    info = ContainerInfo(id="", name=spec.name, image=spec.image, labels=spec.labels,
+                         state="created", pid=0)
+    name, reason = classify(info, cfg)
+    if reason in ("label", "name", "image"):
+        return name, reason
+    ports = [p for p, _ in spec.host_ports if p is not None]
+    if ports:
+        for c in cfg.classes.values():
+            if c.ports and all(c.ports[0] <= p <= c.ports[1] for p in ports):
+                return c.name, "ports"
+    return name, reason
+
+
+def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
+    out: list[Finding] = []
+
+    def add(rule: str, severity: str, message: str) -> None:
+        out.append(Finding(spec.name, rule, severity, message, source))
+
+    for rule, sev, msg in spec.problems:
+        add(rule, sev, msg)
+    cls_name, cls_reason = _class_for(spec, cfg)
+    klass = cfg.classes.get(cls_name)
+
+    # Rule 1.1
+    limit, res = spec.memory_limit_bytes, spec.memory_reservation_bytes
+    if any(rule == "1.1" for rule, _, _ in spec.problems):
+        pass  # a size that cannot be read is reported as such, not as a missing one
+    elif not limit:
+        add("1.1", "critical", "no memory limit")
+    elif not res:
+        add("1.1", "low", "no memory reservation: Rule 1.1 wants 50-75% of the limit")
+    elif not 0.5 <= res / limit <= 0.75:
+        add("1.1", "medium", f"memory reservation is {res / limit:.0%} of the limit, "
+                             "not 50-75%")
+
+    # Rule 1.3: under its pool's cgroup (running containers; compose files name no driver)
+    if spec.cgroup_parent is not None and klass and cfg.settings.pool_cgroups.enabled:
+        # The same name the daemon documents and creates (poolcg), so both agree.
+        from supervisor.runtime.poolcg import cgroup_parent_for
+        expected = cgroup_parent_for(cfg, klass.pool)
+        want = {expected, expected.lstrip("/")}
+        if spec.cgroup_parent not in want:
+            add("1.3", "low", f"not under the cgroup of pool {klass.pool!r} (cgroup parent "
+                              f"{spec.cgroup_parent or 'default'!r}; expected {expected})")
+
+    # Rule 2.2
+    if spec.healthcheck == "none":
+        add("2.2", "high", "no health check")
+    elif spec.healthcheck == "disabled":
+        add("2.2", "high", "health check disabled")
+
+    # Rule 2.3
+    r = spec.restart.strip().lower()
+    if r == "always":
+        add("2.3", "high", "restart policy 'always' restarts it without end, also after a "
+                           "clean exit: use unless-stopped or on-failure with max_attempts")
+    elif r and r not in ("no", "unless-stopped", "on-failure") and not re.fullmatch(r"on-failure:\d+", r):
+        add("2.3", "high", f"unknown restart policy {spec.restart!r}")
+    if spec.restart_bounded is False and spec.restart_condition != "none":
+        add("2.3", "medium", f"deploy.restart_policy (condition {spec.restart_condition}) has "
+                             "no max_attempts: a failing service is restarted without end")
+
+    # Rules 5.2 and 5.1
+    gateway = label_is_true(spec.labels, GATEWAY_LABEL)
+    for port, written in spec.host_ports:
+        if port is None:
+            add("5.1", "low", f"port {written!r} is published on a host port the engine "
+                              "picks, outside every class's range")
+        elif port in FORBIDDEN_HOST_PORTS:
+            if not gateway:
+                rng = f"; use one in {klass.ports[0]}-{klass.ports[1]}" if klass and klass.ports else ""
+                add("5.2", "critical", f"host port {port} is forbidden (80, 443, 8080, 8000, "
+                                       f"3000, 5000 are for the gateway only){rng}")
+        elif klass and klass.ports and not klass.ports[0] <= port <= klass.ports[1]:
+            add("5.1", "medium", f"host port {port} is outside the range of class "
+                                 f"{cls_name!r} ({klass.ports[0]}-{klass.ports[1]})")
+    for written in spec.unreadable_ports:
+        add("5.1", "low", f"port {written!r} cannot be read (variable or bad syntax)")
+
+    # Rule 9.3
+    if spec.user is None:
+        add("9.3", "medium", "no user set: it runs as root unless the image sets USER")
+    elif _is_root(spec.user):
+        add("9.3", "medium", f"runs as root (user {spec.user!r})" if spec.user else
+            "runs as root (no user set, and the image sets no USER)")
+
+    # Rule 12.1
+    if "OLLAMA_CPU_LIMIT" in spec.env:
+        add("12.1", "medium", "OLLAMA_CPU_LIMIT has no effect: Ollama reads no such "
+                              "variable; cap its CPU with a CPU limit (cpus / "
+                              "deploy.resources.limits.cpus)")
+    if is_ollama(spec, cfg):
+        o = cfg.settings.ollama
+        for var, want_n in (("OLLAMA_NUM_PARALLEL", o.num_parallel),
+                            ("OLLAMA_MAX_LOADED_MODELS", o.max_loaded_models)):
+            have = spec.env.get(var)
+            if have is None:
+                add("12.1", "high", f"{var} is not set (Rule 12.1: {want_n})")
+            elif have.strip() != str(want_n):
+                add("12.1", "high", f"{var} is {have}, not {want_n}")
+        if spec.cpu_limit_cores is None:
+            add("12.1", "high", f"no CPU limit (Rule 12.1: at most {o.cpu_cores:g} cores)")
+        elif spec.cpu_limit_cores > o.cpu_cores + 1e-9:
+            add("12.1", "high", f"CPU limit {spec.cpu_limit_cores:g} cores is above "
+                                f"{o.cpu_cores:g}")
+    return out
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    def key(f: Finding):
+        rule = tuple(int(x) for x in f.rule.split(".") if x.isdigit())
+        return (f.source, f.target, SEVERITIES.index(f.severity) if f.severity in SEVERITIES else 9, rule)
+    return sorted(findings, key=key)
+
+
+# ---------------------------------------------------------------- running containers
+
+
+def spec_from_container(info: ContainerInfo) -> ServiceSpec:
+    env = {}
+    for item in info.env:
+        k, _, v = item.partition("=")
+        env[k] = v
+    return ServiceSpec(
+        name=info.name, image=info.image, labels=dict(info.labels),
+        memory_limit_bytes=info.memory_limit_bytes or None,
+        memory_reservation_bytes=info.memory_reservation_bytes or None,
+        healthcheck="yes" if info.has_healthcheck else "none",
+        host_ports=[(hp, f"{hip + ':' if hip else ''}{hp}->{cp}") for cp, hip, hp in info.ports if hp],
+        restart=info.restart_policy, user=info.user, env=env,
+        cpu_limit_cores=info.cpu_limit_cores, cgroup_parent=info.cgroup_parent)
+
+
+def audit_container(info: ContainerInfo, cfg: Config) -> list[Finding]:
+    return check(spec_from_container(info), cfg, "container")
+
+
+# ---------------------------------------------------------------- compose files
+
+
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?)(b?)\s*", re.I)
+_POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_compose_size(v: Any) -> int:
+    """Bytes from a compose size: 1073741824, "512m", "2g", "2Gi", "1.5GB". Compose reads
+    every unit as a power of 1024 (docker/go-units RAMInBytes)."""
+    if isinstance(v, bool):
+        raise ValueError(f"not a size: {v!r}")
+    if isinstance(v, (int, float)):
+        return int(v)
+    m = _SIZE.fullmatch(str(v))
+    if not m:
+        raise ValueError(f"not a size: {v!r}")
+    return int(float(m.group(1)) * 1024 ** _POW[m.group(2).lower()])
+
+
+def _key_values(v: Any) -> dict[str, str]:
+    """Compose's two spellings of labels and environment: a mapping, or "KEY=VALUE" items."""
+    if isinstance(v, dict):
+        return {str(k): "" if x is None else str(x) for k, x in v.items()}
+    if isinstance(v, list):
+        out = {}
+        for item in v:
+            k, _, x = str(item).partition("=")
+            out[k] = x
+        return out
+    return {}
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def _interpolate(text: str) -> str | None:
+    """``${VAR:-default}`` -> default; a variable without a default cannot be resolved."""
+    unresolved = False
+
+    def sub(m: re.Match) -> str:
+        nonlocal unresolved
+        if m.group(2) is None:
+            unresolved = True
+            return ""
+        return m.group(2)
+    out = _VAR.sub(sub, text)
+    if unresolved or "$" in out:
+        return None
+    return out
+
+
+def _port_numbers(text: str) -> list[int]:
+    lo_s, _, hi_s = text.partition("-")
+    lo = int(lo_s)
+    hi = int(hi_s) if hi_s else lo
+    if not 0 < lo <= hi <= 65535:
+        raise ValueError(text)
+    if hi - lo >= _MAX_RANGE_PORTS:
+        return [lo, hi]
+    return list(range(lo, hi + 1))
+
+
+def parse_port(entry: Any) -> list[int | None]:
+    """Host ports a compose ``ports`` entry publishes (None: a port the engine picks).
+    Short syntax ``[IP:][HOST[-HOST]:]CONTAINER[-CONTAINER][/PROTO]`` (IPv6 IPs in
+    brackets) or long syntax ``{target, published, host_ip, protocol}``.
+    Raises ValueError when it cannot be read."""
+    if isinstance(entry, bool):
+        raise ValueError(entry)
+    if isinstance(entry, int):
+        return [None]  # container port only
+    if isinstance(entry, dict):
+        pub = entry.get("published")
+        if pub is None or pub == "":
+            return [None]
+        text = _interpolate(str(pub))
+        if text is None:
+            raise ValueError(pub)
+        return list(_port_numbers(text))
+    text = _interpolate(str(entry))
+    if text is None:
+        raise ValueError(entry)
+    text = text.split("/", 1)[0].strip()
+    if text.startswith("["):  # [IPv6]:HOST:CONTAINER
+        _, _, rest = text.partition("]")
+        parts = rest.lstrip(":").split(":")
+        host = parts[0] if len(parts) == 2 else ""
+    else:
+        parts = text.split(":")
+        if len(parts) == 1:
+            return [None]
+        if len(parts) == 2:
+            host = parts[0]
+        elif len(parts) == 3:
+            host = parts[1]
+        else:
+            raise ValueError(entry)
+    if host == "":
+        return [None]
+    return list(_port_numbers(host))
+
+
+def spec_from_compose(name: str, svc: dict) -> ServiceSpec:
+    spec = ServiceSpec(name=str(svc.get("container_name") or name),
+                       image=str(svc.get("image") or ""), labels=_key_values(svc.get("labels")))
+    deploy = svc.get("deploy") if isinstance(svc.get("deploy"), dict) else {}
+    resources = deploy.get("resources") if isinstance(deploy.get("resources"), dict) else {}
+    limits = resources.get("limits") if isinstance(resources.get("limits"), dict) else {}
+    reservations = resources.get("reservations") if isinstance(resources.get("reservations"), dict) else {}
+
+    def size(*candidates: Any) -> int | None:
+        for v in candidates:
+            if v is None:
+                continue
+            try:
+                return parse_compose_size(v)
+            except ValueError:
+                spec.problems.append(("1.1", "high", f"memory size {v!r} cannot be read"))
+                return None
+        return None
+    spec.memory_limit_bytes = size(limits.get("memory"), svc.get("mem_limit"))
+    spec.memory_reservation_bytes = size(reservations.get("memory"), svc.get("mem_reservation"))
+
+    for v in (limits.get("cpus"), svc.get("cpus")):
+        if v is not None:
+            try:
+                spec.cpu_limit_cores = float(v)
+            except (TypeError, ValueError):
+                spec.problems.append(("12.1", "low", f"CPU limit {v!r} cannot be read"))
+            break
+
+    hc = svc.get("healthcheck")
+    if isinstance(hc, dict):
+        test = hc.get("test")
+        if hc.get("disable") is True or test == ["NONE"] or test == "NONE":
+            spec.healthcheck = "disabled"
+        elif test:
+            spec.healthcheck = "yes"
+        else:
+            spec.healthcheck = "none"
+
+    ports = svc.get("ports") or []
+    if not isinstance(ports, list):
+        ports = [ports]
+    for entry in ports:
+        written = str(entry.get("published", entry)) if isinstance(entry, dict) else str(entry)
+        try:
+            for p in parse_port(entry):
+                spec.host_ports.append((p, written))
+        except ValueError:
+            spec.unreadable_ports.append(written)
+
+    spec.restart = str(svc.get("restart") or "")
+    rp = deploy.get("restart_policy")
+    if isinstance(rp, dict):
+        spec.restart_condition = str(rp.get("condition") or "any")  # compose's default
+        spec.restart_bounded = rp.get("max_attempts") not in (None, 0, "0")
+    user = svc.get("user")
+    spec.user = None if user is None else str(user)
+    spec.env = _key_values(svc.get("environment"))
+    return spec
+
+
+def load_compose(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise AuditError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AuditError(f"{path}: cannot read: {e}") from None
+    except yaml.YAMLError as e:
+        raise AuditError(f"{path}: not valid YAML: {e}") from None
+    return doc
+
+
+def audit_compose(doc: Any, cfg: Config, source: str = "compose") -> list[Finding]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
+        raise AuditError(f"{source}: not a compose file (no 'services:' mapping)")
+    out: list[Finding] = []
+    for name, svc in doc["services"].items():
+        if svc is None:
+            svc = {}
+        if not isinstance(svc, dict):
+            raise AuditError(f"{source}: service {name!r} is not a mapping")
+        out += check(spec_from_compose(str(name), svc), cfg, source)
+    return sort_findings(out)

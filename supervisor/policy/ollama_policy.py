@@ -1,0 +1,469 @@
+"""The Ollama governor's decisions (Rule 12.1), pure: functions of the tick, the
+configuration and what the governor remembers, touching nothing. ``ollama`` holds the
+component that feeds them and acts on what they decide; its docstring explains the
+rules (what counts as in use, as idle, the hysteresis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from supervisor.model.classify import label_is_false, label_is_true
+from supervisor.act.component import Tick
+from supervisor.model.config import glob_match
+from supervisor.adapters.ollama_api import DEFAULT_PORT, LoadedModel, check_url
+from supervisor.adapters.ollama_host import HostProcess
+from supervisor.model.snapshot import LIVE_STATES
+from supervisor.model.units import format_cpuset, parse_cpuset
+
+NUM_PARALLEL = "OLLAMA_NUM_PARALLEL"
+MAX_LOADED = "OLLAMA_MAX_LOADED_MODELS"
+MAX_QUEUE = "OLLAMA_MAX_QUEUE"
+CPU_LIMIT_VAR = "OLLAMA_CPU_LIMIT"  # not read by Ollama at all
+# What Ollama does when a variable is unset (its envconfig).
+OLLAMA_DEFAULTS = {NUM_PARALLEL: "1", MAX_LOADED: "0 = automatic, 3 on CPU", MAX_QUEUE: "512"}
+_EPS = 0.005
+
+
+# ---------------------------------------------------------------- finding (pure)
+
+
+def match_container(labels: dict[str, str], image: str, name: str, s) -> str:
+    """How a container is recognised as Ollama: "label", "image", "name", or ""."""
+    if label_is_false(labels, s.label):
+        return ""
+    if label_is_true(labels, s.label):
+        return "label"
+    if s.images and glob_match(s.images, image):
+        return "image"
+    if s.names and glob_match(s.names, name):
+        return "name"
+    return ""
+
+
+def env_map(env: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for item in env:
+        k, sep, v = item.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def listen_port(env: dict[str, str]) -> int:
+    """The port Ollama listens on, from OLLAMA_HOST ("0.0.0.0:11434", "http://h:p")."""
+    host = env.get("OLLAMA_HOST", "").strip()
+    host = host.split("://", 1)[-1].split("/", 1)[0]
+    _, sep, port = host.rpartition(":")
+    return int(port) if sep and port.isdigit() else DEFAULT_PORT
+
+
+def container_api_url(env: dict[str, str], ports, s) -> tuple[str | None, str]:
+    """Where to reach a container's API: ``ollama.api_url``, else its published port on
+    loopback. (url or None, how it was chosen / why there is none)."""
+    if s.api_url:
+        return check_url(s.api_url), "ollama.api_url"
+    port = listen_port(env)
+    elsewhere = []
+    for cport, hip, hport in ports:
+        if cport != f"{port}/tcp" or not hport:
+            continue
+        if hip in ("", "0.0.0.0", "::", "127.0.0.1"):
+            return f"http://127.0.0.1:{hport}", f"published port {hport} on loopback"
+        if hip == "::1":
+            return f"http://[::1]:{hport}", f"published port {hport} on loopback"
+        elsewhere.append(f"{hip}:{hport}")
+    if elsewhere:
+        return None, (f"port {port} is published only on {', '.join(elsewhere)}, not on "
+                      "loopback: set ollama.api_url")
+    return None, f"port {port}/tcp is not published: set ollama.api_url to reach the API"
+
+
+def host_api_url(env: dict[str, str], s) -> tuple[str | None, str]:
+    if s.api_url:
+        return check_url(s.api_url), "ollama.api_url"
+    return f"http://127.0.0.1:{listen_port(env)}", "OLLAMA_HOST of the process (default 11434)"
+
+
+# ---------------------------------------------------------------- checks (pure)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # num_parallel | max_loaded_models | max_queue | cpu_limit | cpuset
+    ok: bool
+    actual: str
+    expected: str
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.actual}, wants {self.expected}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "actual": self.actual, "expected": self.expected}
+
+
+def env_check(name: str, var: str, env: dict[str, str], want: int) -> Check:
+    raw = env.get(var)
+    if raw is None:
+        return Check(name, False, f"{var} unset (Ollama's default: {OLLAMA_DEFAULTS[var]})",
+                     f"{var}={want}")
+    try:
+        ok = int(raw.strip()) == want
+    except ValueError:
+        ok = False
+    return Check(name, ok, f"{var}={raw}", f"{var}={want}")
+
+
+def env_checks(env: dict[str, str], s) -> list[Check]:
+    out = [env_check("num_parallel", NUM_PARALLEL, env, s.num_parallel),
+           env_check("max_loaded_models", MAX_LOADED, env, s.max_loaded_models)]
+    if s.max_queue is not None:
+        out.append(env_check("max_queue", MAX_QUEUE, env, s.max_queue))
+    return out
+
+
+_ENV_OF_CHECK = {"num_parallel": NUM_PARALLEL, "max_loaded_models": MAX_LOADED,
+                 "max_queue": MAX_QUEUE}
+
+
+def wanted_env(s) -> dict[str, str]:
+    out = {NUM_PARALLEL: str(s.num_parallel), MAX_LOADED: str(s.max_loaded_models)}
+    if s.max_queue is not None:
+        out[MAX_QUEUE] = str(s.max_queue)
+    return out
+
+
+def env_drift(checks: Iterable[Check], s) -> dict[str, str]:
+    """{variable: compliant value} for every failing environment check."""
+    want = wanted_env(s)
+    return {_ENV_OF_CHECK[c.name]: want[_ENV_OF_CHECK[c.name]]
+            for c in checks if not c.ok and c.name in _ENV_OF_CHECK}
+
+
+def fmt_cores(cores: float | None) -> str:
+    return "no CPU limit" if cores is None else f"{cores:g} cores"
+
+
+def cpu_check(limit_cores: float | None, s) -> Check:
+    ok = limit_cores is not None and limit_cores <= s.cpu_cores + _EPS
+    return Check("cpu_limit", ok, fmt_cores(limit_cores), f"at most {s.cpu_cores:g} cores (CPU quota)")
+
+
+def canonical_cpuset(text: str, host_cores: int) -> str:
+    """"" (Docker: no cpuset) means every core."""
+    if not text.strip():
+        return format_cpuset(tuple(range(host_cores)))
+    try:
+        return format_cpuset(parse_cpuset(text))
+    except ValueError:
+        return text
+
+
+def cpuset_check(actual: str, class_cpuset: str | None, class_name: str, host_cores: int) -> Check:
+    have = canonical_cpuset(actual, host_cores)
+    if class_cpuset is None:
+        return Check("cpuset", True, have, f"any core (class {class_name})")
+    return Check("cpuset", have == class_cpuset, have, f"{class_cpuset} (class {class_name})")
+
+
+def notices(env: dict[str, str]) -> list[str]:
+    out = []
+    if CPU_LIMIT_VAR in env:
+        out.append(f"{CPU_LIMIT_VAR}={env[CPU_LIMIT_VAR]} has no effect: Ollama has no such "
+                   "variable; only the container's CPU quota (its cgroup) caps Ollama's CPU")
+    return out
+
+
+# ---------------------------------------------------------------- pressure (pure)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A pressure signal with the ladder's hysteresis: on after ``value >= high`` held for
+    hold_s; off after ``value < clear`` held for clear_after_s."""
+
+    on: bool = False
+    high_since: float | None = None
+    clear_since: float | None = None
+    changed_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"on": self.on, "high_since": self.high_since, "clear_since": self.clear_since,
+                "changed_at": self.changed_at}
+
+
+def advance_gate(g: Gate, value: float | None, *, high: float, clear: float, now: float,
+                 hold_s: float, clear_after_s: float) -> Gate:
+    """The gate after one more reading. No reading (a kernel without PSI) counts as no
+    pressure, so a throttle is never left on for want of data."""
+    v = 0.0 if value is None else value
+    if not g.on:
+        if v >= high:
+            since = g.high_since if g.high_since is not None else now
+            if now - since >= hold_s:
+                return Gate(True, since, None, now)
+            return Gate(False, since, None, g.changed_at)
+        return Gate(False, None, None, g.changed_at)
+    if v < clear:
+        since = g.clear_since if g.clear_since is not None else now
+        if now - since >= clear_after_s:
+            return Gate(False, None, None, now)
+        return Gate(True, g.high_since, since, g.changed_at)
+    return Gate(True, g.high_since, None, g.changed_at)
+
+
+def gate_levels(high: float, clear_ratio: float) -> tuple[float, float]:
+    """(start level, clear level): the ladder's clear_ratio applied to the PSI level as it
+    is to pool use (80% start, 64% clear with the defaults)."""
+    return high, high * clear_ratio
+
+
+# ---------------------------------------------------------------- CPU values (pure)
+
+
+def close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) < _EPS
+
+
+def throttle_cores(current: float | None, s) -> float:
+    """The throttled quota: throttled_cpu_cores, or the current limit if lower."""
+    return min(s.throttled_cpu_cores, current) if current is not None else s.throttled_cpu_cores
+
+
+def restore_cores(before: float | None, policy: str, s) -> float | None:
+    """The quota once pressure clears: what it was before the throttle; under "enforce"
+    never above cpu_cores (and cpu_cores where there was none)."""
+    if policy == "enforce":
+        return min(before, s.cpu_cores) if before is not None else s.cpu_cores
+    return before
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    purpose: str  # "throttle" | "restore" | "enforce"
+    set_cores: bool
+    cores: float | None  # None: no limit
+    cpuset: str | None  # None: leave as is
+    reason: str
+
+
+def plan_cpu(current: float | None, cpu_ok: bool, cpuset_ok: bool, class_cpuset: str | None,
+             throttled: bool, saved: dict | None, policy: str, s) -> CpuPlan | None:
+    """What to do with one target's CPU limit this pass (None: nothing)."""
+    if throttled:
+        if saved is None:
+            want = throttle_cores(current, s)
+            if current is not None and current <= want + _EPS:
+                return None  # already at or below the throttled quota
+            return CpuPlan("throttle", True, want, None,
+                           f"host CPU pressure held: quota {fmt_cores(current)} -> {want:g} cores")
+        if not close(current, saved.get("cores")):
+            return CpuPlan("throttle", True, saved.get("cores"), None,
+                           f"throttle re-applied: quota is {fmt_cores(current)}, "
+                           f"throttled to {fmt_cores(saved.get('cores'))}")
+        return None
+    fix_cpuset = class_cpuset if policy == "enforce" and not cpuset_ok else None
+    if saved is not None:
+        want = restore_cores(saved.get("before_cores"), policy, s)
+        return CpuPlan("restore", True, want, fix_cpuset,
+                       f"CPU pressure cleared: quota {fmt_cores(current)} -> {fmt_cores(want)}")
+    if policy == "enforce" and (not cpu_ok or fix_cpuset):
+        parts = []
+        if not cpu_ok:
+            parts.append(f"CPU limit {fmt_cores(current)} -> {s.cpu_cores:g} cores")
+        if fix_cpuset:
+            parts.append(f"cpuset -> {fix_cpuset}")
+        return CpuPlan("enforce", not cpu_ok, s.cpu_cores if not cpu_ok else current, fix_cpuset,
+                       "Rule 12.1: " + ", ".join(parts))
+    return None
+
+
+def override_cores(current: float | None, hold: float | None, policy: str, s) -> float | None:
+    """The CPU quota placement must keep for this container (None: no say). ``hold`` is
+    the throttled quota, or the one being restored, while either is under way."""
+    if hold is not None:
+        return hold
+    if policy == "enforce":
+        return current if current is not None and current <= s.cpu_cores + _EPS else s.cpu_cores
+    return None
+
+
+# ---------------------------------------------------------------- activity (pure)
+
+
+@dataclass(frozen=True)
+class ModelSeen:
+    first_seen_s: float
+    expires_at: str
+    changed_s: float | None  # last time expires_at moved (None: not since first seen)
+
+
+class ModelTracker:
+    """expires_at of every loaded model, per target, poll after poll."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, dict[str, ModelSeen]] = {}
+
+    def update(self, key: str, models: Iterable[LoadedModel], now: float) -> None:
+        prev = self.seen.get(key, {})
+        cur = {}
+        for m in models:
+            p = prev.get(m.name)
+            if p is None:
+                cur[m.name] = ModelSeen(now, m.expires_at, None)
+            elif p.expires_at != m.expires_at:
+                cur[m.name] = ModelSeen(p.first_seen_s, m.expires_at, now)
+            else:
+                cur[m.name] = p
+        self.seen[key] = cur
+
+    def get(self, key: str) -> dict[str, ModelSeen]:
+        return dict(self.seen.get(key, {}))
+
+    def forget_except(self, keys: set[str]) -> None:
+        for k in set(self.seen) - keys:
+            del self.seen[k]
+
+
+def model_activity(m: ModelSeen | None, now: float, idle_for_s: float) -> tuple[str, str]:
+    """("active" | "settling" | "idle", why)."""
+    if m is None:
+        return "settling", "not seen by the poller yet"
+    if m.changed_s is not None and now - m.changed_s < idle_for_s:
+        return "active", f"expires_at moved {now - m.changed_s:.0f}s ago: requests are running or ending"
+    watched = now - m.first_seen_s
+    if watched < idle_for_s:
+        return "settling", f"watched for {watched:.0f}s of {idle_for_s:g}s"
+    since = now - (m.changed_s if m.changed_s is not None else m.first_seen_s)
+    return "idle", f"expires_at still for {since:.0f}s"
+
+
+def unload_verdicts(models: Iterable[LoadedModel], seen: dict[str, ModelSeen], now: float,
+                    idle_for_s: float, cpu_busy: bool | None) -> dict[str, tuple[bool, str]]:
+    """{model name: (in use, why)} for every loaded model."""
+    acts = {m.name: model_activity(seen.get(m.name), now, idle_for_s) for m in models}
+    if cpu_busy and not any(a == "active" for a, _ in acts.values()):
+        why = "Ollama is using CPU and no model shows which: a long request may be running"
+        return {n: (True, why) for n in acts}
+    return {n: (a != "idle", w) for n, (a, w) in acts.items()}
+
+
+def ollama_idle(api_ok: bool, models: list[LoadedModel] | None, cpu_busy: bool | None,
+                cpu_quiet_s: float | None, idle_for_s: float) -> tuple[bool, str]:
+    """Is it safe to restart Ollama now (no request can be running)?"""
+    if api_ok and models is not None:
+        if models:
+            return False, (f"{len(models)} model(s) loaded ("
+                           + ", ".join(m.name for m in models[:3]) + ")")
+        if cpu_busy is None:
+            return False, "no model loaded; CPU activity not measured yet"
+        if cpu_busy:
+            return False, "no model loaded but Ollama uses CPU (a pull or a load in progress?)"
+        return True, "the API lists no loaded model and Ollama's CPU is quiet"
+    if cpu_quiet_s is None:
+        return False, "API not reachable and CPU activity not measured yet"
+    if cpu_quiet_s >= idle_for_s:
+        return True, f"API not reachable; no CPU activity for {cpu_quiet_s:.0f}s"
+    return False, f"API not reachable; CPU quiet for {cpu_quiet_s:.0f}s of {idle_for_s:g}s"
+
+
+@dataclass
+class _Cpu:
+    t: float
+    usage_s: float
+    since: float
+    rate: float | None = None
+    active_at: float | None = None
+
+
+class CpuActivity:
+    """CPU use per target from the cumulative usage each pass samples."""
+
+    def __init__(self) -> None:
+        self._s: dict[str, _Cpu] = {}
+
+    def update(self, key: str, now: float, usage_s: float | None, idle_cores: float) -> None:
+        if usage_s is None:
+            return
+        st = self._s.get(key)
+        if st is None or usage_s < st.usage_s:  # first sight, or restarted (counter reset)
+            self._s[key] = _Cpu(now, usage_s, now)
+            return
+        dt = now - st.t
+        if dt <= 0:
+            return
+        st.rate = (usage_s - st.usage_s) / dt
+        st.t, st.usage_s = now, usage_s
+        if st.rate > idle_cores:
+            st.active_at = now
+
+    def busy(self, key: str, idle_cores: float) -> bool | None:
+        st = self._s.get(key)
+        return None if st is None or st.rate is None else st.rate > idle_cores
+
+    def quiet_for(self, key: str, now: float) -> float | None:
+        """Seconds without CPU activity (bounded by how long we have watched)."""
+        st = self._s.get(key)
+        if st is None or st.rate is None:
+            return None
+        return now - (st.active_at if st.active_at is not None else st.since)
+
+    def forget_except(self, keys: set[str]) -> None:
+        for k in set(self._s) - keys:
+            del self._s[k]
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # container id, or "host:<pid>"
+    kind: str  # "container" | "host"
+    name: str
+    found_by: str  # label | image | name | process
+    state: str
+    env: dict[str, str]
+    cpu_limit_cores: float | None
+    cpuset: str  # Docker's view; "" = every core
+    class_name: str
+    class_cpuset: str | None  # None: the class takes any core
+    api_url: str | None
+    api_note: str
+    cpu_usage_s: float | None
+    can_limit: bool = True
+    limit_note: str = ""
+    cgroup_rel: str = ""
+
+
+def container_targets(tick: Tick, s) -> list[Target]:
+    out = []
+    for c in tick.snapshot.containers:
+        info = c.info
+        if not c.managed or info.state not in LIVE_STATES:
+            continue
+        how = match_container(info.labels, info.image, info.name, s)
+        if not how:
+            continue
+        env = env_map(info.env)
+        url, note = container_api_url(env, info.ports, s)
+        klass = tick.cfg.classes.get(c.class_name)
+        out.append(Target(
+            key=info.id, kind="container", name=info.name, found_by=how, state=info.state,
+            env=env, cpu_limit_cores=info.cpu_limit_cores, cpuset=info.cpuset_cpus,
+            class_name=c.class_name, class_cpuset=klass.cpuset if klass else None,
+            api_url=url, api_note=note,
+            cpu_usage_s=c.stats.cpu_usage_s if c.stats else None))
+    return out
+
+
+def host_target(hp: HostProcess, s) -> Target:
+    url, note = host_api_url(hp.env, s)
+    return Target(
+        key=f"host:{hp.pid}", kind="host", name=f"{hp.name} (host pid {hp.pid})",
+        found_by="process", state="running", env=hp.env, cpu_limit_cores=hp.cpu_limit_cores,
+        cpuset="", class_name="", class_cpuset=None, api_url=url, api_note=note,
+        cpu_usage_s=hp.cpu_usage_s, can_limit=hp.can_limit, limit_note=hp.limit_note,
+        cgroup_rel=hp.cgroup_rel)

@@ -1,0 +1,472 @@
+"""Prometheus exposition (Rules 1.4, 7.1): a custom collector that yields fresh metric
+families from the latest tick on every scrape, so a container that disappears leaves no
+stale series, and the scrape thread makes no Docker call and reads no file (the one
+exception is prometheus_client's ProcessCollector, reading /proc/self for the daemon's
+own RSS and CPU). Long-lived counts (actions, breaches, the tick-duration histogram) are
+kept by the daemon and only read here.
+
+Names follow node_exporter and cAdvisor where the meaning is the same, under the prefix
+``resource_supervisor_``: node_cpu_seconds_total -> resource_supervisor_host_cpu_seconds_total,
+container_memory_working_set_bytes -> resource_supervisor_container_memory_working_set_bytes.
+GET /metrics writes the families with ``exposition.render`` (the text format, faster than
+prometheus_client's writer); components add theirs through ``Component.collect``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import platform
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+from supervisor import __version__
+from supervisor.publish.exposition import render
+from supervisor.model.pools import container_limit_bytes, pool_of
+from supervisor.model.snapshot import LIVE_STATES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from supervisor.act.component import Tick
+    from supervisor.runtime.daemon import Daemon
+    from supervisor.model.snapshot import HostSample
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "resource_supervisor_"
+
+CONTAINER_LABELS = ["name", "id", "class", "pool"]
+# Docker's container states plus ours: "hibernated" replaces "paused" or "exited" for a
+# container the hibernation component holds. One series per container, its state as a
+# label (a state change ends the old series; Prometheus marks it stale at once).
+CONTAINER_STATES = ("created", "running", "paused", "hibernated", "restarting", "removing",
+                    "exited", "dead")
+# /proc/stat modes, as node_exporter labels them.
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# Pass durations: from a quiet 2-core host (~1 ms) to a pass stuck on a slow engine (10 s).
+TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def label_value(v: Any) -> str:
+    """Any text as a label value that encodes as UTF-8: a lone surrogate (from a name
+    decoded with surrogateescape, or a JSON "\\ud800") would otherwise fail the whole
+    scrape when the exposition is encoded. Quotes, backslashes and newlines are escaped
+    by the exposition writer."""
+    s = str(v)
+    if s.isascii():
+        return s
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+# ---------------------------------------------------------------------- daemon's own counts
+
+class DurationHistogram:
+    """A cumulative histogram with fixed buckets, observed from the loop thread and read
+    from the scrape thread. Counts only ever grow (a true Prometheus histogram, unlike a
+    window over ``Daemon.pass_durations``)."""
+
+    def __init__(self, bounds_s: Iterable[float] = TICK_BUCKETS_S):
+        self.bounds_s = tuple(sorted(bounds_s))
+        self._counts = [0] * (len(self.bounds_s) + 1)  # per bucket; the last is +Inf
+        self._sum_s = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value_s: float) -> None:
+        i = bisect.bisect_left(self.bounds_s, value_s)  # first bound >= value: le semantics
+        with self._lock:
+            self._counts[i] += 1
+            self._sum_s += value_s
+
+    def cumulative(self) -> tuple[list[tuple[str, int]], float]:
+        with self._lock:
+            counts = list(self._counts)
+            total_s = self._sum_s
+        out, running = [], 0
+        for bound, n in zip((*self.bounds_s, float("inf")), counts):
+            running += n
+            out.append((floatToGoString(bound), running))
+        return out, total_s
+
+
+def breach_conditions(tick: "Tick") -> set[tuple[str, str]]:
+    """(kind, pool) of every breach the daemon's own accounting shows in this tick."""
+    out: set[tuple[str, str]] = set()
+    if tick.reserve.breached:
+        out.add(("reserve", ""))
+    for name, p in tick.pools.items():
+        if p.used_bytes > p.budget_bytes:
+            out.add(("pool_used_over_budget", name))
+        if p.allocated_bytes > p.budget_bytes:
+            out.add(("pool_allocated_over_budget", name))
+    return out
+
+
+class PassMetrics:
+    """The daemon's per-pass bookkeeping for /metrics: the tick-duration histogram, and
+    the onsets of the breaches it sees itself (reserve, pool over budget), counted into
+    the shared ``breaches`` Counter that components also add their kinds to."""
+
+    def __init__(self, breaches: "Counter[str]"):
+        self.tick_duration = DurationHistogram()
+        self.breaches = breaches
+        self._active: set[tuple[str, str]] = set()
+
+    def observe(self, duration_s: float, tick: "Tick") -> None:
+        self.tick_duration.observe(duration_s)
+        now = breach_conditions(tick)
+        for kind, _pool in now - self._active:
+            self.breaches[kind] += 1
+        self._active = now
+
+
+# ---------------------------------------------------------------------- families
+
+def _items(counter: Any) -> list[tuple[Any, int]]:
+    # list(dict.items()) runs in C under the GIL: no "changed size during iteration"
+    # while the loop thread adds a key.
+    return list(counter.items()) if counter else []
+
+
+def _add(fam: Metric, labels: dict[str, str], value: float) -> None:
+    """``fam.add_metric`` for a label dict the caller builds once and shares between
+    families (add_metric makes a dict per sample); ``_total`` added for counters, as
+    add_metric does."""
+    fam.samples.append(Sample(fam.name + "_total" if fam.type == "counter" else fam.name,
+                              labels, value))
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, doc, labels=labels)
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+
+
+def host_families(h: "HostSample") -> Iterator[Metric]:
+    cpu = _counter("host_cpu_seconds_total",
+                   "Seconds each core spent in each mode (node_cpu_seconds_total)",
+                   ["cpu", "mode"])
+    for i, modes in enumerate(h.cpu_seconds):
+        core = str(i)
+        for mode in CPU_MODES:
+            if mode in modes:
+                cpu.add_metric([core, mode], modes[mode])
+    yield cpu
+    total = _gauge("host_memory_total_bytes", "Host memory, MemTotal of /proc/meminfo")
+    total.add_metric([], h.memory_total_bytes)
+    yield total
+    avail = _gauge("host_memory_available_bytes",
+                   "Host memory available without swapping, MemAvailable of /proc/meminfo")
+    avail.add_metric([], h.memory_available_bytes)
+    yield avail
+    disk = [
+        (_counter("host_disk_read_bytes_total", "Bytes read from each disk", ["device"]), "read_bytes"),
+        (_counter("host_disk_written_bytes_total", "Bytes written to each disk", ["device"]), "write_bytes"),
+        (_counter("host_disk_reads_completed_total", "Reads completed on each disk", ["device"]), "read_ops"),
+        (_counter("host_disk_writes_completed_total", "Writes completed on each disk", ["device"]), "write_ops"),
+    ]
+    for dev, io in sorted(h.disks.items()):
+        lv = [label_value(dev)]
+        for fam, attr in disk:
+            fam.add_metric(lv, getattr(io, attr))
+    for fam, _ in disk:
+        yield fam
+    rx = _counter("host_network_receive_bytes_total", "Bytes received on each interface", ["device"])
+    tx = _counter("host_network_transmit_bytes_total", "Bytes sent on each interface", ["device"])
+    for dev, io in sorted(h.nets.items()):
+        lv = [label_value(dev)]
+        rx.add_metric(lv, io.rx_bytes)
+        tx.add_metric(lv, io.tx_bytes)
+    yield rx
+    yield tx
+    stalled = _counter("host_pressure_stalled_seconds_total",
+                       "PSI total stall time by resource; some: at least one task stalled, "
+                       "full: all non-idle tasks stalled (/proc/pressure/*)",
+                       ["resource", "kind"])
+    avg10 = _gauge("host_pressure_avg10_ratio",
+                   "PSI share of the last 10 s with stalled tasks, 0-1 (avg10 / 100)",
+                   ["resource", "kind"])
+    for res, p in sorted(h.pressure.items()):
+        kinds = [("some", p.some_total_us, p.some_avg10)]
+        # System-wide CPU "full" is undefined and reads zero (Documentation/accounting/psi.rst).
+        if res != "cpu":
+            kinds.append(("full", p.full_total_us, p.full_avg10))
+        for kind, total_us, a10 in kinds:
+            stalled.add_metric([res, kind], total_us / 1e6)
+            avg10.add_metric([res, kind], a10 / 100.0)
+    yield stalled
+    yield avg10
+
+
+def hibernated_ids(components: Iterable[Any]) -> set[str]:
+    """Ids the hibernation component holds, if it is there (before it exists: none)."""
+    for comp in components:
+        if getattr(comp, "name", "") == "hibernation":
+            fn = getattr(comp, "hibernated_ids", None)
+            if fn is None:
+                return set()
+            try:
+                return set(fn())
+            except Exception:  # noqa: BLE001 - a component bug must not fail the scrape
+                log.exception("hibernation.hibernated_ids failed")
+                return set()
+    return set()
+
+
+def container_families(tick: "Tick", hibernated: set[str] = frozenset()) -> Iterator[Metric]:
+    cfg = tick.cfg
+    L = CONTAINER_LABELS
+    managed = _gauge("container_managed", "1 when the supervisor manages this container", L)
+    state = _gauge("container_state", "Always 1; the label state is the container's state: "
+                   + ", ".join(CONTAINER_STATES) + " (hibernated: held by the supervisor while "
+                   "idle, Rule 6.3)", L + ["state"])
+    cpuset = _gauge("container_cpuset_info", "The cores the container may run on", L + ["cpuset"])
+    limit = _gauge("container_spec_memory_limit_bytes",
+                   "Memory limit of a live container; 0 = no limit (Rule 1.1)", L)
+    reservation = _gauge("container_spec_memory_reservation_limit_bytes",
+                         "Memory reservation (soft limit) of a live container; 0 = none", L)
+    wss = _gauge("container_memory_working_set_bytes",
+                 "Memory usage minus inactive file pages, as cAdvisor counts it", L)
+    usage = _gauge("container_memory_usage_bytes", "Memory usage including page cache", L)
+    cpu = _counter("container_cpu_usage_seconds_total", "CPU time consumed", L)
+    thr = _counter("container_cpu_cfs_throttled_seconds_total",
+                   "Time the container was throttled by its CPU quota", L)
+    rx = _counter("container_network_receive_bytes_total",
+                  "Bytes received on the container's interfaces (loopback excluded)", L)
+    tx = _counter("container_network_transmit_bytes_total",
+                  "Bytes sent on the container's interfaces (loopback excluded)", L)
+    # One label dict per container, shared by its samples (not add_metric's dict per
+    # sample): ~1300 samples for 110 containers, and the writer escapes each dict once.
+    for c in tick.snapshot.containers:
+        info = c.info
+        lv = {"name": label_value(info.name), "id": info.short_id,
+              "class": label_value(c.class_name), "pool": label_value(pool_of(c, cfg))}
+        _add(managed, lv, 1.0 if c.managed else 0.0)
+        _add(state, {**lv, "state": "hibernated" if info.id in hibernated
+                     else label_value(info.state)}, 1.0)
+        if info.state not in LIVE_STATES:
+            continue
+        s = c.stats
+        _add(cpuset, {**lv, "cpuset": label_value(info.cpuset_cpus or (s.cpuset_cpus if s else ""))}, 1.0)
+        _add(limit, lv, container_limit_bytes(c))
+        _add(reservation, lv, info.memory_reservation_bytes
+            or (s.memory_low_bytes if s and s.memory_low_bytes else 0))
+        if s is not None:
+            _add(wss, lv, s.memory_working_set_bytes)
+            _add(usage, lv, s.memory_usage_bytes)
+            _add(cpu, lv, s.cpu_usage_s)
+            _add(thr, lv, s.cpu_throttled_s)
+        if c.net is not None:
+            _add(rx, lv, c.net.rx_bytes)
+            _add(tx, lv, c.net.tx_bytes)
+    yield from (managed, state, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx)
+
+
+def pool_families(tick: "Tick") -> Iterator[Metric]:
+    fams = [
+        (_gauge("pool_budget_bytes", "Memory budget of the pool (Rule 1.3)", ["pool"]),
+         lambda p: p.budget_bytes),
+        (_gauge("pool_allocated_bytes",
+                "Sum of the memory limits of the pool's live managed containers", ["pool"]),
+         lambda p: p.allocated_bytes),
+        (_gauge("pool_used_bytes", "Sum of the working sets of the pool's live managed containers",
+                ["pool"]), lambda p: p.used_bytes),
+        (_gauge("pool_utilisation_ratio", "Used / budget", ["pool"]), lambda p: p.utilisation),
+        (_gauge("pool_allocation_ratio", "Allocated / budget", ["pool"]),
+         lambda p: p.allocation_ratio),
+        (_gauge("pool_containers", "Live managed containers drawing from the pool", ["pool"]),
+         lambda p: len(p.containers)),
+    ]
+    for name, p in sorted(tick.pools.items()):
+        lv = [label_value(name)]
+        for fam, value in fams:
+            fam.add_metric(lv, value(p))
+    for fam, _ in fams:
+        yield fam
+    reserve = _gauge("emergency_reserve_bytes",
+                     "Memory never allocated to any pool (Rule 1.3)")
+    reserve.add_metric([], tick.reserve.reserve_bytes)
+    yield reserve
+    breached = _gauge("emergency_reserve_breached",
+                      "1 when the host's available memory is below the emergency reserve")
+    breached.add_metric([], 1.0 if tick.reserve.breached else 0.0)
+    yield breached
+
+
+class SupervisorCollector:
+    """Reads the daemon's latest tick and counters; never blocks on the loop."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+        self.collect_errors: Counter[str] = Counter()
+
+    def _own(self) -> Iterator[Metric]:
+        d = self.d
+        info = _gauge("build_info", "Version of resource-supervisor and of its Python",
+                      ["version", "python_version"])
+        info.add_metric([__version__, platform.python_version()], 1.0)
+        yield info
+        up = _gauge("docker_engine_up", "1 when the Docker engine answers, 0 when unreachable")
+        up.add_metric([], 1.0 if d.inventory.engine_up else 0.0)
+        yield up
+        dry = _gauge("dry_run", "1 when the daemon only reports what it would do")
+        dry.add_metric([], 1.0 if d.cfg.dry_run else 0.0)
+        yield dry
+        reload_ok = _gauge("config_last_reload_successful",
+                           "0 when the last reload was refused (the previous config runs on)")
+        reload_ok.add_metric([], 0.0 if d.last_config_error else 1.0)
+        yield reload_ok
+        buckets, sum_s = d.pass_metrics.tick_duration.cumulative()
+        yield HistogramMetricFamily(PREFIX + "tick_duration_seconds",
+                                    "Wall time of one pass: sample, plan, act, publish",
+                                    buckets=buckets, sum_value=sum_s)
+        actions = _counter("actions_total", "Actions by kind and outcome "
+                           "(ok, failed, skipped, dry_run)", ["kind", "outcome"])
+        journal_failed = 0
+        for (kind, outcome), n in sorted(_items(d.actuator.counts)):
+            if kind == "journal":
+                journal_failed += n
+                continue
+            actions.add_metric([label_value(kind), label_value(outcome)], n)
+        yield actions
+        jf = _counter("journal_write_failures_total", "Action results the journal failed to record")
+        jf.add_metric([], journal_failed)
+        yield jf
+        breaches = _counter("breaches_total", "Breaches seen, by kind (counted at onset)", ["kind"])
+        for kind, n in sorted(_items(d.breaches)):
+            breaches.add_metric([label_value(kind)], n)
+        yield breaches
+        for name, doc, counts in (
+                ("daemon_events_total", "The daemon loop's own counts (passes, errors, reloads...)",
+                 d.counts),
+                ("sampler_events_total", "Sampler counts (full reads, vanished or unreadable cgroups)",
+                 d.sampler.counts),
+                ("inventory_events_total", "Inventory counts (engine events, relists, reconnects)",
+                 d.inventory.counts)):
+            fam = _counter(name, doc, ["event"])
+            for event, n in sorted(_items(counts)):
+                fam.add_metric([label_value(event)], n)
+            yield fam
+
+    def _errors(self, took_s: dict[str, float]) -> Iterator[Metric]:
+        errs = _counter("collect_errors_total", "Scrapes where a component's metrics failed",
+                        ["component"])
+        for comp, n in sorted(_items(self.collect_errors)):
+            errs.add_metric([label_value(comp)], n)
+        yield errs
+        took = _gauge("collect_duration_seconds", "Time this scrape spent gathering each part's "
+                      "metrics (exporter: host, containers, pools; others: components)",
+                      ["component"])
+        for comp, secs in took_s.items():
+            took.add_metric([label_value(comp)], secs)
+        yield took
+
+    def _tick_families(self, tick: "Tick") -> list[Metric]:
+        last = _gauge("last_pass_timestamp_seconds", "When the latest pass sampled the host")
+        last.add_metric([], tick.now)
+        return [last, *host_families(tick.snapshot.host),
+                *container_families(tick, hibernated_ids(self.d.components)),
+                *pool_families(tick)]
+
+    def _component_families(self, tick: "Tick", taken: set[str],
+                            took_s: dict[str, float]) -> list[Metric]:
+        out = []
+        for comp in self.d.components:
+            t0 = time.perf_counter()
+            try:
+                fams = list(comp.collect(tick))
+            except Exception:  # noqa: BLE001 - one component's bug must not fail the scrape
+                log.exception("metrics of component %s failed", comp.name)
+                self.collect_errors[comp.name] += 1
+                continue
+            finally:
+                took_s[comp.name] = time.perf_counter() - t0
+            for fam in fams:
+                if fam.name in taken:
+                    # Two families of one name would make the whole exposition invalid.
+                    log.error("component %s yields metric %s twice; dropped", comp.name, fam.name)
+                    self.collect_errors[comp.name] += 1
+                    continue
+                taken.add(fam.name)
+                out.append(fam)
+        return out
+
+    def collect(self) -> Iterable[Metric]:
+        tick = self.d.last_tick  # one tick for the whole scrape, whatever the loop does
+        # This scrape's time per part: its own dict, since scrapes may overlap.
+        took_s: dict[str, float] = {}
+        t0 = time.perf_counter()
+        fams = list(self._own())
+        if tick is not None:
+            fams.extend(self._tick_families(tick))
+        took_s["exporter"] = time.perf_counter() - t0
+        if tick is not None:
+            fams.extend(self._component_families(tick, {f.name for f in fams} | {
+                PREFIX + "collect_errors", PREFIX + "collect_duration_seconds"}, took_s))
+        yield from fams
+        yield from self._errors(took_s)  # last: they count this scrape's components too
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "MetricsServer"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                body = render(self.server.registry.collect())
+            except Exception:  # noqa: BLE001 - answer 500 and keep serving
+                log.exception("rendering /metrics failed")
+                self._send(500, b"metrics rendering failed; see the daemon's log\n", "text/plain")
+                return
+            self._send(200, body, CONTENT_TYPE)
+        elif path == "/health":
+            h = self.server.health()
+            self._send(200 if h.get("loop_alive") else 503, json.dumps(h).encode(),
+                       "application/json")
+        else:
+            self._send(404, b"not found: try /metrics or /health\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args) -> None:  # quiet: scrapes are not news
+        pass
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, listen: str, registry: CollectorRegistry, health):
+        host, _, port = listen.rpartition(":")
+        self.registry = registry
+        self.health = health
+        super().__init__((host.strip("[]"), int(port)), _Handler)
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="metrics", daemon=True)
+        t.start()
+        return t
+
+
+def make_registry(daemon: "Daemon") -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SupervisorCollector(daemon))
+    # The daemon's own RSS, CPU seconds, open fds (process_* as every exporter has them).
+    ProcessCollector(registry=reg)
+    return reg

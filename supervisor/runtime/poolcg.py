@@ -1,0 +1,262 @@
+"""Pools the kernel enforces (issue 3, Rule 1.3): one parent cgroup per pool whose memory
+limit is the pool's budget. Containers started under it (``--cgroup-parent``, compose's
+``cgroup_parent``) cannot together take more than the budget, even between two ticks:
+the kernel reclaims, then OOM-kills inside the pool.
+
+cgroupfs driver (Docker's default outside systemd hosts): ``<parent>/<pool>`` under the
+cgroup root. On v2 it gets ``memory.max`` = budget and ``+memory +cpu +cpuset`` (and io,
+pids where offered) in ``cgroup.subtree_control`` of each level, so Docker can set the
+containers' own limits below it. On v1 the directory is made in every controller
+hierarchy, ``memory.limit_in_bytes`` = budget, and cpuset.cpus/mems are copied from
+the parent (an empty cpuset group takes no tasks).
+
+systemd driver (``pool_cgroups.parent`` ends in ".slice"): the tree belongs to systemd,
+so the daemon does not write it; each pool is a slice ``<parent stem>-<pool>.slice``
+with ``MemoryMax=<budget>`` (a unit file, or ``systemctl set-property``), and a service
+gives ``cgroup_parent: <parent stem>-<pool>.slice``. The status shows the names.
+
+Created by the first pass after start, kept in sync on reload, re-checked on reconcile
+passes. A budget is never lowered below what the pool uses now: that would make the
+kernel OOM-kill inside it (cgroup-v2.rst, memory.max); it is reported instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from supervisor.model.actions import Action, ActionResult, Outcome
+from supervisor.adapters.cgroups import V1_UNLIMITED, CgroupFS, CgroupLocation, _slice_path, parse_flat_keyed, read_int
+from supervisor.act.component import Component, Tick
+from supervisor.model.config import Config
+from supervisor.model.errors import CgroupError
+from supervisor.model.pools import pool_of
+from supervisor.model.snapshot import LIVE_STATES, ContainerSample
+from supervisor.model.units import format_bytes
+
+log = logging.getLogger(__name__)
+
+# Controllers a pool's subtree needs for Docker to set a container's memory, CPU quota
+# and cpuset (and pids / io limits when asked) below it.
+SUBTREE_CONTROLLERS = ("memory", "cpu", "cpuset", "io", "pids")
+_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class PoolGroup:
+    pool: str
+    rel: str  # path below the hierarchy root, e.g. "/resource-supervisor/standard"
+    limit_bytes: int  # the budget, page-aligned (the kernel stores whole pages)
+
+
+def driver_of(cfg: Config) -> str:
+    return "systemd" if cfg.settings.pool_cgroups.parent.endswith(".slice") else "cgroupfs"
+
+
+def cgroup_parent_for(cfg: Config, pool: str) -> str:
+    """What a compose service gives as ``cgroup_parent`` to live under its pool. An
+    absolute path: a relative one is taken below dockerd's own cgroup."""
+    parent = cfg.settings.pool_cgroups.parent
+    if driver_of(cfg) == "systemd":
+        return f"{parent[: -len('.slice')]}-{pool}.slice"
+    return f"/{parent.strip('/')}/{pool}"
+
+
+def pool_group_rel(cfg: Config, pool: str) -> str:
+    """The pool's cgroup, relative to the hierarchy root."""
+    if driver_of(cfg) == "systemd":
+        return "/" + _slice_path(cgroup_parent_for(cfg, pool))
+    return cgroup_parent_for(cfg, pool)
+
+
+def desired_pool_groups(cfg: Config) -> tuple[PoolGroup, ...]:
+    """The pool cgroups the daemon keeps (none when disabled or under systemd)."""
+    if not cfg.settings.pool_cgroups.enabled or driver_of(cfg) != "cgroupfs":
+        return ()
+    return tuple(PoolGroup(name, pool_group_rel(cfg, name), p.budget_bytes // _PAGE * _PAGE)
+                 for name, p in sorted(cfg.pools.items()))
+
+
+def lives_in(container_cgroup_rel: str, group_rel: str) -> bool:
+    return container_cgroup_rel.startswith(group_rel.rstrip("/") + "/")
+
+
+def outside_pools(containers: tuple[ContainerSample, ...], cfg: Config,
+                  rel_of: Callable[[str], str | None]) -> list[dict[str, Any]]:
+    """Live managed containers whose cgroup is not below their pool's cgroup (so the
+    kernel does not hold them to the budget). ``rel_of`` maps a container's cgroup
+    directory to its path below the hierarchy root."""
+    out = []
+    for c in containers:
+        if not c.managed or c.info.state not in LIVE_STATES or c.stats is None:
+            continue
+        pool = pool_of(c, cfg)
+        if not pool:
+            continue
+        rel = rel_of(c.stats.path)
+        want = pool_group_rel(cfg, pool)
+        if rel is None or not lives_in(rel, want):
+            out.append({"name": c.info.name, "id": c.info.short_id, "pool": pool,
+                        "cgroup": rel or c.stats.path, "expected_under": want,
+                        "cgroup_parent": cgroup_parent_for(cfg, pool)})
+    return out
+
+
+# ---------------------------------------------------------------- reading a pool group
+
+
+def _memory_files(version: int) -> dict[str, str]:
+    if version == 2:
+        return {"limit": "memory.max", "usage": "memory.current", "peak": "memory.peak"}
+    return {"limit": "memory.limit_in_bytes", "usage": "memory.usage_in_bytes",
+            "peak": "memory.max_usage_in_bytes"}
+
+
+def read_group(fs: CgroupFS, loc: CgroupLocation) -> dict[str, Any]:
+    """Limit, usage, peak and limit hits of a pool's cgroup. Raises CgroupError."""
+    d = loc.dir("memory")
+    f = _memory_files(loc.version)
+    limit = read_int(f"{d}/{f['limit']}")
+    out: dict[str, Any] = {
+        "limit_bytes": None if limit < 0 or limit >= V1_UNLIMITED else limit,
+        "usage_bytes": read_int(f"{d}/{f['usage']}"),
+    }
+    try:
+        out["peak_bytes"] = read_int(f"{d}/{f['peak']}")
+    except CgroupError:
+        out["peak_bytes"] = None  # memory.peak is new in 5.19
+    if loc.version == 2:
+        ev = parse_flat_keyed(fs.read_file(loc, "memory", "memory.events"))
+        out["limit_hits"] = ev.get("max", 0)
+        out["oom_kills"] = ev.get("oom_kill", 0)
+    else:
+        out["limit_hits"] = read_int(f"{d}/memory.failcnt")
+        out["oom_kills"] = parse_flat_keyed(fs.read_file(loc, "memory", "memory.oom_control")).get("oom_kill", 0)
+    return out
+
+
+# ---------------------------------------------------------------- the component
+
+
+class PoolCgroups(Component):
+    name = "pool_cgroups"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self._applied: tuple | None = None  # the key last written (or reported in dry run)
+        self._next_try = 0.0
+        self.last_error = ""
+
+    @staticmethod
+    def _key(cfg: Config) -> tuple:
+        return (cfg.dry_run, desired_pool_groups(cfg))
+
+    def plan(self, tick: Tick) -> list[Action]:
+        key = self._key(tick.cfg)
+        groups = key[1]
+        if not groups or key == self._applied or tick.now < self._next_try:
+            return []
+        why = "pool cgroups hold each pool to its budget: " + ", ".join(
+            f"{g.rel} {format_bytes(g.limit_bytes)}" for g in groups)
+        return [Action("pool_cgroups", "host", "pool cgroups", why, "pool_cgroups",
+                       {"groups": [{"pool": g.pool, "rel": g.rel, "limit_bytes": g.limit_bytes}
+                                   for g in groups]})]
+
+    def executors(self) -> dict[str, Callable[[Action], Outcome]]:
+        return {"pool_cgroups": self._sync}
+
+    def _sync(self, action: Action) -> Outcome:
+        fs = self.ctx.cgroups
+        before: dict[str, Any] = {}
+        after: dict[str, Any] = {}
+        problems = []
+        for g in action.params["groups"]:
+            pool, rel, limit = g["pool"], g["rel"], int(g["limit_bytes"])
+            try:
+                existed = fs.group_exists(rel)
+                loc = fs.make_group(rel, SUBTREE_CONTROLLERS)
+                now = read_group(fs, loc)
+                before[pool] = {"existed": existed, "limit_bytes": now["limit_bytes"]}
+                if now["limit_bytes"] != limit:
+                    if now["usage_bytes"] > limit:
+                        problems.append(f"{pool}: uses {format_bytes(now['usage_bytes'])}, more "
+                                        f"than the new budget {format_bytes(limit)}; limit left "
+                                        f"at {format_bytes(now['limit_bytes'])}")
+                        continue
+                    # O_NONBLOCK: v2 memory.max does not stall the daemon in reclaim.
+                    fs.write_file(loc, "memory", _memory_files(loc.version)["limit"], limit,
+                                  nonblock=True)
+                after[pool] = {"path": loc.dir("memory"),
+                               "limit_bytes": read_group(fs, loc)["limit_bytes"]}
+            except CgroupError as e:
+                problems.append(f"{pool}: {e}")
+        if problems:
+            self.last_error = "; ".join(problems)
+            return Outcome(ok=False, detail=self.last_error, before=before, after=after)
+        self.last_error = ""
+        return Outcome(ok=True, detail="pool cgroups in place", before=before, after=after)
+
+    def observe(self, tick: Tick, results: list[ActionResult]) -> None:
+        key = self._key(tick.cfg)
+        for r in results:
+            if r.action.kind != "pool_cgroups":
+                continue
+            if r.ok or r.dry_run:
+                self._applied = key
+            else:
+                self._next_try = tick.now + max(tick.cfg.reconcile_s, 10.0)
+        if tick.reconcile and self._applied == key and not tick.cfg.dry_run and key[1]:
+            drift = self._drift(key[1])
+            if drift:
+                log.warning("pool cgroups drifted (%s); setting them again", drift)
+                self._applied = None
+
+    def _drift(self, groups: tuple[PoolGroup, ...]) -> str:
+        fs = self.ctx.cgroups
+        for g in groups:
+            try:
+                if not fs.group_exists(g.rel):
+                    return f"{g.rel} is gone"
+                got = read_group(fs, fs.location(g.rel))["limit_bytes"]
+            except CgroupError as e:
+                return str(e)
+            if got != g.limit_bytes:
+                return f"{g.rel} limit {got} instead of {g.limit_bytes}"
+        return ""
+
+    def _rel_of(self, path: str) -> str | None:
+        fs = self.ctx.cgroups
+        roots = fs.controller_roots()
+        root = roots.get("unified") or roots.get("memory")
+        if root and path.startswith(root.rstrip("/") + "/"):
+            return path[len(root.rstrip("/")):]
+        return None
+
+    def status(self, tick: Tick) -> dict[str, Any] | None:
+        cfg = tick.cfg
+        pc = cfg.settings.pool_cgroups
+        out: dict[str, Any] = {"enabled": pc.enabled, "driver": driver_of(cfg),
+                               "parent": pc.parent, "error": self.last_error}
+        pools: dict[str, Any] = {}
+        for name, p in sorted(cfg.pools.items()):
+            row: dict[str, Any] = {"budget_bytes": p.budget_bytes,
+                                   "cgroup": pool_group_rel(cfg, name),
+                                   "cgroup_parent": cgroup_parent_for(cfg, name)}
+            if pc.enabled and driver_of(cfg) == "cgroupfs":
+                fs = self.ctx.cgroups
+                try:
+                    if fs.group_exists(row["cgroup"]):
+                        row.update(read_group(fs, fs.location(row["cgroup"])))
+                    else:
+                        row["error"] = "not created (yet)"
+                except CgroupError as e:
+                    row["error"] = str(e)
+            elif driver_of(cfg) == "systemd":
+                row["systemd"] = (f"give {row['cgroup_parent']} MemoryMax={p.budget_bytes} "
+                                  "(a slice unit or systemctl set-property)")
+            pools[name] = row
+        out["pools"] = pools
+        out["outside"] = outside_pools(tick.snapshot.containers, cfg, self._rel_of) \
+            if pc.enabled else []
+        return out
