@@ -1,5 +1,5 @@
 """supctl, the operator's CLI."""
 
-from supervisor.cli.main import main
+from supervisor.cli.supctl import main
 
 __all__ = ["main"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from supervisor.model import rules
 from supervisor.model.config import Config
 from supervisor.model.snapshot import LIVE_STATES, ContainerSample, Snapshot
 
@@ -22,6 +23,15 @@ class PoolUsage:
     used_bytes: int
     containers: tuple[str, ...] = field(default=())  # container names
     unlimited: tuple[str, ...] = field(default=())  # members without a memory limit
+    level: int = rules.OK  # rules.pool_level at the configured levels
+
+    @property
+    def state(self) -> str:
+        return rules.level_name(self.level)
+
+    @property
+    def over(self) -> bool:
+        return self.level == rules.OVER
 
     @property
     def free_bytes(self) -> int:
@@ -41,6 +51,7 @@ class PoolUsage:
                 "allocated_bytes": self.allocated_bytes, "used_bytes": self.used_bytes,
                 "free_bytes": self.free_bytes, "utilisation": round(self.utilisation, 4),
                 "allocation_ratio": round(self.allocation_ratio, 4),
+                "state": self.state,
                 "containers": list(self.containers), "unlimited": list(self.unlimited)}
 
 
@@ -48,14 +59,20 @@ class PoolUsage:
 class ReserveState:
     reserve_bytes: int
     available_bytes: int
+    level: int = rules.OK  # rules.reserve_level at the configured levels
+
+    @property
+    def state(self) -> str:
+        return rules.level_name(self.level)
 
     @property
     def breached(self) -> bool:
-        return self.available_bytes < self.reserve_bytes
+        """Available memory at or inside the reserve (rules.reserve_level OVER)."""
+        return self.level == rules.OVER
 
     def to_dict(self) -> dict:
         return {"reserve_bytes": self.reserve_bytes, "available_bytes": self.available_bytes,
-                "breached": self.breached}
+                "state": self.state, "breached": self.breached}
 
 
 def container_limit_bytes(c: ContainerSample) -> int:
@@ -87,13 +104,18 @@ def account(snap: Snapshot, cfg: Config) -> dict[str, PoolUsage]:
         a["names"].append(c.info.name)
         if not limit:
             a["unl"].append(c.info.name)
+    levels = rules.Levels.of(cfg)
     return {name: PoolUsage(name, cfg.pools[name].budget_bytes, a["alloc"], a["used"],
-                            tuple(sorted(a["names"])), tuple(sorted(a["unl"])))
+                            tuple(sorted(a["names"])), tuple(sorted(a["unl"])),
+                            rules.pool_level(a["used"], a["alloc"], cfg.pools[name].budget_bytes,
+                                             levels))
             for name, a in acc.items()}
 
 
 def reserve_state(snap: Snapshot, cfg: Config) -> ReserveState:
-    return ReserveState(cfg.reserve_bytes, snap.host.memory_available_bytes)
+    avail = snap.host.memory_available_bytes
+    return ReserveState(cfg.reserve_bytes, avail,
+                        rules.reserve_level(cfg.reserve_bytes, avail, rules.Levels.of(cfg)))
 
 
 FITS, SHRUNK, OVER_BUDGET = "fits", "shrunk", "over-budget"

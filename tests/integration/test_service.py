@@ -126,7 +126,7 @@ def test_unit_file_verifies_with_the_installers_paths(tmp_path):
     # the paths the daemon is pinned to lie in the directories systemd makes for it
     env = dict(e.split("=", 1) for e in many("Service", "Environment"))
     assert env["RESOURCE_SUPERVISOR_STATE_DIR"] == "/var/lib/" + svc("StateDirectory")
-    from supervisor.cli.main import DEFAULT_SOCKET
+    from supervisor.cli.supctl import DEFAULT_SOCKET
     assert env["RESOURCE_SUPERVISOR_CONTROL__SOCKET"] == DEFAULT_SOCKET
     assert DEFAULT_SOCKET.startswith("/run/" + svc("RuntimeDirectory") + "/")
     # every directive says why it is there

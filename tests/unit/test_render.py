@@ -3,7 +3,7 @@ cut to the terminal's width, coloured only when asked."""
 
 import re
 
-from supervisor.cli.main import EXIT_ENGINE_DOWN, EXIT_EXHAUSTED, EXIT_OK, EXIT_STALLED, health_code
+from supervisor.cli.supctl import EXIT_ENGINE_DOWN, EXIT_EXHAUSTED, EXIT_OK, EXIT_STALLED, health_code
 from supervisor.cli.render import (format_duration, render_findings, render_journal_entry,
                                render_plan, render_recommend, render_status)
 from supervisor.publish.status import cpu_percent, hibernation_rows
@@ -191,7 +191,7 @@ def test_durations_read_at_a_glance():
 
 
 def test_supctl_defaults_match_the_daemons():
-    import supervisor.cli.main as cli
+    import supervisor.cli.supctl as cli
     from supervisor.model import config
     assert cli.DEFAULT_CONFIG_PATH == config.DEFAULT_CONFIG_PATH
     assert cli.DEFAULT_SOCKET == config.ControlSection().socket
