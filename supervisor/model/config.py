@@ -32,6 +32,8 @@ ENV_PREFIX = "RESOURCE_SUPERVISOR_"
 DEFAULT_CONFIG_PATH = "/etc/resource-supervisor/supervisor.toml"
 
 Size = str | int
+# A duration is written "30s", "5m", 1.5...; it is parsed once, here, and every Duration
+# field of a loaded config holds float seconds (no caller parses it again).
 Duration = str | int | float
 
 
@@ -45,9 +47,8 @@ def _check_size(v: Any) -> Any:
     return v
 
 
-def _check_duration(v: Any) -> Any:
-    parse_duration(v)
-    return v
+def _check_duration(v: Any) -> float:
+    return parse_duration(v)
 
 
 class HostSection(_Section):
