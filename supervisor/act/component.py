@@ -13,36 +13,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from supervisor.model.actions import Action, ActionResult, Outcome
+from supervisor.model.params import Param
+from supervisor.policy.tick import Tick
 
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.core import Metric
 
     from supervisor.adapters.cgroups import CgroupFS
     from supervisor.model.config import Config
-    from supervisor.publish.control import Param
     from supervisor.adapters.engine import Engine
     from supervisor.observe.history import History
     from supervisor.observe.inventory import Inventory
     from supervisor.adapters.journal import Journal
-    from supervisor.model.pools import PoolUsage, ReserveState
-    from supervisor.model.snapshot import Snapshot
-
-
-@dataclass
-class Tick:
-    """Everything one pass decides from. Built once per pass, then read-only."""
-
-    snapshot: "Snapshot"
-    cfg: "Config"
-    now: float
-    pools: dict[str, "PoolUsage"]
-    reserve: "ReserveState"
-    history: "History"
-    # Desired-value overrides by other components, per container id: e.g. the ladder's
-    # or the Ollama governor's CPU quota, which placement must not "repair" back.
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    reconcile: bool = False  # a full drift-repair pass (periodic or after a relist)
-    events: tuple[str, ...] = ()  # container ids with events since the last pass
 
 
 @dataclass

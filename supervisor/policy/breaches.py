@@ -31,7 +31,7 @@ from supervisor.model.pools import pool_of
 from supervisor.model.units import format_bytes, parse_duration
 
 if TYPE_CHECKING:  # pragma: no cover
-    from supervisor.act.component import Tick
+    from supervisor.policy.tick import Tick
     from supervisor.model.snapshot import ContainerSample
 
 NONE, WARN, CRITICAL, OVER = 0, 1, 2, 3

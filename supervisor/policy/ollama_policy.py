@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from supervisor.model.classify import label_is_false, label_is_true
-from supervisor.act.component import Tick
+from supervisor.policy.tick import Tick
 from supervisor.model.config import glob_match
 from supervisor.adapters.ollama_api import DEFAULT_PORT, LoadedModel, check_url
 from supervisor.adapters.ollama_host import HostProcess

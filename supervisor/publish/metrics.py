@@ -36,7 +36,7 @@ from supervisor.model.pools import container_limit_bytes, pool_of
 from supervisor.model.snapshot import LIVE_STATES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from supervisor.act.component import Tick
+    from supervisor.policy.tick import Tick
     from supervisor.runtime.daemon import Daemon
     from supervisor.model.snapshot import HostSample
 

@@ -21,7 +21,8 @@ from typing import Callable
 from supervisor.runtime import logs
 from supervisor.model.actions import Action, ActionResult
 from supervisor.adapters.cgroups import CgroupFS
-from supervisor.act.component import Component, Context, Tick
+from supervisor.act.component import Component, Context
+from supervisor.policy.tick import Tick
 from supervisor.model.config import DEFAULT_CONFIG_PATH, Config, load_config
 from supervisor.publish.control import ControlServer
 from supervisor.act.core_actions import CoreActions

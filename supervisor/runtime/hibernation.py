@@ -62,9 +62,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.adapters.cgroups import read_text, stat_value
 from supervisor.model.classify import classify, is_managed, label_is_false
-from supervisor.act.component import Component, Context, Tick
+from supervisor.act.component import Component, Context
+from supervisor.policy.tick import Tick
 from supervisor.model.config import ClassConfig, Config
-from supervisor.publish.control import Param
+from supervisor.model.params import Param
 from supervisor.model.errors import CgroupError, CgroupGone, EngineUnavailable, SupervisorError
 from supervisor.adapters.host import parse_meminfo
 from supervisor.adapters.journal import JournalError

@@ -59,7 +59,8 @@ from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.policy.breaches import (CRITICAL, NONE, OVER, SEVERITY_NAMES, WARN, Signal, SignalMemory,
                        evaluate_signals, scope_members)
 from supervisor.model.classify import label_is_false
-from supervisor.act.component import Component, Context, Tick
+from supervisor.act.component import Component, Context
+from supervisor.policy.tick import Tick
 from supervisor.adapters.journal import JournalError
 from supervisor.act.ladder_knobs import (MIB, MIN_RECLAIM_BYTES, THROTTLE_PREFIX, KnobExecutors, Throttle,
                            untouchable)

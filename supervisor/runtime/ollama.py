@@ -55,7 +55,8 @@ from typing import Any, Callable, Iterable
 from prometheus_client.core import GaugeMetricFamily
 
 from supervisor.model.actions import Action, ActionResult, Outcome
-from supervisor.act.component import Component, Context, Tick
+from supervisor.act.component import Component, Context
+from supervisor.policy.tick import Tick
 from supervisor.model.errors import CgroupError, ContainerGone, EngineUnavailable
 from supervisor.adapters.ollama_api import LoadedModel, OllamaAPI, OllamaBusy, OllamaError
 from supervisor.adapters.ollama_host import HostOllama, HostProcess

@@ -22,9 +22,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.policy.admission import DOCKER_MIN_MEMORY_BYTES, HELD, Admission, Candidate, admit_all
-from supervisor.act.component import Component, Tick
+from supervisor.act.component import Component
+from supervisor.policy.tick import Tick
 from supervisor.model.config import ClassConfig, Config
-from supervisor.publish.control import Param
+from supervisor.model.params import Param
 from supervisor.observe.history import History, recommend_limit
 from supervisor.model.pools import FITS, OVER_BUDGET, SHRUNK
 from supervisor.model.snapshot import LIVE_STATES, ContainerInfo, ContainerSample

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.adapters.cgroups import V1_UNLIMITED, CgroupFS, CgroupLocation, _slice_path, parse_flat_keyed, read_int
-from supervisor.act.component import Component, Tick
+from supervisor.act.component import Component
+from supervisor.policy.tick import Tick
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError
 from supervisor.model.pools import pool_of

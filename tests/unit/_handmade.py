@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from conftest import merge_sections
-from supervisor.act.component import Tick
+from supervisor.policy.tick import Tick
 from supervisor.model.config import HostFacts, load_config
 from supervisor.observe.history import History
 from supervisor.model.pools import account, reserve_state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from supervisor.act.component import Tick
+from supervisor.policy.tick import Tick
 from supervisor.model.config import HostFacts, load_config
 from supervisor.observe.history import History
 from supervisor.runtime.ladder import LadderPlan, LadderState, plan_breach_actions

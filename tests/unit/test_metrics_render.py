@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.model.actions import Action, Outcome
 from supervisor.act.actuator import Actuator
-from supervisor.act.component import Component, Tick
+from supervisor.act.component import Component
+from supervisor.policy.tick import Tick
 from supervisor.publish.exposition import go_float, render
 from supervisor.model.config import HostFacts, load_config
 from supervisor.observe.history import History

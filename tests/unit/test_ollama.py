@@ -13,7 +13,8 @@ from conftest import wait_for
 from fake_ollama import FakeOllama
 from supervisor.model.actions import ActionResult
 from supervisor.adapters.cgroups import CgroupFS
-from supervisor.act.component import Context, Tick
+from supervisor.act.component import Context
+from supervisor.policy.tick import Tick
 from supervisor.model.config import HostFacts, load_config
 from supervisor.adapters.engine import Engine
 from supervisor.observe.history import History
