@@ -5,32 +5,11 @@ stopped (protected, or infrastructure)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from supervisor.model.actions import Action, Outcome
-from supervisor.model.classify import classify
 from supervisor.act.component import Component, Context
-
-if TYPE_CHECKING:  # pragma: no cover
-    from supervisor.model.snapshot import ContainerInfo
-
-
-def recheck_actionable(ctx: Context, cid: str) -> "tuple[ContainerInfo | None, Outcome | None]":
-    """The re-check just before acting on a container: it as the engine sees it now, or
-    why it may not be acted on (gone, not running, of a class never acted on)."""
-    info = ctx.inventory.refresh_one(cid)
-    if info is None:
-        return None, Outcome(ok=False, skipped=True, detail="container no longer exists")
-    if info.state != "running":
-        return None, Outcome(ok=False, skipped=True, detail=f"container is {info.state}, not running")
-    cfg = ctx.get_config()
-    cls, _ = classify(info, cfg)
-    klass = cfg.classes.get(cls)
-    if klass is None or klass.untouchable:
-        return None, Outcome(ok=False, skipped=True,
-                             detail=f"refused: class {cls!r} is protected or infrastructure")
-    return info, None
-
+from supervisor.act.recheck import recheck
 
 class CoreActions(Component):
     name = "core"
@@ -42,7 +21,7 @@ class CoreActions(Component):
         return Outcome(ok=True, detail=action.reason)
 
     def _stop(self, action: Action) -> Outcome:
-        info, refused = recheck_actionable(self.ctx, action.target)
+        info, refused = recheck(self.ctx, action.target, "stop")
         if refused is not None:
             return refused
         timeout = int(action.params.get("timeout_s", 10))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from supervisor.model.actions import Action, Outcome
 from supervisor.adapters.cgroups import V1_UNLIMITED
 from supervisor.act.component import Context
-from supervisor.act.core_actions import recheck_actionable
+from supervisor.act.recheck import recheck
 from supervisor.model.errors import CgroupError, CgroupGone, SupervisorError
 from supervisor.model.units import format_bytes
 
@@ -152,7 +152,7 @@ class KnobExecutors:
             raise SupervisorError(f"unknown throttle knob {knob!r}")
 
     def _throttle(self, action: Action) -> Outcome:
-        info, refused = recheck_actionable(self.ctx, action.target)
+        info, refused = recheck(self.ctx, action.target, "throttle")
         if info is None:
             return refused  # type: ignore[return-value]
         j = self.ctx.journal
@@ -216,7 +216,7 @@ class KnobExecutors:
             before={k: rec.after.get(k) for k in restored}, after=restored)
 
     def _reclaim(self, action: Action) -> Outcome:
-        info, refused = recheck_actionable(self.ctx, action.target)
+        info, refused = recheck(self.ctx, action.target, "reclaim")
         if info is None:
             return refused  # type: ignore[return-value]
         fs = self.ctx.cgroups
