@@ -33,7 +33,6 @@ from supervisor.model.units import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.adapters.cgroups import CgroupLocation
-    from supervisor.model.config import ClassConfig
     from supervisor.model.snapshot import ContainerInfo
 
 log = logging.getLogger(__name__)
@@ -42,12 +41,6 @@ THROTTLE_PREFIX = "ladder/throttle/"
 RECLAIM_PREFIX = "ladder/reclaim/"
 MIB = 1 << 20
 MIN_RECLAIM_BYTES = MIB  # asking the kernel for less is not worth a write
-
-
-def untouchable(cls: "ClassConfig | None") -> bool:
-    """Protected classes and infrastructure are never throttled, reclaimed, hibernated or
-    stopped by the ladder."""
-    return cls is None or cls.untouchable
 
 
 @dataclass(frozen=True)

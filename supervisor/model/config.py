@@ -328,12 +328,6 @@ class ClassConfig:
     match_images: tuple[str, ...]
 
     @property
-    def untouchable(self) -> bool:
-        """Never throttled, reclaimed, hibernated or stopped: a protected class, and the
-        infrastructure class whatever its config says (issue 4)."""
-        return self.protected or self.name == "infrastructure"
-
-    @property
     def cpuset(self) -> str | None:
         return format_cpuset(self.cores) if self.cores is not None else None
 

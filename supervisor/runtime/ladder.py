@@ -62,8 +62,8 @@ from supervisor.model.classify import label_is_false
 from supervisor.act.component import Component, Context
 from supervisor.policy.tick import Tick
 from supervisor.adapters.journal import JournalError
-from supervisor.act.ladder_knobs import (MIB, MIN_RECLAIM_BYTES, THROTTLE_PREFIX, KnobExecutors, Throttle,
-                           untouchable)
+from supervisor.act.ladder_knobs import MIB, MIN_RECLAIM_BYTES, THROTTLE_PREFIX, KnobExecutors, Throttle
+from supervisor.model import rules
 from supervisor.model.units import format_bytes, parse_cpuset, parse_duration
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,7 +198,7 @@ def throttle_rank(members: Iterable["ContainerSample"], cfg: "Config") -> list["
 
 def actionable(c: "ContainerSample", cfg: "Config") -> bool:
     return (c.managed and c.info.state == "running" and c.stats is not None
-            and not untouchable(class_of(c, cfg)))
+            and not rules.untouchable(class_of(c, cfg)))
 
 
 def cpu_cores_now(c: "ContainerSample", host_cores: int) -> float:

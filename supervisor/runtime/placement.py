@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from supervisor.model import rules
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.policy.admission import DOCKER_MIN_MEMORY_BYTES, HELD, Admission, Candidate, admit_all
 from supervisor.act.component import Component
@@ -337,7 +338,7 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
                     f"; its limit of {format_bytes(held)} is left as it is" if held
                     else "; no memory limit granted"), "pools", params))
             if strict and cid not in mem.stop_sent and c.info.state == "running":
-                if cls.untouchable:
+                if rules.untouchable(cls):
                     if cid not in mem.alerted:
                         others.append(Action("alert", cid, c.info.name,
                                              f"class {cls.name} is never stopped: not stopped "
