@@ -59,9 +59,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from supervisor.model.rules import hibernation_block
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.adapters.cgroups import read_text, stat_value
-from supervisor.model.classify import classify, is_managed, label_is_false
+from supervisor.model.classify import classify, is_managed
 from supervisor.act.component import Component, Context
 from supervisor.policy.tick import Tick
 from supervisor.model.config import ClassConfig, Config
@@ -225,25 +226,6 @@ def mark_busy(track: Track | None, at_s: float, reason: str) -> Track | None:
         return None
     return replace(track, idle_since_s=max(track.idle_since_s, at_s), busy_reason=reason,
                    busy_at_s=at_s)
-
-
-def hibernation_block(info: ContainerInfo, class_name: str, managed: bool, cfg: Config) -> str:
-    """Why this container may not be hibernated, or "" when it may."""
-    if not managed:
-        return "not managed by the supervisor"
-    klass = cfg.classes.get(class_name)
-    if klass is None:
-        return f"unknown class {class_name!r}"
-    if not klass.hibernate:
-        return f"class {class_name!r} never hibernates (hibernate = false)"
-    if klass.protected:
-        return f"class {class_name!r} is protected and never hibernates"
-    if klass.idle_after_s <= 0:
-        return f"class {class_name!r} has idle_after 0"
-    label = cfg.settings.hibernation.opt_out_label
-    if label_is_false(info.labels, label):
-        return f"opted out by label {label}={info.labels.get(label)}"
-    return ""
 
 
 def shares_netns(info: ContainerInfo) -> bool:

@@ -13,9 +13,10 @@ import pytest
 from _handmade import config, container, tick
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.component import Context
+from supervisor.model.rules import hibernation_block
 from supervisor.runtime.hibernation import (
     MAX_WATCHED_CONNECTIONS, ActivitySample, Hibernation, HibernationState, LatencyHistogram, Record,
-    Thresholds, Track, connection_activity, hibernation_block, idle_since, mark_busy,
+    Thresholds, Track, connection_activity, idle_since, mark_busy,
     plan_hibernation, smoothing_window_s, track_activity, wake_targets)
 from supervisor.adapters.netdiag import (
     DONE, ERROR, SOCK, TCP_ESTABLISHED, TCP_LISTEN, NetnsGone, TcpSocket, dump_request,
@@ -161,7 +162,7 @@ def test_stop_mode_hibernation_is_planned_as_destructive():
 
 
 @pytest.mark.parametrize("make, why", [
-    (lambda: container("pg", cls="infrastructure"), "never hibernates"),
+    (lambda: container("pg", cls="infrastructure"), "infrastructure: never hibernated"),
     (lambda: container("s", cls="steady"), "never hibernates"),
     (lambda: container("g", cls="guarded"), "protected"),
     (lambda: container("o", labels={"supervisor.hibernate": "false"}), "opted out by label"),
@@ -173,6 +174,20 @@ def test_containers_that_may_not_hibernate_never_do(make, why):
     assert why in hibernation_block(c.info, c.class_name, c.managed, cfg)
     state = HibernationState(tracks={c.info.id: idle_track(0.0)})
     assert plan_hibernation(tick(cfg, [c], now=10_000.0), state) == []
+
+
+def test_an_unprotected_infrastructure_class_is_still_never_hibernated():
+    """Issue 13: a class named infrastructure with protected = false and hibernate = true
+    was paused by idle hibernation; the rule book refuses it whatever its config says."""
+    cfg = config(classes={
+        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "memory_limit": "128MiB",
+                           "protected": False, "hibernate": True, "idle_after": "60s"},
+        "standard": {"pool": "standard", "memory_limit": "40MiB", "memory_min": "16MiB",
+                     "idle_after": "60s"}})
+    pg = container("pg", cls="infrastructure")
+    assert "infrastructure: never hibernated" in hibernation_block(pg.info, pg.class_name, True, cfg)
+    state = HibernationState(tracks={pg.info.id: idle_track(0.0)})
+    assert plan_hibernation(tick(cfg, [pg], now=10_000.0), state) == []
 
 
 def test_opt_out_label_is_the_configured_one():
