@@ -15,16 +15,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
 from supervisor.model.errors import SupervisorError
-
-DEFAULT_PORT = 11434
+from supervisor.model.ollama import LoadedModel, check_url
 
 
 class OllamaError(SupervisorError):
@@ -37,26 +34,6 @@ class OllamaUnavailable(OllamaError):
 
 class OllamaBusy(OllamaError):
     """503: Ollama's request queue is full."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One entry of GET /api/ps."""
-
-    name: str
-    model: str
-    size_bytes: int
-    digest: str
-    expires_at: str  # as Ollama wrote it (RFC 3339, nanoseconds): compared verbatim
-    expires_at_s: float | None  # the same as a Unix time; None when unparseable
-    size_vram_bytes: int = 0
-    context_length: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model, "size_bytes": self.size_bytes,
-                "digest": self.digest, "expires_at": self.expires_at,
-                "size_vram_bytes": self.size_vram_bytes, "context_length": self.context_length}
 
 
 def parse_time(text: str) -> float | None:
@@ -90,14 +67,6 @@ def parse_ps(body: Any) -> list[LoadedModel]:
         except (TypeError, ValueError) as e:
             raise OllamaError(f"/api/ps: bad field in {name!r}: {e}") from None
     return out
-
-
-def check_url(url: str) -> str:
-    """Normalise a base URL ("http://127.0.0.1:11434"); ValueError on anything else."""
-    p = urllib.parse.urlsplit(url.strip())
-    if p.scheme not in ("http", "https") or not p.hostname:
-        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:11434, not {url!r}")
-    return f"{p.scheme}://{p.netloc}{p.path.rstrip('/')}"
 
 
 class OllamaAPI:

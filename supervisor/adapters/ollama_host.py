@@ -13,29 +13,18 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 
 import psutil
 
 from supervisor.adapters.cgroups import CgroupFS, parse_proc_cgroup, read_text
+from supervisor.model import rules
 from supervisor.model.errors import CgroupError
+from supervisor.model.ollama import HostProcess
 
 log = logging.getLogger(__name__)
 
 _CONTAINER_ID = re.compile(r"(^|[/-])[0-9a-f]{64}(\.scope)?$")
 _SYSTEMD_UNIT = re.compile(r"\.(service|scope)$")
-
-
-@dataclass(frozen=True)
-class HostProcess:
-    pid: int
-    name: str
-    env: dict[str, str]
-    cpu_usage_s: float  # the server and its model runners (child processes)
-    cgroup_rel: str  # the cgroup holding its CPU quota (v1: cpu controller; v2: unified)
-    can_limit: bool
-    limit_note: str  # why it can or cannot be limited safely
-    cpu_limit_cores: float | None = None
 
 
 def in_container(paths: dict[str, str]) -> bool:
@@ -155,29 +144,30 @@ class HostOllama:
         try:
             if self.cgroups.version == 2:
                 quota, _, period = read_text(f"{d}/cpu.max").strip().partition(" ")
-                return None if quota == "max" else int(quota) / int(period or 100_000)
-            quota_us = int(read_text(f"{d}/cpu.cfs_quota_us").strip())
-            if quota_us <= 0:
-                return None
-            return quota_us / int(read_text(f"{d}/cpu.cfs_period_us").strip())
+                quota_us = -1 if quota == "max" else int(quota)
+                period_us = int(period or rules.CPU_PERIOD_US)
+            else:
+                quota_us = int(read_text(f"{d}/cpu.cfs_quota_us").strip())
+                period_us = int(read_text(f"{d}/cpu.cfs_period_us").strip())
+            return rules.cpu_limit_cores(0, quota_us, period_us)
         except ValueError as e:
             raise CgroupError(d, f"unexpected CPU quota: {e}") from None
 
-    def write_cpu_limit(self, rel: str, cores: float | None) -> None:
-        """Set (or, with None, lift) the CPU quota of cgroup ``rel``, keeping its period.
+    def write_cpu_quota(self, rel: str, quota_us: int | None, period_us: int) -> None:
+        """Write cgroup ``rel``'s CFS quota (None: no quota) over ``period_us``. The caller
+        computes both (``rules.cpu_quota_us``, ``rules.CPU_PERIOD_US``): this only writes.
         Raises CgroupError."""
         d = self._cpu_dir(rel)
-        try:
-            if self.cgroups.version == 2:
-                period = int(read_text(f"{d}/cpu.max").split()[1])
-            else:
-                period = int(read_text(f"{d}/cpu.cfs_period_us").strip())
-        except (ValueError, IndexError) as e:
-            raise CgroupError(d, f"unexpected CPU period: {e}") from None
-        # The kernel refuses a quota under 1 ms (Documentation/scheduler/sched-bwc.rst).
-        quota = None if cores is None else max(1000, int(round(cores * period)))
         if self.cgroups.version == 2:
-            self.cgroups.write(f"{d}/cpu.max", f"{'max' if quota is None else quota} {period}")
-        else:
-            self.cgroups.write(f"{d}/cpu.cfs_quota_us", -1 if quota is None else quota)
-
+            self.cgroups.write(f"{d}/cpu.max", f"{'max' if quota_us is None else quota_us} {period_us}")
+            return
+        try:
+            period_now = int(read_text(f"{d}/cpu.cfs_period_us").strip())
+        except ValueError as e:
+            raise CgroupError(d, f"unexpected CPU period: {e}") from None
+        if period_now != period_us:
+            # Lift the quota first: the old quota over the new period could exceed what
+            # the parent allows, and the kernel would refuse the period.
+            self.cgroups.write(f"{d}/cpu.cfs_quota_us", -1)
+            self.cgroups.write(f"{d}/cpu.cfs_period_us", period_us)
+        self.cgroups.write(f"{d}/cpu.cfs_quota_us", -1 if quota_us is None else quota_us)

@@ -1,5 +1,5 @@
 """Breach signals, evaluated every tick from the Tick. Pure: a function of the tick and
-of a small memory of earlier ticks (when PSI went above its level, recent OOM counts),
+of a small memory of earlier ticks (the PSI gates, recent OOM counts),
 returned anew each time, never mutated.
 
 Every signal reports a **severity** against the levels that start the ladder and a
@@ -14,7 +14,8 @@ clear). Signals, and the ladder rungs their severity allows (see ladder.py):
   it; clear once available is above reserve / clear_ratio (1.25x the reserve by default).
 - ``psi_memory``: host memory "full" avg10 above ladder.psi_memory_full_avg10 held for
   ladder.psi_duration (systemd-oomd's default: 60% for 30 s) is OVER; clear below
-  clear_ratio x the level.
+  clear_ratio x the level. Held and clear are the one PSI gate's (``policy.psi``), which
+  the Ollama governor's pressure responses use too.
 - ``psi_cpu``: host cpu "some" avg10 above ladder.psi_cpu_some_avg10 held for
   psi_duration is CRITICAL (CPU pressure is answered with CPU throttling only).
 - ``oom:<container id>``: the container's own limit events (v2 memory.events oom,
@@ -28,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from supervisor.model.pools import pool_of
-from supervisor.model.units import format_bytes, parse_duration
+from supervisor.model.units import format_bytes
+from supervisor.policy import psi
+from supervisor.policy.psi import PsiGate
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.policy.tick import Tick
@@ -64,7 +67,7 @@ class Signal:
 class SignalMemory:
     """What a signal needs from earlier ticks."""
 
-    psi_above_since: dict[str, float] = field(default_factory=dict)  # "memory"/"cpu" -> since
+    psi: dict[str, PsiGate] = field(default_factory=dict)  # "memory"/"cpu" -> its PSI gate
     # container id -> ((time, event count), ...): changes only, plus one baseline older
     # than the window.
     oom_samples: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
@@ -119,33 +122,32 @@ def reserve_signal(tick: "Tick") -> Signal | None:
                  f"reserve of {format_bytes(r.reserve_bytes)}"))
 
 
-def psi_signals(tick: "Tick", memory: SignalMemory) -> tuple[list[Signal], dict[str, float]]:
+def psi_signals(tick: "Tick", memory: SignalMemory) -> tuple[list[Signal], dict[str, PsiGate]]:
+    """The host's memory and CPU pressure through the one PSI gate (``policy.psi``): a
+    signal's severity is the gate's hold, its below_clear the gate's clear level."""
     L = tick.cfg.settings.ladder
-    hold_s = parse_duration(L.psi_duration)
     pressure = tick.snapshot.host.pressure
-    since = dict(memory.psi_above_since)
+    gates: dict[str, PsiGate] = {}
     out = []
     for res, line, level, top, key in (
             ("memory", "full", L.psi_memory_full_avg10, OVER, "psi_memory"),
             ("cpu", "some", L.psi_cpu_some_avg10, CRITICAL, "psi_cpu")):
         p = pressure.get(res)
         if p is None:  # kernel without PSI: no signal (status says so)
-            since.pop(res, None)
             continue
         value = p.full_avg10 if line == "full" else p.some_avg10
-        if value > level:
-            since.setdefault(res, tick.now)
-        else:
-            since.pop(res, None)
-        held_s = tick.now - since[res] if res in since else 0.0
-        severity = top if res in since and held_s >= hold_s else NONE
+        start, clear = psi.levels(level, L.clear_ratio)
+        g = gates[res] = psi.advance(memory.psi.get(res, PsiGate()), value, level=start,
+                                     clear=clear, now=tick.now, hold_s=L.psi_duration,
+                                     clear_after_s=L.clear_after)
         out.append(Signal(
             key=key, kind=key, subject="host", name="host", resource=res,
-            severity=severity, below_clear=value < level * L.clear_ratio, value=value,
-            threshold=level,
+            severity=top if g.held(tick.now, L.psi_duration) else NONE,
+            below_clear=value < clear, value=value, threshold=level,
             summary=(f"host {res} pressure ({line} avg10) {value:.1f}% against {level:.0f}%"
-                     + (f", above it for {held_s:.0f}s" if res in since else ""))))
-    return out, since
+                     + (f", above it for {g.held_s(tick.now):.0f}s"
+                        if g.above_since is not None else ""))))
+    return out, gates
 
 
 def limit_event_count(c: "ContainerSample") -> int | None:
@@ -197,9 +199,9 @@ def evaluate_signals(tick: "Tick", memory: SignalMemory | None = None
     r = reserve_signal(tick)
     if r is not None:
         signals.append(r)
-    psi, since = psi_signals(tick, memory)
+    pressure, gates = psi_signals(tick, memory)
     oom, samples = oom_signals(tick, memory)
-    return signals + psi + oom, SignalMemory(psi_above_since=since, oom_samples=samples)
+    return signals + pressure + oom, SignalMemory(psi=gates, oom_samples=samples)
 
 
 def scope_members(signal: Signal, tick: "Tick") -> list["ContainerSample"]:

@@ -1,7 +1,8 @@
 """The Ollama governor's decisions (Rule 12.1), pure: functions of the tick, the
-configuration and what the governor remembers, touching nothing. ``ollama`` holds the
-component that feeds them and acts on what they decide; its docstring explains the
-rules (what counts as in use, as idle, the hysteresis)."""
+configuration and what the governor remembers, touching nothing: how an Ollama is found,
+the checks, the CPU values, when a model is in use and Ollama idle. ``ollama_plan`` puts
+them together into one pass; ``runtime.ollama`` holds the component and its docstring
+explains the rules (what counts as in use, as idle, the pressure gates)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import Any, Iterable
 from supervisor.model.classify import label_is_false, label_is_true
 from supervisor.policy.tick import Tick
 from supervisor.model.config import glob_match
-from supervisor.adapters.ollama_api import DEFAULT_PORT, LoadedModel, check_url
-from supervisor.adapters.ollama_host import HostProcess
+from supervisor.model.ollama import DEFAULT_PORT, HostProcess, LoadedModel, check_url
 from supervisor.model.snapshot import LIVE_STATES
 from supervisor.model.units import format_cpuset, parse_cpuset
 
@@ -174,50 +174,6 @@ def notices(env: dict[str, str]) -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------- pressure (pure)
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A pressure signal with the ladder's hysteresis: on after ``value >= high`` held for
-    hold_s; off after ``value < clear`` held for clear_after_s."""
-
-    on: bool = False
-    high_since: float | None = None
-    clear_since: float | None = None
-    changed_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"on": self.on, "high_since": self.high_since, "clear_since": self.clear_since,
-                "changed_at": self.changed_at}
-
-
-def advance_gate(g: Gate, value: float | None, *, high: float, clear: float, now: float,
-                 hold_s: float, clear_after_s: float) -> Gate:
-    """The gate after one more reading. No reading (a kernel without PSI) counts as no
-    pressure, so a throttle is never left on for want of data."""
-    v = 0.0 if value is None else value
-    if not g.on:
-        if v >= high:
-            since = g.high_since if g.high_since is not None else now
-            if now - since >= hold_s:
-                return Gate(True, since, None, now)
-            return Gate(False, since, None, g.changed_at)
-        return Gate(False, None, None, g.changed_at)
-    if v < clear:
-        since = g.clear_since if g.clear_since is not None else now
-        if now - since >= clear_after_s:
-            return Gate(False, None, None, now)
-        return Gate(True, g.high_since, since, g.changed_at)
-    return Gate(True, g.high_since, None, g.changed_at)
-
-
-def gate_levels(high: float, clear_ratio: float) -> tuple[float, float]:
-    """(start level, clear level): the ladder's clear_ratio applied to the PSI level as it
-    is to pool use (80% start, 64% clear with the defaults)."""
-    return high, high * clear_ratio
-
-
 # ---------------------------------------------------------------- CPU values (pure)
 
 
@@ -281,8 +237,10 @@ def plan_cpu(current: float | None, cpu_ok: bool, cpuset_ok: bool, class_cpuset:
 
 
 def override_cores(current: float | None, hold: float | None, policy: str, s) -> float | None:
-    """The CPU quota placement must keep for this container (None: no say). ``hold`` is
-    the throttled quota, or the one being restored, while either is under way."""
+    """The CPU cap the governor asks placement to keep on this container (None: no say):
+    ``hold`` (the throttled quota, or the one being restored) while either is under way;
+    under enforce, at most ``cpu_cores`` and never more than the container has. Other
+    components' caps combine with it by ``rules.effective_cpu_cores`` (smallest wins)."""
     if hold is not None:
         return hold
     if policy == "enforce":
@@ -369,35 +327,59 @@ def ollama_idle(api_ok: bool, models: list[LoadedModel] | None, cpu_busy: bool |
     return False, f"API not reachable; CPU quiet for {cpu_quiet_s:.0f}s of {idle_for_s:g}s"
 
 
-@dataclass
-class _Cpu:
-    t: float
-    usage_s: float
-    since: float
-    rate: float | None = None
-    active_at: float | None = None
+@dataclass(frozen=True)
+class CpuSample:
+    t: float  # when the cumulative usage was read (tick time)
+    usage_s: float  # cumulative CPU seconds then
+    since: float  # first sample of this run of the process (a counter reset restarts it)
+    rate: float | None = None  # cores used between the last two samples
+    active_at: float | None = None  # last sample whose rate was above the idle level
+
+
+def cpu_step(st: CpuSample | None, now: float, usage_s: float, idle_cores: float) -> CpuSample:
+    """The activity of one target after one more sample of its cumulative CPU usage."""
+    if st is None or usage_s < st.usage_s:  # first sight, or restarted (counter reset)
+        return CpuSample(now, usage_s, now)
+    dt = now - st.t
+    if dt <= 0:
+        return st
+    rate = (usage_s - st.usage_s) / dt
+    return CpuSample(now, usage_s, st.since, rate, now if rate > idle_cores else st.active_at)
+
+
+def cpu_rate_since(st: CpuSample | None, now: float, usage_s: float) -> float | None:
+    """Cores used from the last pass's sample to a fresh reading of the cumulative usage
+    (the re-check just before a recreate: no sleep, and everything since the last pass
+    counts). None when there is no earlier sample or the counter went back."""
+    if st is None or usage_s < st.usage_s or now <= st.t:
+        return None
+    return (usage_s - st.usage_s) / (now - st.t)
 
 
 class CpuActivity:
-    """CPU use per target from the cumulative usage each pass samples."""
+    """CPU use per target from the cumulative usage each pass samples. ``advanced``
+    returns a new tracker (plan is pure); ``update`` changes this one."""
 
-    def __init__(self) -> None:
-        self._s: dict[str, _Cpu] = {}
+    def __init__(self, samples: dict[str, CpuSample] | None = None) -> None:
+        self._s: dict[str, CpuSample] = dict(samples or {})
 
     def update(self, key: str, now: float, usage_s: float | None, idle_cores: float) -> None:
-        if usage_s is None:
-            return
-        st = self._s.get(key)
-        if st is None or usage_s < st.usage_s:  # first sight, or restarted (counter reset)
-            self._s[key] = _Cpu(now, usage_s, now)
-            return
-        dt = now - st.t
-        if dt <= 0:
-            return
-        st.rate = (usage_s - st.usage_s) / dt
-        st.t, st.usage_s = now, usage_s
-        if st.rate > idle_cores:
-            st.active_at = now
+        if usage_s is not None:
+            self._s[key] = cpu_step(self._s.get(key), now, usage_s, idle_cores)
+
+    def advanced(self, samples: Iterable[tuple[str, float | None]], now: float,
+                 idle_cores: float) -> "CpuActivity":
+        """A tracker with this pass's (key, cumulative usage) folded in; targets not in
+        ``samples`` are forgotten."""
+        out = CpuActivity()
+        for key, usage_s in samples:
+            st = self._s.get(key)
+            out._s[key] = cpu_step(st, now, usage_s, idle_cores) if usage_s is not None else st
+        out._s = {k: v for k, v in out._s.items() if v is not None}
+        return out
+
+    def get(self, key: str) -> CpuSample | None:
+        return self._s.get(key)
 
     def busy(self, key: str, idle_cores: float) -> bool | None:
         st = self._s.get(key)
@@ -413,6 +395,9 @@ class CpuActivity:
     def forget_except(self, keys: set[str]) -> None:
         for k in set(self._s) - keys:
             del self._s[k]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CpuActivity) and self._s == other._s
 
 
 # ---------------------------------------------------------------- targets

@@ -308,6 +308,11 @@ def test_cpu_pressure_steps_the_quota_down_and_restores_it_when_pressure_clears(
         return quota() == 50_000
     wait_for(throttled, 10, 0.1, what="quota stepped down to 0.5 core")
     assert d.journal.get_state(f"ollama.throttle.{c.id}")["before_cores"] == 1.0
+    # GET /plan between passes: the same plan twice, and the governor is left as it was.
+    memory, views, states = gov.memory, gov.views, d.journal.states("ollama.")
+    assert d.plan_now() == d.plan_now()
+    assert gov.memory is memory and gov.views is views
+    assert d.journal.states("ollama.") == states
     cpu_dir = d.cgroups.locate(c.id, inspect(docker_client, c.id)["State"]["Pid"]).dir("cpu")
     quota_file = "cpu.max" if d.cgroups.version == 2 else "cpu.cfs_quota_us"
     with open(os.path.join(cpu_dir, quota_file)) as f:

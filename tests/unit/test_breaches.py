@@ -1,11 +1,17 @@
 """Breach signals on hand-made ticks: levels, hysteresis flags, PSI held for a duration,
-a container repeatedly hitting its own limit, and which containers a breach may touch."""
+a container repeatedly hitting its own limit, and which containers a breach may touch;
+the one PSI gate the ladder and the Ollama governor share."""
 
-from supervisor.policy.breaches import (CRITICAL, NONE, OVER, WARN, SignalMemory, evaluate_signals,
-                                 scope_members)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from supervisor.model.snapshot import Pressure
+from supervisor.policy.breaches import (CRITICAL, NONE, OVER, WARN, SignalMemory,
+                                        evaluate_signals, scope_members)
+from supervisor.policy.ollama_plan import advance_gates
+from supervisor.policy.psi import PsiGate
 
-from _ladder_kit import container, make_cfg, make_tick
+from _ladder_kit import Sim, container, make_cfg, make_tick
 
 
 def signals_of(tick, memory=None):
@@ -140,3 +146,39 @@ def test_scope_of_a_pool_breach_is_its_members_and_of_the_host_every_managed_con
     sigs, _ = signals_of(tick)
     assert [c.info.name for c in scope_members(sigs["pool:standard"], tick)] == ["a", "b"]
     assert [c.info.name for c in scope_members(sigs["reserve"], tick)] == ["a", "b", "pg"]
+
+
+# ---------------------------------------------------------------- one PSI gate
+
+
+def test_pressure_exactly_at_the_level_counts_for_neither_the_ladder_nor_the_governor():
+    cfg = make_cfg(ladder={"psi_cpu_some_avg10": 50.0, "psi_duration": "1s"})
+    at = {"memory": Pressure(), "cpu": Pressure(some_avg10=50.0)}
+    mem, gate = SignalMemory(), PsiGate()
+    for t in (0.0, 1.0, 2.0, 3.0):
+        tick = make_tick(cfg, [], t, psi=at)
+        sigs, mem = signals_of(tick, mem)
+        gate, _ = advance_gates(tick, gate, PsiGate())
+        assert sigs["psi_cpu"].severity == NONE and not gate.on
+    above = {"memory": Pressure(), "cpu": Pressure(some_avg10=50.01)}
+    for t in (4.0, 5.0):
+        tick = make_tick(cfg, [], t, psi=above)
+        sigs, mem = signals_of(tick, mem)
+        gate, _ = advance_gates(tick, gate, PsiGate())
+    assert sigs["psi_cpu"].severity == CRITICAL and gate.on
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 30.0, 39.9, 40.0, 45.0, 50.0, 55.0, 90.0]),
+                min_size=1, max_size=40))
+def test_the_ladders_cpu_breach_is_open_exactly_while_the_governors_gate_is_on(series):
+    # Levels: start 50, clear 40 (0.8); held for 2 s, cleared after 3 s (make_cfg).
+    cfg = make_cfg(ladder={"psi_cpu_some_avg10": 50.0})
+    sim = Sim(cfg)
+    cpu_gate = mem_gate = PsiGate()
+    for i, v in enumerate(series):
+        now = float(i)
+        psi = {"memory": Pressure(), "cpu": Pressure(some_avg10=v)}
+        sim.step([], now, psi=psi)
+        cpu_gate, mem_gate = advance_gates(make_tick(cfg, [], now, psi=psi), cpu_gate, mem_gate)
+        assert ("psi_cpu" in sim.state.tracks) == cpu_gate.on, (i, v)

@@ -4,6 +4,7 @@ counts as in use, when Ollama counts as idle, and how a recreate body is made.""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 
@@ -20,11 +21,14 @@ from supervisor.adapters.engine import Engine
 from supervisor.observe.history import History
 from supervisor.observe.inventory import Inventory
 from supervisor.adapters.journal import Journal
-from supervisor.runtime.ollama import ApiObs, OllamaGovernor
+from supervisor.runtime.ollama import OllamaGovernor
+from supervisor.policy import psi
+from supervisor.policy.ollama_plan import ApiObs, merge_override
 from supervisor.policy.ollama_policy import (
-    CpuActivity, Gate, ModelSeen, ModelTracker, advance_gate, container_api_url, cpu_check,
-    cpuset_check, env_checks, env_drift, env_map, gate_levels, match_container,
-    model_activity, notices, ollama_idle, plan_cpu, restore_cores, unload_verdicts)
+    CpuActivity, ModelSeen, ModelTracker, container_api_url, cpu_check, cpu_rate_since,
+    cpuset_check, env_checks, env_drift, env_map, match_container, model_activity, notices,
+    ollama_idle, plan_cpu, restore_cores, unload_verdicts)
+from supervisor.policy.psi import PsiGate
 from supervisor.adapters.ollama_api import (
     LoadedModel, OllamaAPI, OllamaError, OllamaUnavailable, parse_ps, parse_time)
 from supervisor.adapters.ollama_host import cgroup_verdict, in_container
@@ -139,17 +143,17 @@ def test_a_bad_api_url_or_idle_time_is_refused_naming_the_key():
 def run_gate(series, *, high=80.0, clear=64.0, hold_s=30.0, clear_after_s=60.0, step_s=5.0,
              gate=None):
     """Feed (PSI avg10) readings every step_s; return the gate after each."""
-    g = gate or Gate()
+    g = gate or PsiGate()
     out = []
     for i, v in enumerate(series):
-        g = advance_gate(g, v, high=high, clear=clear, now=1000.0 + i * step_s, hold_s=hold_s,
-                         clear_after_s=clear_after_s)
+        g = psi.advance(g, v, level=high, clear=clear, now=1000.0 + i * step_s, hold_s=hold_s,
+                        clear_after_s=clear_after_s)
         out.append(g)
     return out
 
 
 def test_clear_level_is_the_start_level_times_clear_ratio():
-    assert gate_levels(80.0, 0.8) == (80.0, 64.0)
+    assert psi.levels(80.0, 0.8) == (80.0, 64.0)
 
 
 def test_throttle_comes_on_only_after_pressure_is_held_for_psi_duration():
@@ -301,6 +305,7 @@ def test_cpu_pressure_throttles_then_restores_through_plan_and_overrides(governo
         t = make_tick(cfg, [ollama_sample()], now + 5 * i, cpu_psi=95.0)
         ov = governor.overrides(t)
         seen.append(([a.kind for a in governor.plan(t)], ov))
+        governor.observe(t, [])  # the pass ends (nothing executed in this unit test)
     assert [k for k, _ in seen[:6]] == [[]] * 6
     kinds, ov = seen[6]
     assert kinds == ["ollama_cpu"]
@@ -309,12 +314,13 @@ def test_cpu_pressure_throttles_then_restores_through_plan_and_overrides(governo
     assert act.params == {"target_kind": "container", "purpose": "throttle", "cores": 2.0,
                           "before_cores": 4.0}
     # The executor's effect (unit test: no engine): state saved, quota now 2 cores.
-    governor._throttles["a" * 64] = {"before_cores": 4.0, "cores": 2.0}
+    governor.throttles.save("a" * 64, {"before_cores": 4.0, "cores": 2.0})
     later = now + 40
     for i in range(12):  # 55 s below the clear level: still throttled
         t = make_tick(cfg, [ollama_sample(quota_us=200_000)], later + 5 * i, cpu_psi=10.0)
         assert governor.overrides(t)["a" * 64]["cpu_quota_cores"] == 2.0
         assert governor.plan(t) == []
+        governor.observe(t, [])
     t = make_tick(cfg, [ollama_sample(quota_us=200_000)], later + 60, cpu_psi=10.0)
     # While restoring, placement is told to hold the restored value, not the throttle.
     assert governor.overrides(t)["a" * 64]["cpu_quota_cores"] == 4.0
@@ -342,8 +348,69 @@ def test_memory_pressure_plans_unloads_of_idle_models_only(governor):
     acts = [a for a in governor.plan(t) if a.kind == "ollama_unload"]
     assert [a.params["model"] for a in acts] == ["idle:latest"]
     assert acts[0].params["expires_at"] == idle.expires_at
+    governor.observe(t, [])
     models = {m["name"]: m["in_use"] for m in governor.status(t)["instances"][0]["api"]["models"]}
     assert models == {"idle:latest": False, "busy:latest": True}
+
+
+def governor_state(gov) -> dict:
+    """Everything the governor remembers, copied: its memory (CPU activity, PSI gates,
+    what it reported and tried), the committed views, the saved throttles (and their
+    durable copy), the poller's readings and list, its counts."""
+    with gov._lock:
+        poller = copy.deepcopy((gov._obs, gov.models.seen, gov._poll_list, gov._host_procs,
+                                gov._host_scanned_at))
+    return {"memory": copy.deepcopy(gov.memory), "views": copy.deepcopy(gov.views),
+            "throttles": gov.throttles.snapshot(), "poller": poller,
+            "journal": gov.ctx.journal.states("ollama."), "counts": dict(gov.counts),
+            "recover_pending": gov._recover_pending}
+
+
+def test_planning_twice_from_one_tick_gives_the_same_plan_and_changes_no_state(governor):
+    cfg = config(policy="enforce")
+    governor.cfgs["cfg"] = cfg
+    key = "a" * 64
+    drifting = ollama_sample(env=("OLLAMA_NUM_PARALLEL=8",), quota_us=0, cpuset="")
+    info = dataclasses.replace(drifting.info, ports=(("11434/tcp", "127.0.0.1", 1),))
+    drifting = dataclasses.replace(drifting, info=info)
+    governor.models.seen[key] = {"m:latest": ModelSeen(900.0, "x", None)}
+    governor._obs[key] = ApiObs(1039.5, True, (model("m:latest", "x"),), "", "http://127.0.0.1:1")
+    # A history: CPU pressure held (the gate turns on at t = 1030), Ollama's CPU quiet.
+    for i in range(7):
+        t = make_tick(cfg, [drifting], 1000.0 + 5 * i, cpu_psi=95.0)
+        governor.plan(t)
+        governor.observe(t, [])
+    assert governor.memory.cpu_gate.on and governor.memory.cpu.busy(key, 0.05) is False
+    # The next tick: the reserve breached (unload), drift (alert, enforce), CPU pressure on.
+    t = make_tick(cfg, [dataclasses.replace(drifting, stats=dataclasses.replace(
+        drifting.stats, cpu_usage_s=10.01))], 1040.0, cpu_psi=10.0, available=GIB // 2)
+    before = governor_state(governor)
+    first = (governor.overrides(t), governor.plan(t))
+    second = (governor.overrides(t), governor.plan(t))
+    assert first == second
+    assert {a.kind for a in first[1]} >= {"alert", "ollama_cpu", "ollama_unload"}
+    assert governor_state(governor) == before
+    # GET /plan replans the last tick the loop committed, with fresh overrides: the same.
+    governor.observe(t, [])
+    committed = governor_state(governor)
+    again = dataclasses.replace(t, overrides={})
+    assert (governor.overrides(again), governor.plan(again)) == first
+    assert governor_state(governor) == committed
+
+
+def test_the_governors_cpu_cap_combines_with_other_caps_smallest_wins(governor):
+    cfg = config(policy="enforce")
+    governor.cfgs["cfg"] = cfg
+    key = "a" * 64
+    t = make_tick(cfg, [ollama_sample(quota_us=0)], 1000.0)  # no limit: Rule 12.1 caps at 4
+    assert governor.overrides(t)[key] == {"cpu_quota_cores": 4.0, "cpuset_cpus": "2-3"}
+    t.overrides[key] = {"cpu_quota_cores": 1.5, "memory_reservation_bytes": GIB}  # a throttle
+    assert governor.overrides(t)[key] == {"cpu_quota_cores": 1.5, "cpuset_cpus": "2-3",
+                                          "memory_reservation_bytes": GIB}
+    t.overrides[key] = {"cpu_quota_cores": 6.0}
+    assert governor.overrides(t)[key]["cpu_quota_cores"] == 4.0
+    a, b = {"cpu_quota_cores": 3.0, "x": 1}, {"cpu_quota_cores": 2.0}
+    assert merge_override(a, b)["cpu_quota_cores"] == merge_override(b, a)["cpu_quota_cores"] == 2.0
 
 
 # ---------------------------------------------------------------- in use, idle
@@ -394,6 +461,27 @@ def test_cpu_activity_tracks_rate_and_quiet_time():
     assert c.busy("k", 0.01) is False and c.quiet_for("k", 5.0) == 4.0
     c.update("k", 6.0, 1.0, 0.01)  # counter went back: a restart
     assert c.busy("k", 0.01) is None
+
+
+def test_the_recreate_recheck_rate_counts_everything_since_the_last_pass():
+    c = CpuActivity()
+    c.update("k", 100.0, 50.0, 0.01)
+    c.update("k", 105.0, 50.0, 0.01)  # quiet pass
+    last = c.get("k")
+    assert cpu_rate_since(last, 105.5, 50.0) == 0.0  # still quiet at the re-check
+    assert cpu_rate_since(last, 106.0, 50.5) == pytest.approx(0.5)  # a request started
+    assert cpu_rate_since(None, 106.0, 50.5) is None  # never sampled: not confirmed
+    assert cpu_rate_since(last, 106.0, 1.0) is None  # counter went back: restarted
+
+
+def test_advancing_cpu_activity_leaves_the_tracker_as_it_was():
+    c = CpuActivity()
+    c.update("k", 0.0, 10.0, 0.01)
+    c.update("gone", 0.0, 1.0, 0.01)
+    before = copy.deepcopy(c)
+    nxt = c.advanced([("k", 12.0)], 1.0, 0.01)
+    assert c == before
+    assert nxt.busy("k", 0.01) is True and nxt.get("gone") is None
 
 
 # ---------------------------------------------------------------- API client and fake
