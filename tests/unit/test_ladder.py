@@ -5,6 +5,9 @@ restart from the state the journal holds."""
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from supervisor.act.component import Context
 from supervisor.act.ladder_knobs import THROTTLE_PREFIX, Throttle
 from supervisor.adapters.journal import Journal
@@ -489,3 +492,105 @@ def test_the_record_of_a_removed_container_is_dropped_at_once():
     # once min_action_interval (0.5 s) after its throttle has passed
     assert [(t, a.kind, a.name) for t, a in sim.actions[n:]] == [(1.6, "unthrottle", "a")]
     assert set(sim.state.throttles) == {cs[1].info.id}
+
+
+# ---------------------------------------------------------------------------- infrastructure
+
+UNPROTECTED_INFRA = {"infrastructure": {"protected": False, "pool": "standard",
+                                        "hibernate": True, "priority": 1}}
+
+
+def test_an_unprotected_infrastructure_class_is_never_throttled_reclaimed_hibernated_or_stopped():
+    # "infrastructure" with protected = false, in the pool that breaches, at the lowest
+    # priority and holding the most memory: first for every rung, were it not for its name
+    cfg = make_cfg(classes=UNPROTECTED_INFRA, ladder={"hibernate_idle_after": "1s"})
+    sim = Sim(cfg, capabilities={"hibernate"})
+    cs = [container("pg", "infrastructure", ws_mib=90, resv_mib=8),
+          container("victim", "batch", ws_mib=20, resv_mib=4)]
+    run(sim, cs, 0.0, 10.0)
+    assert {"throttle", "reclaim", "hibernate", "stop"} <= set(sim.kinds())  # the ladder climbed
+    assert [a.name for _, a in sim.actions if a.kind != "alert"] and \
+        all(a.name == "victim" for _, a in sim.actions if a.kind != "alert")
+    # alone in an over-budget pool: alerted, every rung says why it cannot act
+    sim = Sim(cfg, capabilities={"hibernate"})
+    run(sim, [container("pg", "infrastructure", ws_mib=110, resv_mib=8)], 0.0, 10.0)
+    assert sim.kinds() == ["alert"]
+    assert {n.kind for _, n in sim.notes} == {"throttle", "reclaim", "hibernate", "stop"}
+
+
+MEMBER_CLASSES = ("infrastructure", "standard", "batch")
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=st.lists(st.tuples(st.sampled_from(MEMBER_CLASSES), st.floats(1, 60),
+                                  st.floats(0, 30), st.booleans()), min_size=1, max_size=6),
+       growth=st.lists(st.floats(0.5, 1.5), min_size=4, max_size=12))
+def test_no_plan_ever_touches_an_unprotected_infrastructure_class(members, growth):
+    cfg = make_cfg(classes=UNPROTECTED_INFRA, ladder={"hibernate_idle_after": "1s"})
+    sim = Sim(cfg, capabilities={"hibernate"})
+    infra = set()
+    t = 0.0
+    for k, g in enumerate(growth):
+        cs = []
+        for i, (cls, ws, resv, v2) in enumerate(members):
+            c = container(f"c{i}", cls, ws_mib=ws * g, resv_mib=resv, version=2 if v2 else 1)
+            cs.append(c)
+            if cls == "infrastructure":
+                infra.add(c.info.id)
+        # several passes at each level, a grace period apart: every rung gets its turn
+        for _ in range(3):
+            sim.step(cs, t, available_mib=2048 if k % 3 else 100)
+            t += 1.0
+    touched = [(a.kind, a.name) for _, a in sim.actions
+               if a.kind != "alert" and a.target in infra]
+    assert touched == []
+    planned = [a for _, a in sim.actions] + [r.action for _, r in sim.held]
+    assert not [a for a in planned if a.kind != "alert" and a.target in infra]
+
+
+class _Inventory:
+    """The engine's view of one container, as the re-check reads it."""
+
+    def __init__(self, info):
+        self.info = info
+
+    def refresh_one(self, cid):
+        return self.info if cid == self.info.id else None
+
+
+class _Engine:
+    """Records every change an executor asks of the engine (there must be none)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def stop(self, cid, **kw):
+        self.calls.append(("stop", cid))
+
+    def update(self, cid, **kw):
+        self.calls.append(("update", cid, kw))
+
+
+def test_the_executors_refuse_an_unprotected_infrastructure_class_at_their_recheck():
+    from supervisor.act.actuator import Actuator
+    from supervisor.act.core_actions import CoreActions
+    from supervisor.act.ladder_knobs import KnobExecutors
+    cfg = make_cfg(classes=UNPROTECTED_INFRA)
+    pg = container("pg", "infrastructure", ws_mib=90).info
+    engine, journal = _Engine(), Journal(":memory:")
+    ctx = Context(engine=engine, inventory=_Inventory(pg), cgroups=None, journal=journal,
+                  history=None, clock=lambda: 100.0, get_config=lambda: cfg,
+                  request_pass=lambda: None)
+    actuator = Actuator(journal, ctx.clock, get_config=ctx.get_config)
+    for kind, fn in {**CoreActions(ctx).executors(), **KnobExecutors(ctx).executors()}.items():
+        actuator.register(kind, fn)
+    for kind, params in (("stop", {"timeout_s": 1}), ("throttle", {"breach": "pool:standard",
+                                                                   "set": {"cpu": 0.5}}),
+                         ("reclaim", {"bytes": 8 * MIB})):
+        r = actuator.execute_one(Action(kind, pg.id, pg.name, "t", "ladder", params,
+                                        destructive=kind == "stop"), dry_run=False)
+        assert r.skipped and "'infrastructure' is infrastructure" in r.detail, r.detail
+    assert engine.calls == []
+    assert journal.states("ladder/") == {}
+    # refused actions did nothing: they use none of the rate budget
+    assert not actuator.limits.times and not actuator.limits.last_at
