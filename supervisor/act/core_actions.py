@@ -1,7 +1,7 @@
 """Executors shared by every component: ``alert`` (journal + log + metric, nothing else)
-and ``stop`` (the last rung of any ladder). ``stop`` re-checks its target just before
-acting: it must still exist, still be running, and not be of a class that is never
-stopped (protected, or infrastructure)."""
+and ``stop`` (the last rung of any ladder). ``stop`` asks the one re-check just before
+acting (act/recheck.py): the container must still exist, still be running, and be of a
+class the rule book lets be stopped (never protected, never infrastructure)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Callable
 from supervisor.model.actions import Action, Outcome
 from supervisor.act.component import Component, Context
 from supervisor.act.recheck import recheck
+
 
 class CoreActions(Component):
     name = "core"

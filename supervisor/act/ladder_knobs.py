@@ -1,16 +1,17 @@
-"""The ladder's hands: the executors of "throttle", "unthrottle" and "reclaim", and the
-durable record of what a throttle replaced. The decisions are ladder.py's; this module
-only changes knobs (through Docker where Docker owns the value, through CgroupFS where it
-does not), re-checks its target just before, and writes the values to put back *before*
-anything changes.
+"""The ladder's hands: the executors of "throttle", "unthrottle" and "reclaim", which
+keep the durable record of what a throttle replaced (``Throttle``, policy/ladder_state.py).
+The decisions are policy/ladder.py's; this module only changes knobs (through Docker
+where Docker owns the value, through CgroupFS where it does not), asks the one re-check
+(act/recheck.py) just before, and writes the values to put back *before* anything
+changes.
 
 Knobs:
 - "memory_high" (cgroup v2): memory.high, written with O_NONBLOCK so the write itself does
   not reclaim down to the new value (that would stall the loop; the container's own
   allocations pay for it). Docker maps its reservation to memory.low, never memory.high,
   so the value replaced (usually "max") is ours to restore.
-- "cpu": Docker's CPU limit (NanoCpus for a container started with --cpus, else
-  CpuQuota/CpuPeriod; the engine refuses to mix them).
+- "cpu": Docker's CPU limit, written and put back by the one CPU writer (act/cpu.py: the
+  rule book's rounding and CFS period; NanoCpus for a container started with --cpus).
 - "memory_reservation" (cgroup v1): Docker's reservation = memory.soft_limit_in_bytes.
 
 Reclaim: v2 memory.reclaim; v1 lowers memory.limit_in_bytes to usage - bytes (the kernel
@@ -21,15 +22,19 @@ limit to restore recorded first (``restore_interrupted_reclaims`` puts it back a
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from supervisor.model.actions import Action, Outcome
-from supervisor.adapters.cgroups import V1_UNLIMITED
 from supervisor.act.component import Context
+from supervisor.act.cpu import cpu_state, restore_cpu_limit, set_cpu_limit
 from supervisor.act.recheck import recheck
+from supervisor.adapters.cgroups import V1_UNLIMITED
+from supervisor.model.actions import Action, Outcome
 from supervisor.model.errors import CgroupError, CgroupGone, SupervisorError
 from supervisor.model.units import format_bytes
+from supervisor.policy.ladder_state import MIN_RECLAIM_BYTES, Throttle
+
+__all__ = ["KnobExecutors", "Throttle", "THROTTLE_PREFIX", "RECLAIM_PREFIX", "MIN_RECLAIM_BYTES"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.adapters.cgroups import CgroupLocation
@@ -39,47 +44,6 @@ log = logging.getLogger(__name__)
 
 THROTTLE_PREFIX = "ladder/throttle/"
 RECLAIM_PREFIX = "ladder/reclaim/"
-MIB = 1 << 20
-MIN_RECLAIM_BYTES = MIB  # asking the kernel for less is not worth a write
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """A container the ladder throttled: the original value of every knob it changed
-    (``before``), what it set (``after``), and the breaches it was for. Knobs:
-    "memory_high" (v2 memory.high text), "cpu" (before: Docker's NanoCpus/CpuQuota/
-    CpuPeriod; after: cores), "memory_reservation" (bytes; v1 soft limit via Docker)."""
-
-    container_id: str
-    name: str
-    breaches: tuple[str, ...]
-    before: dict[str, Any]
-    after: dict[str, Any]
-    at: float
-    state: str = "applied"  # "applying": intent recorded, changes may be partly made
-    target: dict[str, Any] = field(default_factory=dict)  # what "applying" is setting
-
-    @property
-    def knobs(self) -> set[str]:
-        return set(self.before) | set(self.after)
-
-    @property
-    def in_force(self) -> dict[str, Any]:
-        """The lowered values to hold: while "applying" (a crash may have cut the write
-        short) they may already be set, so they count as set until undone."""
-        return {**self.target, **self.after} if self.state == "applying" else dict(self.after)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["breaches"] = list(self.breaches)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Throttle":
-        return cls(container_id=d["container_id"], name=d.get("name", d["container_id"][:12]),
-                   breaches=tuple(d.get("breaches", ())), before=dict(d.get("before", {})),
-                   after=dict(d.get("after", {})), at=float(d.get("at", 0.0)),
-                   state=d.get("state", "applied"), target=dict(d.get("target", {})))
 
 
 class KnobExecutors:
@@ -97,8 +61,7 @@ class KnobExecutors:
         if knob == "memory_high":
             return self.ctx.cgroups.read_file(self._locate(info), "memory", "memory.high").strip()
         if knob == "cpu":
-            return {"nano_cpus": info.nano_cpus, "cpu_quota_us": info.cpu_quota_us,
-                    "cpu_period_us": info.cpu_period_us}
+            return cpu_state(info)
         if knob == "memory_reservation":
             return info.memory_reservation_bytes
         raise SupervisorError(f"unknown throttle knob {knob!r}")
@@ -111,11 +74,7 @@ class KnobExecutors:
             self.ctx.cgroups.write_file(self._locate(info), "memory", "memory.high",
                                         int(value), nonblock=True)
         elif knob == "cpu":
-            if info.nano_cpus > 0:
-                eng.update(info.id, nano_cpus=int(float(value) * 1e9))
-            else:
-                period = info.cpu_period_us or 100_000
-                eng.update(info.id, cpu_quota=max(1000, int(float(value) * period)), cpu_period=period)
+            set_cpu_limit(eng, info, float(value))
         elif knob == "memory_reservation":
             eng.update(info.id, mem_reservation=int(value))
         else:
@@ -129,13 +88,7 @@ class KnobExecutors:
             self.ctx.cgroups.write_file(self._locate(info), "memory", "memory.high",
                                         str(before), nonblock=True)
         elif knob == "cpu":
-            if before.get("nano_cpus"):
-                eng.update(info.id, nano_cpus=int(before["nano_cpus"]))
-            elif before.get("cpu_quota_us", 0) > 0:
-                eng.update(info.id, cpu_quota=int(before["cpu_quota_us"]),
-                           cpu_period=int(before.get("cpu_period_us") or 100_000))
-            else:
-                eng.update(info.id, cpu_quota=-1)  # -1: no quota (0 would mean "unchanged")
+            restore_cpu_limit(eng, info, before)
         elif knob == "memory_reservation":
             value = int(before)
             if value > 0 and info.memory_limit_bytes:

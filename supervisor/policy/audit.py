@@ -130,7 +130,7 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
     # Rule 1.3: under its pool's cgroup (running containers; compose files name no driver)
     if spec.cgroup_parent is not None and klass and cfg.settings.pool_cgroups.enabled:
         # The same name the daemon documents and creates (poolcg), so both agree.
-        from supervisor.runtime.poolcg import cgroup_parent_for
+        from supervisor.policy.pool_groups import cgroup_parent_for
         expected = cgroup_parent_for(cfg, klass.pool)
         want = {expected, expected.lstrip("/")}
         if spec.cgroup_parent not in want:

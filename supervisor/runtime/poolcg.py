@@ -23,64 +23,35 @@ kernel OOM-kill inside it (cgroup-v2.rst, memory.max); it is reported instead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from supervisor.model.actions import Action, ActionResult, Outcome
-from supervisor.adapters.cgroups import V1_UNLIMITED, CgroupFS, CgroupLocation, _slice_path, parse_flat_keyed, read_int
 from supervisor.act.component import Component
-from supervisor.policy.tick import Tick
+from supervisor.adapters.cgroups import slice_path
+from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError
 from supervisor.model.pools import pool_of
 from supervisor.model.snapshot import LIVE_STATES, ContainerSample
 from supervisor.model.units import format_bytes
+from supervisor.policy.pool_groups import (PoolGroup, cgroup_parent_for, desired_pool_groups,
+                                           driver_of, lives_in)
+from supervisor.policy.tick import Tick
+
+__all__ = ["PoolCgroups", "PoolGroup", "cgroup_parent_for", "desired_pool_groups",
+           "driver_of", "lives_in", "outside_pools", "pool_group_rel"]
 
 log = logging.getLogger(__name__)
 
 # Controllers a pool's subtree needs for Docker to set a container's memory, CPU quota
 # and cpuset (and pids / io limits when asked) below it.
 SUBTREE_CONTROLLERS = ("memory", "cpu", "cpuset", "io", "pids")
-_PAGE = 4096
-
-
-@dataclass(frozen=True)
-class PoolGroup:
-    pool: str
-    rel: str  # path below the hierarchy root, e.g. "/resource-supervisor/standard"
-    limit_bytes: int  # the budget, page-aligned (the kernel stores whole pages)
-
-
-def driver_of(cfg: Config) -> str:
-    return "systemd" if cfg.settings.pool_cgroups.parent.endswith(".slice") else "cgroupfs"
-
-
-def cgroup_parent_for(cfg: Config, pool: str) -> str:
-    """What a compose service gives as ``cgroup_parent`` to live under its pool. An
-    absolute path: a relative one is taken below dockerd's own cgroup."""
-    parent = cfg.settings.pool_cgroups.parent
-    if driver_of(cfg) == "systemd":
-        return f"{parent[: -len('.slice')]}-{pool}.slice"
-    return f"/{parent.strip('/')}/{pool}"
 
 
 def pool_group_rel(cfg: Config, pool: str) -> str:
-    """The pool's cgroup, relative to the hierarchy root."""
+    """The pool's cgroup, relative to the hierarchy root (systemd nests slices)."""
     if driver_of(cfg) == "systemd":
-        return "/" + _slice_path(cgroup_parent_for(cfg, pool))
+        return "/" + slice_path(cgroup_parent_for(cfg, pool))
     return cgroup_parent_for(cfg, pool)
-
-
-def desired_pool_groups(cfg: Config) -> tuple[PoolGroup, ...]:
-    """The pool cgroups the daemon keeps (none when disabled or under systemd)."""
-    if not cfg.settings.pool_cgroups.enabled or driver_of(cfg) != "cgroupfs":
-        return ()
-    return tuple(PoolGroup(name, pool_group_rel(cfg, name), p.budget_bytes // _PAGE * _PAGE)
-                 for name, p in sorted(cfg.pools.items()))
-
-
-def lives_in(container_cgroup_rel: str, group_rel: str) -> bool:
-    return container_cgroup_rel.startswith(group_rel.rstrip("/") + "/")
 
 
 def outside_pools(containers: tuple[ContainerSample, ...], cfg: Config,
@@ -101,39 +72,6 @@ def outside_pools(containers: tuple[ContainerSample, ...], cfg: Config,
             out.append({"name": c.info.name, "id": c.info.short_id, "pool": pool,
                         "cgroup": rel or c.stats.path, "expected_under": want,
                         "cgroup_parent": cgroup_parent_for(cfg, pool)})
-    return out
-
-
-# ---------------------------------------------------------------- reading a pool group
-
-
-def _memory_files(version: int) -> dict[str, str]:
-    if version == 2:
-        return {"limit": "memory.max", "usage": "memory.current", "peak": "memory.peak"}
-    return {"limit": "memory.limit_in_bytes", "usage": "memory.usage_in_bytes",
-            "peak": "memory.max_usage_in_bytes"}
-
-
-def read_group(fs: CgroupFS, loc: CgroupLocation) -> dict[str, Any]:
-    """Limit, usage, peak and limit hits of a pool's cgroup. Raises CgroupError."""
-    d = loc.dir("memory")
-    f = _memory_files(loc.version)
-    limit = read_int(f"{d}/{f['limit']}")
-    out: dict[str, Any] = {
-        "limit_bytes": None if limit < 0 or limit >= V1_UNLIMITED else limit,
-        "usage_bytes": read_int(f"{d}/{f['usage']}"),
-    }
-    try:
-        out["peak_bytes"] = read_int(f"{d}/{f['peak']}")
-    except CgroupError:
-        out["peak_bytes"] = None  # memory.peak is new in 5.19
-    if loc.version == 2:
-        ev = parse_flat_keyed(fs.read_file(loc, "memory", "memory.events"))
-        out["limit_hits"] = ev.get("max", 0)
-        out["oom_kills"] = ev.get("oom_kill", 0)
-    else:
-        out["limit_hits"] = read_int(f"{d}/memory.failcnt")
-        out["oom_kills"] = parse_flat_keyed(fs.read_file(loc, "memory", "memory.oom_control")).get("oom_kill", 0)
     return out
 
 
@@ -177,7 +115,7 @@ class PoolCgroups(Component):
             try:
                 existed = fs.group_exists(rel)
                 loc = fs.make_group(rel, SUBTREE_CONTROLLERS)
-                now = read_group(fs, loc)
+                now = fs.read_group(loc)
                 before[pool] = {"existed": existed, "limit_bytes": now["limit_bytes"]}
                 if now["limit_bytes"] != limit:
                     if now["usage_bytes"] > limit:
@@ -185,11 +123,9 @@ class PoolCgroups(Component):
                                         f"than the new budget {format_bytes(limit)}; limit left "
                                         f"at {format_bytes(now['limit_bytes'])}")
                         continue
-                    # O_NONBLOCK: v2 memory.max does not stall the daemon in reclaim.
-                    fs.write_file(loc, "memory", _memory_files(loc.version)["limit"], limit,
-                                  nonblock=True)
+                    fs.set_group_limit(loc, limit)
                 after[pool] = {"path": loc.dir("memory"),
-                               "limit_bytes": read_group(fs, loc)["limit_bytes"]}
+                               "limit_bytes": fs.read_group(loc)["limit_bytes"]}
             except CgroupError as e:
                 problems.append(f"{pool}: {e}")
         if problems:
@@ -219,7 +155,7 @@ class PoolCgroups(Component):
             try:
                 if not fs.group_exists(g.rel):
                     return f"{g.rel} is gone"
-                got = read_group(fs, fs.location(g.rel))["limit_bytes"]
+                got = fs.read_group(fs.location(g.rel))["limit_bytes"]
             except CgroupError as e:
                 return str(e)
             if got != g.limit_bytes:
@@ -248,7 +184,7 @@ class PoolCgroups(Component):
                 fs = self.ctx.cgroups
                 try:
                     if fs.group_exists(row["cgroup"]):
-                        row.update(read_group(fs, fs.location(row["cgroup"])))
+                        row.update(fs.read_group(fs.location(row["cgroup"])))
                     else:
                         row["error"] = "not created (yet)"
                 except CgroupError as e:

@@ -14,6 +14,7 @@ from conftest import RUN_ID, metrics_text, wait_for
 from supervisor.model.actions import Action
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.component import Context
+from supervisor.act.core_actions import make_core
 from supervisor.adapters.engine import Engine
 from supervisor.observe.history import History
 from supervisor.observe.inventory import Inventory
@@ -233,10 +234,44 @@ def test_sigkill_while_throttled_then_restart_keeps_then_undoes_and_the_journal_
     db.close()
 
 
+def test_an_unprotected_infrastructure_container_in_an_over_budget_pool_is_never_stopped(
+        make_config, containers, tmp_path):
+    # "infrastructure" with protected = false, in the standard pool at the lowest
+    # priority and holding nearly all of it: first in eviction order, were it not for
+    # the rule book
+    cfg, path = ladder_config(make_config, classes={"infrastructure": {
+        "pool": "standard", "protected": False, "cpuset": "any", "priority": 1,
+        "memory_limit": "128MiB"}})
+    infra = containers.run(labels={"supervisor.class": "infrastructure"}, mem_limit="128m",
+                           mem_reservation="16m", tmpfs={"/data": "size=120m"})
+    victim = containers.run(labels={"supervisor.class": "batch"}, mem_limit="48m",
+                            mem_reservation="8m", tmpfs={"/data": "size=40m"})
+    fill(victim, 12)
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
+    try:
+        time.sleep(1.0)  # let placement settle (it grants infrastructure the pool's 96 MiB)
+        fill(infra, 88)  # the pool: ~101 MiB of 96, nearly all of it infrastructure's
+        stop = wait_for(lambda: first(d.ladder_rows(), kind="stop", outcome="ok"), 30, 0.2,
+                        "the ladder's stop")
+        # the lowest priority and the most above its reservation, infrastructure ranks
+        # first for every rung: the ladder passed it over each time
+        assert stop["target"] == victim.id and "ranks first for eviction" in stop["reason"]
+        assert first(d.ladder_rows(), kind="throttle", target=victim.id, outcome="ok")
+        assert first(d.ladder_rows(), kind="reclaim", target=victim.id, outcome="ok")
+        time.sleep(3.0)  # three more grace periods with the breach open
+        assert not d.ladder_rows(target=infra.id)  # never throttled, reclaimed or stopped
+        infra.reload()
+        assert infra.attrs["State"]["Status"] == "running"
+        assert {t["name"] for t in d.get("/status")["ladder"]["throttled"]} == {victim.name}
+    finally:
+        d.stop()
+    assert d.proc.returncode == 0, d.log_text()[-3000:]
+
+
 # ---------------------------------------------------------------------------- executors
 
-def make_ladder(docker_host, make_config, tmp_path):
-    cfg, _ = ladder_config(make_config)
+def make_ladder(docker_host, make_config, tmp_path, classes=None):
+    cfg, _ = ladder_config(make_config, classes=classes)
     engine = Engine(docker_host)
     inv = Inventory(engine)
     inv.refresh()
@@ -328,5 +363,22 @@ def test_the_executors_refuse_infrastructure(docker_host, make_config, container
     before = host_config(pg)
     out = ladder.executors()["throttle"](Action("throttle", pg.id, pg.name, "t", "ladder",
                                                 {"breach": "reserve", "set": {"cpu": 0.1}}))
-    assert out.skipped and "protected" in out.detail
+    assert out.skipped and "refused: class 'infrastructure'" in out.detail
     assert host_config(pg) == before and journal.get_state(THROTTLE_PREFIX + pg.id) is None
+
+
+def test_the_executors_refuse_an_unprotected_infrastructure_container(
+        docker_host, make_config, containers, tmp_path):
+    pg = containers.run(labels={"supervisor.class": "infrastructure"}, mem_limit="64m")
+    ladder, journal = make_ladder(docker_host, make_config, tmp_path,
+                                  classes={"infrastructure": {"protected": False}})
+    before = host_config(pg)
+    executors = {**ladder.executors(), **make_core(ladder.ctx).executors()}
+    for kind, params in (("stop", {"timeout_s": 1}), ("reclaim", {"bytes": 8 * MIB}),
+                         ("throttle", {"breach": "reserve", "set": {"cpu": 0.1}})):
+        out = executors[kind](Action(kind, pg.id, pg.name, "t", "ladder", params,
+                                     destructive=kind == "stop"))
+        assert out.skipped and "'infrastructure' is infrastructure" in out.detail, out.detail
+    pg.reload()
+    assert pg.attrs["State"]["Status"] == "running"
+    assert host_config(pg) == before and journal.states("ladder/") == {}

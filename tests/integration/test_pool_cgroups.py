@@ -11,7 +11,6 @@ from conftest import RUN_ID, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.runtime.daemon import Daemon
 from supervisor.model.errors import CgroupError
-from supervisor.runtime.poolcg import read_group
 from supervisor.publish.status import build_status
 
 MIB = 2**20
@@ -45,8 +44,8 @@ def test_pool_cgroups_hold_the_budgets_and_follow_a_reload(make_config, pool_par
         d.run_once()  # made on the first pass, engine or not
         fs = CgroupFS()
         loc = fs.location(f"/{pool_parent}/standard")
-        assert read_group(fs, loc)["limit_bytes"] == 48 * MIB
-        assert read_group(fs, fs.location(f"/{pool_parent}/infrastructure"))["limit_bytes"] == 256 * MIB
+        assert fs.read_group(loc)["limit_bytes"] == 48 * MIB
+        assert fs.read_group(fs.location(f"/{pool_parent}/infrastructure"))["limit_bytes"] == 256 * MIB
         if fs.version == 1:
             # A new cpuset group starts empty and would refuse tasks: filled from the parent.
             root = fs.controller_roots()["cpuset"]
@@ -68,14 +67,14 @@ def test_pool_cgroups_hold_the_budgets_and_follow_a_reload(make_config, pool_par
         ok, msg = d.reload()
         assert ok, msg
         d.run_once()
-        assert read_group(fs, loc)["limit_bytes"] == 64 * MIB
+        assert fs.read_group(loc)["limit_bytes"] == 64 * MIB
 
         # Someone changes it by hand: the next reconcile pass puts it back.
         fs.write_file(loc, "memory", "memory.max" if fs.version == 2 else "memory.limit_in_bytes",
                       80 * MIB)
         d.run_once(reconcile=True)  # sees the drift
         d.run_once()  # sets it again
-        assert read_group(fs, loc)["limit_bytes"] == 64 * MIB
+        assert fs.read_group(loc)["limit_bytes"] == 64 * MIB
         st = build_status(d)["pool_cgroups"]
         assert st["pools"]["standard"]["limit_bytes"] == 64 * MIB
         assert st["pools"]["standard"]["cgroup_parent"] == f"/{pool_parent}/standard"
@@ -104,17 +103,17 @@ def test_two_containers_under_a_small_pool_cannot_exceed_it(make_config, contain
         # 30 MiB of anonymous memory each: dd's buffer, held while the pipe is full.
         cmd = "dd if=/dev/zero bs=30M count=1 2>/dev/null | sleep 3600"
         a = containers.run(command=cmd, cgroup_parent=f"/{pool_parent}/standard")
-        wait_for(lambda: read_group(fs, pool)["usage_bytes"] >= 29 * MIB, 60, 0.1,
+        wait_for(lambda: fs.read_group(pool)["usage_bytes"] >= 29 * MIB, 60, 0.1,
                  what="the first 30 MiB in the pool")
         b = containers.run(command=cmd, cgroup_parent=f"/{pool_parent}/standard")
         # Managed, but not under its pool's cgroup.
         outside = containers.run(labels={"supervisor.class": "infrastructure"})
-        wait_for(lambda: read_group(fs, pool)["limit_hits"] >= 1, 60, 0.1, what="the pool's limit hit")
+        wait_for(lambda: fs.read_group(pool)["limit_hits"] >= 1, 60, 0.1, what="the pool's limit hit")
         for _ in range(5):
             d.run_once(reconcile=True)
-            g = read_group(fs, pool)
+            g = fs.read_group(pool)
             assert g["usage_bytes"] <= budget
-        g = read_group(fs, pool)
+        g = fs.read_group(pool)
         assert g["peak_bytes"] is not None and g["peak_bytes"] <= budget
         used = {}
         for c in (a, b):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from supervisor.policy.tick import Tick
+from supervisor.act.actuator import Actuator, held_by
+from supervisor.adapters.journal import Journal
+from supervisor.model.actions import Outcome
 from supervisor.model.config import HostFacts, load_config
-from supervisor.observe.history import History
-from supervisor.runtime.ladder import LadderPlan, LadderState, plan_breach_actions
-from supervisor.act.ladder_knobs import Throttle
 from supervisor.model.pools import account, reserve_state
 from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, HostSample,
-                                 Pressure, Snapshot)
+                                       Pressure, Snapshot)
+from supervisor.observe.history import History
+from supervisor.policy.ladder import plan_breach_actions, settle
+from supervisor.policy.ladder_state import LadderPlan, LadderState, Throttle
+from supervisor.policy.tick import Tick
 
 MIB = 2**20
 GIB = 2**30
@@ -84,22 +87,45 @@ def make_tick(cfg, containers, now: float, available_mib: float = 2048,
                 reserve=reserve_state(snap, cfg), history=History(60, 1))
 
 
+LADDER_KINDS = ("alert", "throttle", "unthrottle", "reclaim", "hibernate", "stop")
+
+
+def sim_actuator(journal, clock, get_config):
+    """The daemon's actuator (its rate limits, its journal), with executors that succeed
+    and change nothing: what the ladder decides is what the tests look at."""
+    act = Actuator(journal, clock, get_config=get_config)
+    for kind in LADDER_KINDS:
+        act.register(kind, lambda a: Outcome(ok=True, detail="done"))
+    return act
+
+
 class Sim:
-    """Drives the pure planner tick by tick, standing in for the executors the way the
-    component's records would: a throttle adds a record, an unthrottle removes it."""
+    """Drives the pure planner tick by tick through the actuator, as the loop does, and
+    stands in for the executors the way the component's records would: a throttle adds
+    a record, an unthrottle removes it. ``actions`` are the ones that ran; ``held`` the
+    results the actuator's rate limits held back."""
 
     def __init__(self, cfg, capabilities=(), state: LadderState | None = None):
         self.cfg = cfg
         self.capabilities = frozenset(capabilities)
         self.state = state or LadderState()
-        self.actions = []  # (time, Action)
+        self.now = 0.0
+        self.journal = Journal(":memory:")
+        self.actuator = sim_actuator(self.journal, lambda: self.now, lambda: self.cfg)
+        self.actions = []  # (time, Action) that ran
+        self.held = []  # (time, ActionResult) held back by a rate limit
         self.notes = []  # (time, Note)
 
     def step(self, containers, now: float, **kw) -> LadderPlan:
+        self.now = now
         p = plan_breach_actions(make_tick(self.cfg, containers, now, **kw), self.state,
                                 self.capabilities)
-        throttles = dict(p.state.throttles)
-        for a in p.actions:
+        results = self.actuator.execute(p.actions, dry_run=False)
+        ran = [r.action for r in results if not held_by(r)]
+        held = [r for r in results if held_by(r)]
+        state = settle(self.state, p, [(r.action, r.detail) for r in held])
+        throttles = dict(state.throttles)
+        for a in ran:
             if a.kind == "throttle":
                 old = throttles.get(a.target)
                 before = {k: "orig" for k in a.params["set"]}
@@ -110,8 +136,9 @@ class Sim:
                     after={**(old.after if old else {}), **a.params["set"]}, at=now)
             elif a.kind == "unthrottle":
                 throttles.pop(a.target, None)
-        self.state = replace(p.state, throttles=throttles)
-        self.actions += [(now, a) for a in p.actions]
+        self.state = replace(state, throttles=throttles)
+        self.actions += [(now, a) for a in ran]
+        self.held += [(now, r) for r in held]
         self.notes += [(now, n) for n in p.notes]
         return p
 
@@ -120,3 +147,7 @@ class Sim:
 
     def of(self, kind: str) -> list:
         return [(t, a) for t, a in self.actions if a.kind == kind]
+
+    def journaled_holds(self) -> list[dict]:
+        """The holds an operator reads in the journal."""
+        return [r for r in self.journal.recent(100_000) if r["outcome"] == "skipped"]

@@ -5,15 +5,20 @@ restart from the state the journal holds."""
 
 import random
 
-from supervisor.model.actions import Action
-from supervisor.act.component import Context
-from supervisor.adapters.journal import Journal
-from supervisor.runtime.ladder import (BREACH_PREFIX, Ladder, LadderState, eviction_rank,
-                               plan_breach_actions)
-from supervisor.act.ladder_knobs import THROTTLE_PREFIX, Throttle
-from supervisor.model.snapshot import Pressure
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from _ladder_kit import MIB, Sim, container, make_cfg, make_tick
+from supervisor.act.component import Context
+from supervisor.act.ladder_knobs import THROTTLE_PREFIX, Throttle
+from supervisor.adapters.journal import Journal
+from supervisor.model.actions import Action, ActionResult, Outcome
+from supervisor.model.snapshot import Pressure
+from supervisor.policy.ladder import plan_breach_actions
+from supervisor.policy.ladder_rungs import eviction_rank
+from supervisor.policy.ladder_state import LadderState
+from supervisor.runtime.ladder import BREACH_PREFIX, Ladder
+
+from _ladder_kit import MIB, Sim, container, make_cfg, make_tick, sim_actuator
 
 STD_BUDGET_MIB = 96
 
@@ -225,8 +230,8 @@ def test_the_per_minute_cap_holds_rungs_back_and_says_so():
     cs = [container(f"b{i}", "batch", ws_mib=10, resv_mib=4) for i in range(10)]
     run(sim, cs, 0.0, 3.2)
     assert len(sim.of("throttle")) == 3 and not sim.of("reclaim")
-    held = [n for _, n in sim.notes if n.outcome == "held"]
-    assert len(held) == 1 and "max_actions_per_minute" in held[0].detail  # said once
+    held = sim.journaled_holds()
+    assert len(held) == 1 and "max_actions_per_minute" in held[0]["detail"]  # said once
     run(sim, cs, 3.2, 61.2)
     assert sim.of("reclaim")[0][0] == 61.0  # the minute has passed
 
@@ -241,7 +246,7 @@ def test_min_action_interval_delays_the_stop_of_a_just_throttled_container():
     sim.step(cs, 6.0)
     sim.step(cs, 6.2)
     assert sim.of("stop")[0][0] == 6.2
-    assert any("min_action_interval" in n.detail for _, n in sim.notes)
+    assert any("min_action_interval" in r.detail for _, r in sim.held)
 
 
 def test_with_the_engine_down_only_alerts_go_out():
@@ -318,40 +323,46 @@ def test_a_vanished_container_closes_its_own_breach():
 
 # ---------------------------------------------------------------------------- restart
 
-def ladder_on(journal, now, caps=()):
+def ladder_on(journal, now, caps=(), cfg=None):
+    """The component as the daemon builds it: its actions go through the actuator
+    (ctx.execute), whose executors write the durable records the way the throttle
+    executor does (intent, then result)."""
     clock = lambda: now[0]
     ctx = Context(engine=None, inventory=None, cgroups=None, journal=journal, history=None,
-                  clock=clock, get_config=lambda: None, request_pass=lambda: None,
+                  clock=clock, get_config=lambda: cfg or make_cfg(), request_pass=lambda: None,
                   capabilities=set(caps))
-    return Ladder(ctx)
+    ladder = Ladder(ctx)
+    actuator = sim_actuator(journal, clock, ctx.get_config)
+
+    def throttle(a):
+        key = THROTTLE_PREFIX + a.target
+        rec = Throttle(a.target, a.name, (a.params["breach"],),
+                       before={k: "orig" for k in a.params["set"]}, after={}, at=now[0],
+                       state="applying")
+        journal.put_state(key, rec.to_dict())
+        journal.put_state(key, {**rec.to_dict(), "after": a.params["set"], "state": "applied"})
+        return Outcome(ok=True)
+
+    def unthrottle(a):
+        journal.del_state(THROTTLE_PREFIX + a.target)
+        return Outcome(ok=True)
+    actuator.register("throttle", throttle)
+    actuator.register("unthrottle", unthrottle)
+    ctx.execute = lambda a: actuator.execute_one(a, dry_run=False)
+    ladder.actuator = actuator  # for the tests' eyes only
+    return ladder
 
 
 def drive(ladder, cfg, containers, now, start, end, dt=0.2, **kw):
-    """plan/observe as the daemon does, with the executors' durable records written the
-    way the throttle executor writes them (intent, then result)."""
-    from supervisor.model.actions import ActionResult
+    """plan / execute / observe as the daemon does; the actions that ran."""
     t = start
     out = []
     while t < end - 1e-9:
         now[0] = t
         tick = make_tick(cfg, containers, t, **kw)
-        actions = ladder.plan(tick)
-        results = []
-        for a in actions:
-            if a.kind == "throttle":
-                key = THROTTLE_PREFIX + a.target
-                rec = Throttle(a.target, a.name, (a.params["breach"],),
-                               before={k: "orig" for k in a.params["set"]}, after={}, at=t,
-                               state="applying")
-                ladder.ctx.journal.put_state(key, rec.to_dict())
-                ladder.ctx.journal.put_state(key, {**rec.to_dict(), "after": a.params["set"],
-                                                   "state": "applied"})
-            elif a.kind == "unthrottle":
-                ladder.ctx.journal.del_state(THROTTLE_PREFIX + a.target)
-            results.append(ActionResult(a, ok=True, dry_run=False, time_s=t))
-            ladder.ctx.journal.record(results[-1])
+        results = [ladder.ctx.execute(a) for a in ladder.plan(tick)]
         ladder.observe(tick, results)
-        out += [(t, a) for a in actions]
+        out += [(t, r.action) for r in results if not r.skipped]
         t = round(t + dt, 3)
     return out
 
@@ -418,12 +429,11 @@ def test_rate_limits_survive_a_restart_through_the_journal(tmp_path):
     cfg = make_cfg(ladder={"min_action_interval": "30s"})
     j = Journal(str(tmp_path / "journal.sqlite3"))
     c = container("a", "batch", ws_mib=100, resv_mib=8)
-    from supervisor.model.actions import ActionResult
     j.record(ActionResult(Action("reclaim", c.info.id, "a", "r", "ladder"), ok=True,
                           dry_run=False, time_s=90.0))
     now = [100.0]
-    ladder = ladder_on(j, now)
-    assert ladder.state.last_action_at == {c.info.id: 90.0}
+    ladder = ladder_on(j, now, cfg=cfg)
+    assert ladder.actuator.limits.last_at == {c.info.id: 90.0}
     acts = drive(ladder, cfg, [c], now, 100.0, 121.0)
     kinds = [(t, a.kind) for t, a in acts]
     assert kinds[0] == (100.0, "alert")
@@ -482,3 +492,105 @@ def test_the_record_of_a_removed_container_is_dropped_at_once():
     # once min_action_interval (0.5 s) after its throttle has passed
     assert [(t, a.kind, a.name) for t, a in sim.actions[n:]] == [(1.6, "unthrottle", "a")]
     assert set(sim.state.throttles) == {cs[1].info.id}
+
+
+# ---------------------------------------------------------------------------- infrastructure
+
+UNPROTECTED_INFRA = {"infrastructure": {"protected": False, "pool": "standard",
+                                        "hibernate": True, "priority": 1}}
+
+
+def test_an_unprotected_infrastructure_class_is_never_throttled_reclaimed_hibernated_or_stopped():
+    # "infrastructure" with protected = false, in the pool that breaches, at the lowest
+    # priority and holding the most memory: first for every rung, were it not for its name
+    cfg = make_cfg(classes=UNPROTECTED_INFRA, ladder={"hibernate_idle_after": "1s"})
+    sim = Sim(cfg, capabilities={"hibernate"})
+    cs = [container("pg", "infrastructure", ws_mib=90, resv_mib=8),
+          container("victim", "batch", ws_mib=20, resv_mib=4)]
+    run(sim, cs, 0.0, 10.0)
+    assert {"throttle", "reclaim", "hibernate", "stop"} <= set(sim.kinds())  # the ladder climbed
+    assert [a.name for _, a in sim.actions if a.kind != "alert"] and \
+        all(a.name == "victim" for _, a in sim.actions if a.kind != "alert")
+    # alone in an over-budget pool: alerted, every rung says why it cannot act
+    sim = Sim(cfg, capabilities={"hibernate"})
+    run(sim, [container("pg", "infrastructure", ws_mib=110, resv_mib=8)], 0.0, 10.0)
+    assert sim.kinds() == ["alert"]
+    assert {n.kind for _, n in sim.notes} == {"throttle", "reclaim", "hibernate", "stop"}
+
+
+MEMBER_CLASSES = ("infrastructure", "standard", "batch")
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=st.lists(st.tuples(st.sampled_from(MEMBER_CLASSES), st.floats(1, 60),
+                                  st.floats(0, 30), st.booleans()), min_size=1, max_size=6),
+       growth=st.lists(st.floats(0.5, 1.5), min_size=4, max_size=12))
+def test_no_plan_ever_touches_an_unprotected_infrastructure_class(members, growth):
+    cfg = make_cfg(classes=UNPROTECTED_INFRA, ladder={"hibernate_idle_after": "1s"})
+    sim = Sim(cfg, capabilities={"hibernate"})
+    infra = set()
+    t = 0.0
+    for k, g in enumerate(growth):
+        cs = []
+        for i, (cls, ws, resv, v2) in enumerate(members):
+            c = container(f"c{i}", cls, ws_mib=ws * g, resv_mib=resv, version=2 if v2 else 1)
+            cs.append(c)
+            if cls == "infrastructure":
+                infra.add(c.info.id)
+        # several passes at each level, a grace period apart: every rung gets its turn
+        for _ in range(3):
+            sim.step(cs, t, available_mib=2048 if k % 3 else 100)
+            t += 1.0
+    touched = [(a.kind, a.name) for _, a in sim.actions
+               if a.kind != "alert" and a.target in infra]
+    assert touched == []
+    planned = [a for _, a in sim.actions] + [r.action for _, r in sim.held]
+    assert not [a for a in planned if a.kind != "alert" and a.target in infra]
+
+
+class _Inventory:
+    """The engine's view of one container, as the re-check reads it."""
+
+    def __init__(self, info):
+        self.info = info
+
+    def refresh_one(self, cid):
+        return self.info if cid == self.info.id else None
+
+
+class _Engine:
+    """Records every change an executor asks of the engine (there must be none)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def stop(self, cid, **kw):
+        self.calls.append(("stop", cid))
+
+    def update(self, cid, **kw):
+        self.calls.append(("update", cid, kw))
+
+
+def test_the_executors_refuse_an_unprotected_infrastructure_class_at_their_recheck():
+    from supervisor.act.actuator import Actuator
+    from supervisor.act.core_actions import CoreActions
+    from supervisor.act.ladder_knobs import KnobExecutors
+    cfg = make_cfg(classes=UNPROTECTED_INFRA)
+    pg = container("pg", "infrastructure", ws_mib=90).info
+    engine, journal = _Engine(), Journal(":memory:")
+    ctx = Context(engine=engine, inventory=_Inventory(pg), cgroups=None, journal=journal,
+                  history=None, clock=lambda: 100.0, get_config=lambda: cfg,
+                  request_pass=lambda: None)
+    actuator = Actuator(journal, ctx.clock, get_config=ctx.get_config)
+    for kind, fn in {**CoreActions(ctx).executors(), **KnobExecutors(ctx).executors()}.items():
+        actuator.register(kind, fn)
+    for kind, params in (("stop", {"timeout_s": 1}), ("throttle", {"breach": "pool:standard",
+                                                                   "set": {"cpu": 0.5}}),
+                         ("reclaim", {"bytes": 8 * MIB})):
+        r = actuator.execute_one(Action(kind, pg.id, pg.name, "t", "ladder", params,
+                                        destructive=kind == "stop"), dry_run=False)
+        assert r.skipped and "'infrastructure' is infrastructure" in r.detail, r.detail
+    assert engine.calls == []
+    assert journal.states("ladder/") == {}
+    # refused actions did nothing: they use none of the rate budget
+    assert not actuator.limits.times and not actuator.limits.last_at
