@@ -20,7 +20,8 @@ from supervisor.adapters.cgroups import CgroupFS, CgroupLocation, UsageFiles
 from supervisor.model.classify import classify, is_managed
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError, CgroupGone, CgroupNotFound
-from supervisor.adapters.host import HostSampler, container_net
+from supervisor.adapters.host import HostSampler
+from supervisor.adapters.netcounters import container_net
 from supervisor.model.snapshot import LIVE_STATES, CgroupStats, ContainerInfo, ContainerSample, HostSample, NetIO, Snapshot
 
 log = logging.getLogger(__name__)

@@ -71,8 +71,10 @@ from supervisor.model.errors import CgroupError, CgroupGone, EngineUnavailable, 
 from supervisor.adapters.host import parse_meminfo
 from supervisor.adapters.journal import JournalError
 from supervisor.publish.metrics import DurationHistogram
-from supervisor.adapters.netdiag import (ConnectionProbe, NetdiagError, NetnsGone, NetnsWorker, TcpSocket,
-                      list_tcp, open_probe, read_counters, socket_inodes, udp_services)
+from supervisor.adapters.netcounters import read_counters, socket_inodes, udp_services
+from supervisor.adapters.netdiag import ConnectionProbe, list_tcp, open_probe
+from supervisor.adapters.netns import NetdiagError, NetnsGone, NetnsWorker
+from supervisor.model.sockets import TcpSocket
 from supervisor.model.snapshot import ContainerInfo
 from supervisor.model.units import parse_duration
 

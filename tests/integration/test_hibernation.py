@@ -15,7 +15,8 @@ from ._procs import DaemonProcess, daemon_thread
 from conftest import ROOT, metrics_text, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.publish.control import request
-from supervisor.adapters.netdiag import NetnsWorker, list_tcp, open_probe
+from supervisor.adapters.netdiag import list_tcp, open_probe
+from supervisor.adapters.netns import NetnsWorker
 
 MIB = 2**20
 HTTPD = ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]

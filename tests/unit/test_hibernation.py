@@ -18,9 +18,10 @@ from supervisor.runtime.hibernation import (
     MAX_WATCHED_CONNECTIONS, ActivitySample, Hibernation, HibernationState, LatencyHistogram, Record,
     Thresholds, Track, connection_activity, idle_since, mark_busy,
     plan_hibernation, smoothing_window_s, track_activity, wake_targets)
-from supervisor.adapters.netdiag import (
-    DONE, ERROR, SOCK, TCP_ESTABLISHED, TCP_LISTEN, NetnsGone, TcpSocket, dump_request,
-    exact_request, parse_proc_udp, parse_reply, parse_snmp, read_counters, udp_services)
+from supervisor.adapters.netcounters import parse_proc_udp, parse_snmp, read_counters, udp_services
+from supervisor.adapters.netdiag import DONE, ERROR, SOCK, dump_request, exact_request, parse_reply
+from supervisor.adapters.netns import NetnsGone
+from supervisor.model.sockets import TCP_ESTABLISHED, TCP_LISTEN, TcpSocket
 
 TH = Thresholds(cpu_cores=0.01, net_bytes_per_s=64.0, blkio_bytes_per_s=4096.0)
 
