@@ -7,9 +7,9 @@ Watch})`` (hibernation: its candidates, each sampled every tenth of its idle_aft
 The sampler hands every container it reads to ``sample`` during its sweep: a watched
 container whose interval has passed gets an activity sample, a full read gets the
 snapshot's ``NetIO``, and both come from one read of the namespace counters
-(/proc/PID/net/dev, plus net/snmp for a watched container): each container's namespace
-is read at most once per pass. ``sample_snapshot`` takes the samples the sweep did not
-(a container watched since this pass, or a tracker no sampler feeds).
+(/proc/PID/net/dev and net/snmp): each container's namespace is read at most once per
+pass. ``sample_snapshot`` takes the samples the sweep did not (a container watched since
+this pass, from the sweep's reading when it took one; or a tracker no sampler feeds).
 
 What a consumer reads (all thread-safe):
 
@@ -47,6 +47,9 @@ class ActivityTracker:
         self._merged: dict[str, Watch] = {}  # cid -> the shortest interval, longest window
         self._samples: dict[str, tuple[ActivitySample, ...]] = {}  # cid -> its longest window
         self._tracks: dict[str, dict[str, Track]] = {}  # owner -> cid -> Track
+        # This pass's readings (the loop thread's only): cid -> (pid, counters or None)
+        self._reads_at: float | None = None
+        self._reads: dict[str, tuple[int, NetnsCounters | None]] = {}
 
     # ------------------------------------------------------------------ consumers
 
@@ -142,7 +145,7 @@ class ActivityTracker:
         own = not shares_netns(info)
         counters = None
         if full or (due and own):
-            counters = self._read(info, tcp=due and own)
+            counters = self._read(info, now)
         if due:
             self._record_from(info, stats, now, counters if own else None)
         return counters.net if counters is not None else None
@@ -156,7 +159,7 @@ class ActivityTracker:
             if c.stats is None or not self._due(c.info, now):
                 continue
             own = not shares_netns(c.info)
-            self._record_from(c.info, c.stats, now, self._read(c.info, tcp=True) if own else None)
+            self._record_from(c.info, c.stats, now, self._read(c.info, now) if own else None)
 
     def _due(self, info: ContainerInfo, now: float) -> bool:
         if info.state != "running":
@@ -172,15 +175,21 @@ class ActivityTracker:
         last = samples[-1]
         return last.pid != info.pid or now - last.time_s >= w.interval_s
 
-    def _read(self, info: ContainerInfo, tcp: bool) -> NetnsCounters | None:
+    def _read(self, info: ContainerInfo, now: float) -> NetnsCounters | None:
+        """The namespace's counters at ``now`` (the pass's time): read once per pass."""
+        if self._reads_at != now:
+            self._reads_at, self._reads = now, {}
+        done = self._reads.get(info.id)
+        if done is not None and done[0] == info.pid:
+            return done[1]
         self.counts["namespace_reads"] += 1
         try:
-            return read_counters(self.proc, info.pid, tcp=tcp)
+            counters: NetnsCounters | None = read_counters(self.proc, info.pid)
         except NetdiagError:
-            # An activity read, or only the snapshot's NetIO (a container that just
-            # stopped: its net figures are left out, as before).
-            self.counts["counter_read_errors" if tcp else "net_read_errors"] += 1
-            return None
+            self.counts["counter_read_errors"] += 1
+            counters = None
+        self._reads[info.id] = (info.pid, counters)
+        return counters
 
     def _record_from(self, info: ContainerInfo, stats: CgroupStats, now: float,
                      counters: NetnsCounters | None) -> None:

@@ -80,9 +80,10 @@ def test_sample_snapshot_takes_only_the_samples_the_sweep_did_not(tmp_path):
     snap = s.sample([info], cfg, engine_up=True)  # clock 0.0, not watched yet
     assert s.activity.counts["namespace_reads"] == 1
     s.activity.watch(OWNER, {info.id: Watch(1.0, 10.0, TH)})
-    s.activity.sample_snapshot(snap)  # newly watched: sampled now, one more read
+    s.activity.sample_snapshot(snap)  # newly watched: sampled now, from the sweep's reading
     s.activity.sample_snapshot(snap)  # already sampled at this time: nothing
-    assert s.activity.counts["namespace_reads"] == 2
+    assert s.activity.counts["namespace_reads"] == 1
+    assert s.activity.track(OWNER, info.id).samples[-1].connections == 0
     assert s.activity.quiet_for_s(info.id, 30.0, OWNER) == 30.0
 
 
