@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from supervisor.adapters.cgroups import CgroupFS
     from supervisor.model.config import Config
     from supervisor.adapters.engine import Engine
+    from supervisor.observe.activity import ActivityTracker
     from supervisor.observe.history import History
     from supervisor.observe.inventory import Inventory
     from supervisor.adapters.journal import Journal
@@ -50,6 +51,8 @@ class Context:
     # The daemon counts "reserve", "pool_used_over_budget" and "pool_allocated_over_budget"
     # itself; a component adds its own kinds: ``ctx.breaches["psi_memory"] += 1``.
     breaches: "Counter[str]" = field(default_factory=Counter)
+    # The one measure of container activity (observe/activity.py), fed by the sampler.
+    activity: "ActivityTracker | None" = None
 
 
 class Component:

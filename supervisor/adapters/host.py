@@ -115,19 +115,3 @@ class HostSampler:
             memory_total_bytes=mem.get("MemTotal", 0),
             memory_available_bytes=mem.get("MemAvailable", mem.get("MemFree", 0)),
             disks=disks, nets=nets, pressure=self.pressure())
-
-
-def container_net(proc: str, pid: int) -> NetIO | None:
-    """A container's own interfaces, read from the host through /proc/PID/net/dev (the file
-    shows the namespace of PID): no setns, no exec. Loopback is left out."""
-    if pid <= 0:
-        return None
-    try:
-        devs = parse_net_dev(read_text(f"{proc}/{pid}/net/dev"))
-    except CgroupError:
-        return None
-    devs.pop("lo", None)
-    return NetIO(rx_bytes=sum(d.rx_bytes for d in devs.values()),
-                 tx_bytes=sum(d.tx_bytes for d in devs.values()),
-                 rx_packets=sum(d.rx_packets for d in devs.values()),
-                 tx_packets=sum(d.tx_packets for d in devs.values()))

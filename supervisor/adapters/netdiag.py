@@ -1,52 +1,33 @@
-"""The door to a container's network namespace: its TCP sockets and its counters.
+"""A container's TCP sockets through netlink sock_diag (linux/inet_diag.h, sock_diag(7)).
 
-- TCP sockets come from netlink sock_diag (linux/inet_diag.h, sock_diag(7)).
-  ``list_tcp`` uses pyroute2's ``DiagSocket`` for a full listing (LISTEN and ESTABLISHED,
-  with tcp_info for the byte counters and the age of the last data). ``ConnectionProbe``
-  asks the kernel about *named* sockets (an exact lookup, no NLM_F_DUMP): that is a hash
-  lookup in the kernel, ~7 us per socket on the development machines, where a dump that
-  includes established sockets walks the host-wide established hash (262144 buckets
-  there: ~1.5 ms per query) and pyroute2's own request path costs ~0.4 ms of CPU. The wake
-  watcher asks every 100 ms, so it takes the exact path; the request bytes are still
-  encoded by pyroute2 (once per socket), only the four reply fields it needs are read
-  with ``struct`` at the offsets of ``struct inet_diag_msg``.
-- A netlink socket stays in the network namespace it was created in, and setns(2) is per
-  thread. ``NetnsWorker`` is a dedicated thread that enters a container's namespace
-  (/proc/PID/ns/net), creates the sockets there and returns to its own namespace; the
-  sockets then answer for the container's namespace from wherever they are used
-  (pyroute2's synchronous sockets must still be used by the thread that made them, so
-  ``list_tcp`` runs whole in the worker).
-- The namespace's counters come from /proc/PID/net/dev and /proc/PID/net/snmp, which show
-  the namespace of PID: no setns needed.
+``list_tcp`` uses pyroute2's ``DiagSocket`` for a full listing (LISTEN and ESTABLISHED,
+with tcp_info for the byte counters and the age of the last data). ``ConnectionProbe``
+asks the kernel about *named* sockets (an exact lookup, no NLM_F_DUMP): that is a hash
+lookup in the kernel, ~7 us per socket on the development machines, where a dump that
+includes established sockets walks the host-wide established hash (262144 buckets
+there: ~1.5 ms per query) and pyroute2's own request path costs ~0.4 ms of CPU. The wake
+watcher asks every 100 ms, so it takes the exact path; the request bytes are still
+encoded by pyroute2 (once per socket), only the four reply fields it needs are read
+with ``struct`` at the offsets of ``struct inet_diag_msg``.
 
-OSError becomes NetdiagError (NetnsGone when the namespace or the process has vanished)
-at this boundary.
+Both work inside the container's network namespace through ``netns.NetnsWorker``; the
+namespace's counters and UDP services are read from /proc in netcounters.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import logging
-import os
-import queue
 import select
 import socket
 import struct
-import sys
 import threading
 from collections import Counter
-from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
-from supervisor.adapters.cgroups import read_text
-from supervisor.model.errors import CgroupError, CgroupGone, SupervisorError
-from supervisor.adapters.host import parse_net_dev
+from supervisor.adapters.netns import NetdiagError, NetnsWorker
+from supervisor.model.sockets import TCP_LISTEN, TCP_STATES, TcpSocket
 
-log = logging.getLogger(__name__)
-
-CLONE_NEWNET = 0x40000000
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
@@ -58,362 +39,10 @@ _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _DIAG_TAIL = struct.Struct("=IIIII")
 _DIAG_TAIL_OFFSET = 4 + 48
 
-TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-              11: "CLOSING"}
-TCP_LISTEN = 10
-TCP_ESTABLISHED = 1
 STATES_LISTEN = 1 << TCP_LISTEN
 # Every socket that can still move data: all states but TIME_WAIT and CLOSE. A half-closed
 # connection (CLOSE_WAIT: the client sent FIN, the server still streams) moves data too.
 STATES_OPEN = sum(1 << s for s in TCP_STATES if s not in (6, 7))
-
-
-class NetdiagError(SupervisorError):
-    """A network namespace could not be entered or asked."""
-
-
-class NetnsGone(NetdiagError):
-    """The process (and so the namespace handle) has gone: its container stopped."""
-
-
-# ---------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class TcpSocket:
-    """One TCP socket as sock_diag reports it."""
-
-    family: int  # socket.AF_INET | socket.AF_INET6
-    state: int  # TCP_LISTEN, TCP_ESTABLISHED...
-    local_addr: str
-    local_port: int
-    remote_addr: str
-    remote_port: int
-    # LISTEN: connections completed by the kernel and waiting for accept() (the accept
-    # queue); other states: bytes received and not yet read by the application.
-    rqueue: int
-    # LISTEN: the backlog; other states: bytes not yet sent/acknowledged.
-    wqueue: int
-    inode: int  # 0 = not held by any process (e.g. still waiting in an accept queue)
-    interface: int = 0
-    cookie: int = 0
-    bytes_acked: int | None = None  # tcp_info (kernel 4.1+); None when not reported
-    bytes_received: int | None = None
-    last_data_sent_ms: int | None = None  # how long ago data was last sent / received
-    last_data_recv_ms: int | None = None
-
-    @property
-    def state_name(self) -> str:
-        return TCP_STATES.get(self.state, str(self.state))
-
-    @property
-    def listening(self) -> bool:
-        return self.state == TCP_LISTEN
-
-    def describe(self) -> str:
-        host = f"[{self.local_addr}]" if self.family == socket.AF_INET6 else self.local_addr
-        if self.listening:
-            return f"{host}:{self.local_port}"
-        peer = f"[{self.remote_addr}]" if self.family == socket.AF_INET6 else self.remote_addr
-        return f"{host}:{self.local_port}<->{peer}:{self.remote_port}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "state": self.state, "local_addr": self.local_addr,
-                "local_port": self.local_port, "remote_addr": self.remote_addr,
-                "remote_port": self.remote_port, "inode": self.inode,
-                "interface": self.interface, "cookie": self.cookie}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TcpSocket":
-        return cls(family=int(d["family"]), state=int(d["state"]), local_addr=str(d["local_addr"]),
-                   local_port=int(d["local_port"]), remote_addr=str(d.get("remote_addr", "")),
-                   remote_port=int(d.get("remote_port", 0)), rqueue=0, wqueue=0,
-                   inode=int(d.get("inode", 0)), interface=int(d.get("interface", 0)),
-                   cookie=int(d.get("cookie", 0)))
-
-
-@dataclass(frozen=True, slots=True)
-class NetnsCounters:
-    """Cumulative counters of one network namespace."""
-
-    # Bytes on the namespace's own interfaces (rx + tx), loopback left out.
-    interface_bytes: int
-    # Bytes over loopback inside the namespace, counted once (lo's rx == its tx).
-    loopback_bytes: int
-    tcp_passive_opens: int  # connections accepted by the kernel (handshakes completed)
-    tcp_active_opens: int  # connections opened from inside
-
-    @property
-    def connections_opened(self) -> int:
-        return self.tcp_passive_opens + self.tcp_active_opens
-
-
-# ---------------------------------------------------------------------- /proc counters
-
-
-def parse_snmp(text: str) -> dict[str, dict[str, int]]:
-    """/proc/net/snmp: pairs of 'Proto: Name Name...' / 'Proto: value value...' lines."""
-    out: dict[str, dict[str, int]] = {}
-    lines = text.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2]):
-        proto, _, names = head.partition(":")
-        proto2, _, values = vals.partition(":")
-        if proto != proto2:
-            continue
-        row = {}
-        for k, v in zip(names.split(), values.split()):
-            try:
-                row[k] = int(v)
-            except ValueError:
-                continue
-        out[proto.strip()] = row
-    return out
-
-
-def read_counters(proc: str, pid: int) -> NetnsCounters:
-    """The counters of PID's network namespace. Raises NetnsGone / NetdiagError."""
-    try:
-        devs = parse_net_dev(read_text(f"{proc}/{pid}/net/dev"))
-        tcp = parse_snmp(read_text(f"{proc}/{pid}/net/snmp")).get("Tcp", {})
-    except CgroupGone:  # read_text's boundary error; these files are under /proc
-        raise NetnsGone(f"network namespace of pid {pid} is gone") from None
-    except CgroupError as e:
-        raise NetdiagError(f"cannot read counters of pid {pid}: {e.reason}") from None
-    lo = devs.pop("lo", None)
-    return NetnsCounters(
-        interface_bytes=sum(d.rx_bytes + d.tx_bytes for d in devs.values()),
-        loopback_bytes=lo.rx_bytes if lo else 0,
-        tcp_passive_opens=tcp.get("PassiveOpens", 0),
-        tcp_active_opens=tcp.get("ActiveOpens", 0))
-
-
-def socket_inodes(proc: str, pids: Iterable[int]) -> frozenset[int]:
-    """Inodes of the sockets the given processes hold open (from /proc/PID/fd links
-    "socket:[INODE]"). A frozen process's fd table reads like any other."""
-    out: set[int] = set()
-    for pid in pids:
-        d = f"{proc}/{pid}/fd"
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue  # exited, or a kernel thread
-        for n in names:
-            try:
-                link = os.readlink(f"{d}/{n}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                try:
-                    out.add(int(link[8:-1]))
-                except ValueError:
-                    continue
-    return frozenset(out)
-
-
-# A bound, unconnected UDP socket shows state 07 (TCP_CLOSE) and remote port 0 in
-# /proc/net/udp. One bound to a port of the kernel's default ephemeral range
-# (net.ipv4.ip_local_port_range, 32768-60999) is taken for a client's (a resolver's
-# sendto() socket), not a service.
-UDP_UNCONNECTED = 7
-EPHEMERAL_PORTS = range(32768, 61000)
-
-
-@dataclass(frozen=True, slots=True)
-class UdpSocket:
-    """A UDP socket that waits for datagrams from anyone: a UDP service."""
-
-    family: int
-    local_addr: str
-    local_port: int
-    inode: int
-    rqueue: int  # bytes received and not yet read
-
-    def describe(self) -> str:
-        host = f"[{self.local_addr}]" if self.family == socket.AF_INET6 else self.local_addr
-        return f"udp {host}:{self.local_port}"
-
-
-def _proc_net_addr(field: str, family: int) -> tuple[str, int]:
-    """"0100007F:14E9" -> ("127.0.0.1", 5353). /proc prints the address as 32-bit words
-    in host byte order, the port in network order."""
-    addr, _, port = field.partition(":")
-    raw = bytes.fromhex(addr)
-    if sys.byteorder == "little":
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(family, raw), int(port, 16)
-
-
-def parse_proc_udp(text: str, family: int) -> list[UdpSocket]:
-    """The UDP services of one /proc/PID/net/udp or udp6 table (see EPHEMERAL_PORTS)."""
-    out = []
-    for line in text.splitlines()[1:]:
-        f = line.split()
-        if len(f) < 10 or int(f[3], 16) != UDP_UNCONNECTED:
-            continue
-        addr, port = _proc_net_addr(f[1], family)
-        _, remote_port = _proc_net_addr(f[2], family)
-        if remote_port or not port or port in EPHEMERAL_PORTS:
-            continue
-        out.append(UdpSocket(family, addr, port, int(f[9]), int(f[4].partition(":")[2], 16)))
-    return out
-
-
-def udp_services(proc: str, pid: int) -> list[UdpSocket]:
-    """UDP services in PID's network namespace, read from /proc without entering it.
-    Raises NetnsGone / NetdiagError."""
-    out: list[UdpSocket] = []
-    for name, family in (("udp", socket.AF_INET), ("udp6", socket.AF_INET6)):
-        path = f"{proc}/{pid}/net/{name}"
-        try:
-            with open(path, "rb") as f:  # a seq file: read() returns a page at a time
-                text = f.read().decode("ascii", "replace")
-        except FileNotFoundError:
-            if family == socket.AF_INET6 and os.path.exists(f"{proc}/{pid}"):
-                continue  # a kernel without IPv6
-            raise NetnsGone(f"process {pid} is gone") from None
-        except OSError as e:
-            raise NetdiagError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            out.extend(parse_proc_udp(text, family))
-        except (ValueError, IndexError) as e:
-            raise NetdiagError(f"unexpected line in {path}: {e}") from None
-    return out
-
-
-# ---------------------------------------------------------------------- the worker thread
-
-
-def _libc_setns() -> Callable[[int, int], None]:
-    if hasattr(os, "setns"):  # Python 3.12+
-        return lambda fd, nstype: os.setns(fd, nstype)
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def setns(fd: int, nstype: int) -> None:
-        if libc.setns(fd, nstype) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-    return setns
-
-
-class NetnsWorker:
-    """A thread that runs small jobs inside other network namespaces.
-
-    ``run_in(pid, make, use)`` calls ``make()`` inside PID's network namespace, returns
-    the thread to its own namespace, then calls ``use(made)`` there (same thread) and
-    hands back the result. A thread that cannot return to its own namespace stops and
-    the next call starts a fresh one, so no job ever runs in a namespace it did not ask for.
-    """
-
-    def __init__(self, proc: str = "/proc", timeout_s: float = 5.0):
-        self.proc = proc
-        self.timeout_s = timeout_s
-        self.counts: Counter[str] = Counter()
-        self._q: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._setns = _libc_setns()
-
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="netns", daemon=True)
-                self._thread.start()
-
-    def run_in(self, pid: int, make: Callable[[], Any], use: Callable[[Any], Any] | None = None,
-               timeout_s: float | None = None) -> Any:
-        if pid <= 0:
-            raise NetnsGone(f"no process (pid {pid}): container not running")
-        self._ensure_thread()
-        fut: Future = Future()
-        self._q.put((pid, make, use, fut))
-        try:
-            return fut.result(timeout=timeout_s or self.timeout_s)
-        except FutureTimeout:
-            fut.cancel()
-            self.counts["timeouts"] += 1
-            raise NetdiagError(f"network namespace of pid {pid}: no answer within "
-                               f"{timeout_s or self.timeout_s:.1f}s") from None
-
-    def stop(self) -> None:
-        with self._lock:
-            t = self._thread
-            self._thread = None
-        if t is not None and t.is_alive():
-            self._q.put(None)
-            t.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            log.error("netns worker cannot open its own namespace: %s", e)
-            return
-        try:
-            while True:
-                item = self._q.get()
-                if item is None:
-                    return
-                pid, make, use, fut = item
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                if not self._job(own, pid, make, use, fut):
-                    return  # stranded in a foreign namespace: let a new thread take over
-        finally:
-            os.close(own)
-
-    def _job(self, own: int, pid: int, make, use, fut: Future) -> bool:
-        try:
-            target = os.open(f"{self.proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, ProcessLookupError):
-            fut.set_exception(NetnsGone(f"process {pid} is gone"))
-            return True
-        except OSError as e:
-            fut.set_exception(NetdiagError(f"cannot open the network namespace of pid {pid}: "
-                                           f"{e.strerror}"))
-            return True
-        made: Any = None
-        try:
-            try:
-                self._setns(target, CLONE_NEWNET)
-            except OSError as e:
-                fut.set_exception(NetdiagError(f"cannot enter the network namespace of pid "
-                                               f"{pid}: {e.strerror}"))
-                return True
-            try:
-                made = make()
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                made = e
-            finally:
-                try:
-                    self._setns(own, CLONE_NEWNET)
-                except OSError as e:
-                    log.critical("netns worker cannot return to its own namespace (%s); "
-                                 "starting a new worker thread", e)
-                    self.counts["stranded"] += 1
-                    if isinstance(made, socket.socket):
-                        made.close()
-                    fut.set_exception(NetdiagError("namespace worker stranded"))
-                    return False
-        finally:
-            os.close(target)
-        if isinstance(made, BaseException):
-            fut.set_exception(_as_netdiag(made, pid))
-            return True
-        try:
-            fut.set_result(use(made) if use is not None else made)
-            self.counts["jobs"] += 1
-        except BaseException as e:  # noqa: BLE001
-            fut.set_exception(_as_netdiag(e, pid))
-        return True
-
-
-def _as_netdiag(e: BaseException, pid: int) -> BaseException:
-    if isinstance(e, SupervisorError):
-        return e
-    if isinstance(e, OSError):
-        return NetdiagError(f"sock_diag in the namespace of pid {pid}: {e.strerror or e}")
-    return e
 
 
 # ---------------------------------------------------------------------- full listing

@@ -3,7 +3,9 @@
 Each tick reads only the moving counters of each container (``UsageFiles``: 3 files
 on v1, 3 on v2, kept open and re-read from offset 0); the full set (limits, cpuset,
 PSI, events, network) is re-read every ``full_every_s`` per container, staggered, and
-on demand after an event. A container whose cgroup vanishes mid-read is reported with
+on demand after an event. A container's network namespace is read through the activity
+tracker (observe/activity.py), whose one read per pass serves both the snapshot's NetIO
+and the activity samples. A container whose cgroup vanishes mid-read is reported with
 an error in the snapshot, counted, and dropped from the cache (its files closed): the
 next tick finds it again or not at all.
 """
@@ -20,7 +22,8 @@ from supervisor.adapters.cgroups import CgroupFS, CgroupLocation, UsageFiles
 from supervisor.model.classify import classify, is_managed
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError, CgroupGone, CgroupNotFound
-from supervisor.adapters.host import HostSampler, container_net
+from supervisor.adapters.host import HostSampler
+from supervisor.observe.activity import ActivityTracker
 from supervisor.model.snapshot import LIVE_STATES, CgroupStats, ContainerInfo, ContainerSample, HostSample, NetIO, Snapshot
 
 log = logging.getLogger(__name__)
@@ -40,15 +43,17 @@ class _Cached:
 
 
 class Sampler:
-    def __init__(self, cgroups: CgroupFS, host: HostSampler, proc: str = "/proc",
+    def __init__(self, cgroups: CgroupFS, host: HostSampler, proc: str | None = None,
                  full_every_s: float = 5.0, clock: Callable[[], float] = time.time,
-                 container_pressure: bool = True):
+                 container_pressure: bool = True, activity: ActivityTracker | None = None):
         self.cgroups = cgroups
         # Per-container PSI files (3 of a full read's 16): the daemon plans from the
         # host's PSI only, so it leaves them out; `supctl snapshot` shows them.
         self.container_pressure = container_pressure
         self.host = host
-        self.proc = proc
+        # The host sampler's root unless told otherwise: containers' /proc/PID files too.
+        self.proc = proc if proc is not None else host.proc
+        self.activity = activity if activity is not None else ActivityTracker(self.proc)
         self.full_every_s = full_every_s
         self.clock = clock
         self.counts: Counter[str] = Counter()
@@ -68,7 +73,8 @@ class Sampler:
         if cached is not None and cached.files is not None:
             cached.files.close()
 
-    def read_container(self, info: ContainerInfo, now: float) -> tuple[CgroupStats | None, NetIO | None, str]:
+    def read_container(self, info: ContainerInfo, now: float, engine_up: bool = True
+                       ) -> tuple[CgroupStats | None, NetIO | None, str]:
         if info.state not in LIVE_STATES or info.pid <= 0:
             self._drop(info.id)
             return None, None, ""
@@ -82,7 +88,7 @@ class Sampler:
                 loc = cached.loc if same else \
                     self.cgroups.locate(info.id, info.pid, info.cgroup_parent)
                 full = self.cgroups.read_stats(loc, with_pressure=self.container_pressure)
-                net = container_net(self.proc, info.pid)
+                net = self.activity.sample(info, full, now, full=True, engine_up=engine_up)
                 # Stagger: a container first seen now is re-read at a random-ish offset
                 # so 110 containers do not all take the full read on the same tick.
                 offset = (hash(info.id) % 1000) / 1000 * self.full_every_s if cached is None else 0
@@ -104,6 +110,9 @@ class Sampler:
                 "cpu_usage_s": u.cpu_usage_s,
                 "cpu_throttled_s": cached.full.cpu_throttled_s if u.cpu_throttled_s is None
                 else u.cpu_throttled_s})
+            fresh = self.activity.sample(info, stats, now, full=False, engine_up=engine_up)
+            if fresh is not None:
+                cached.net = fresh  # the namespace was read for the tracker: the newer figures
             return stats, cached.net, ""
         except CgroupGone as e:
             self._drop(info.id)
@@ -119,8 +128,8 @@ class Sampler:
             log.warning("cannot read cgroup of %s: %s", info.name, e)
             return None, None, f"cgroup unreadable: {e}"
 
-    def sweep(self, infos: Iterable[ContainerInfo], cfg: Config, now: float | None = None
-              ) -> tuple[tuple[ContainerSample, ...], float]:
+    def sweep(self, infos: Iterable[ContainerInfo], cfg: Config, now: float | None = None,
+              engine_up: bool = True) -> tuple[tuple[ContainerSample, ...], float]:
         now = self.clock() if now is None else now
         t0 = time.perf_counter()
         out = []
@@ -136,7 +145,7 @@ class Sampler:
                 cls, reason = classify(info, cfg)
                 managed = is_managed(info, cfg)
                 self._classes[info.id] = (info, cfg, (cls, reason, managed))
-            stats, net, err = self.read_container(info, now)
+            stats, net, err = self.read_container(info, now, engine_up)
             out.append(ContainerSample(info=info, class_name=cls, class_reason=reason,
                                        managed=managed, stats=stats, error=err, net=net))
         for gone in set(self._cache) - seen:
@@ -149,7 +158,7 @@ class Sampler:
                engine_error: str = "", host: HostSample | None = None) -> Snapshot:
         now = self.clock()
         host = host or self.host.sample()
-        containers, sweep_s = self.sweep(infos, cfg, now)
+        containers, sweep_s = self.sweep(infos, cfg, now, engine_up)
         return Snapshot(time_s=now, host=host, containers=containers, engine_up=engine_up,
                         engine_error=engine_error, cgroup_version=self.cgroups.version,
                         sweep_s=sweep_s)

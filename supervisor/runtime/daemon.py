@@ -105,7 +105,7 @@ class Daemon:
         self.ctx = Context(engine=self.engine, inventory=self.inventory, cgroups=self.cgroups,
                            journal=self.journal, history=self.history, clock=clock,
                            get_config=lambda: self.cfg, request_pass=self._wake.set,
-                           proc=s.docker.proc_root)
+                           proc=s.docker.proc_root, activity=self.sampler.activity)
         self.components = (components or build_components)(self.ctx)
         for comp in self.components:
             for kind, fn in comp.executors().items():

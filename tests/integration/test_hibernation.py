@@ -15,7 +15,8 @@ from ._procs import DaemonProcess, daemon_thread
 from conftest import ROOT, metrics_text, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.publish.control import request
-from supervisor.adapters.netdiag import NetnsWorker, list_tcp, open_probe
+from supervisor.adapters.netdiag import list_tcp, open_probe
+from supervisor.adapters.netns import NetnsWorker
 
 MIB = 2**20
 HTTPD = ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]
@@ -114,7 +115,7 @@ def test_busy_and_infrastructure_containers_are_never_hibernated(make_config, co
         assert re.match(r"network|\d+ new connections?\b", hib_row(cfg, polled)["last_busy"])
         assert hib_row(cfg, infra) is None  # not even a candidate
         code, body = api(cfg, "POST", "/hibernate", {"name": infra.name})
-        assert code == 409 and "never hibernates" in body["error"]
+        assert code == 409 and "infrastructure: never hibernated" in body["error"]
         assert state(infra) == "running"
 
 
@@ -225,6 +226,52 @@ def test_stop_mode_hibernate_and_wake_through_supctl(make_config, containers):
         assert r.returncode == 1 and "not hibernated by the supervisor" in r.stderr
         r = supctl(cfg, "hibernate", "no-such-container")
         assert r.returncode == 1 and "no container named" in r.stderr
+
+
+def unprotected_infrastructure_config(make_config, mode):
+    """Issue 13: an infrastructure class whose config says protected = false and
+    hibernate = true, with a short idle_after; a batch class to show idle hibernation
+    does act meanwhile."""
+    classes = {
+        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
+                           "memory_limit": "128MiB", "protected": False, "hibernate": True,
+                           "idle_after": f"{IDLE_AFTER_S}s", "hibernate_mode": mode},
+        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "64MiB",
+                     "memory_min": "8MiB", "idle_after": f"{IDLE_AFTER_S}s",
+                     "hibernate_mode": mode},
+    }
+    return make_config({"classes": classes})
+
+
+def test_unprotected_infrastructure_is_refused_by_the_api_even_with_force(make_config, containers):
+    cfg, path = unprotected_infrastructure_config(make_config, "pause")
+    pg = containers.run(command=HTTPD, labels={"supervisor.class": "infrastructure"})
+    with daemon_thread(cfg, path, serve=True) as d:
+        for extra in ((), ("--force",), ("--mode", "stop", "--force"), ("--mode", "pause", "--force")):
+            r = supctl(cfg, "hibernate", pg.name, *extra)
+            assert r.returncode == 1, (extra, r.stdout, r.stderr)
+            assert "infrastructure: never hibernated" in r.stderr, (extra, r.stderr)
+            assert state(pg) == "running"
+        code, body = api(cfg, "POST", "/hibernate", {"name": pg.name, "force": True, "mode": "stop"})
+        assert code == 409 and "infrastructure: never hibernated" in body["error"], body
+        assert state(pg) == "running"
+        assert pg.id not in next(c for c in d.components if c.name == "hibernation").hibernated_ids()
+        assert d.journal.get_state(f"hibernation/{pg.id}") is None
+        assert all(r["outcome"] == "skipped" for r in rows_for(d, pg, "hibernate"))
+
+
+def test_unprotected_infrastructure_is_never_stopped_in_stop_mode(make_config, containers):
+    cfg, path = unprotected_infrastructure_config(make_config, "stop")
+    pg = containers.run(command=HTTPD, labels={"supervisor.class": "infrastructure"})
+    job = containers.run(command="trap 'exit 0' TERM; while :; do sleep 1; done")
+    with daemon_thread(cfg, path) as d:
+        wait_for(lambda: state(job) == "exited", 20, what="the idle standard container stopped")
+        deadline = time.monotonic() + 3 * IDLE_AFTER_S
+        while time.monotonic() < deadline:
+            assert state(pg) == "running"
+            time.sleep(0.25)
+        assert rows_for(d, pg, "hibernate") == [] and rows_for(d, pg, "stop") == []
+        assert hib_row(cfg, pg) is None  # not even a candidate
 
 
 def test_nobody_elses_pause_is_undone_and_their_unpause_is_respected(make_config, containers):

@@ -14,13 +14,17 @@ from _handmade import config, container, tick
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.component import Context
 from supervisor.model.rules import hibernation_block
-from supervisor.runtime.hibernation import (
-    MAX_WATCHED_CONNECTIONS, ActivitySample, Hibernation, HibernationState, LatencyHistogram, Record,
-    Thresholds, Track, connection_activity, idle_since, mark_busy,
-    plan_hibernation, smoothing_window_s, track_activity, wake_targets)
-from supervisor.adapters.netdiag import (
-    DONE, ERROR, SOCK, TCP_ESTABLISHED, TCP_LISTEN, NetnsGone, TcpSocket, dump_request,
-    exact_request, parse_proc_udp, parse_reply, parse_snmp, read_counters, udp_services)
+from supervisor.adapters.netcounters import parse_proc_udp, parse_snmp, read_counters, udp_services
+from supervisor.adapters.netdiag import DONE, ERROR, SOCK, dump_request, exact_request, parse_reply
+from supervisor.adapters.netns import NetnsGone
+from supervisor.model.activity import (ActivitySample, Thresholds, Track, Watch, idle_since,
+                                       mark_busy, smoothing_window_s, track_activity)
+from supervisor.model.sockets import TCP_ESTABLISHED, TCP_LISTEN, TcpSocket
+from supervisor.policy.hibernation import (MAX_WATCHED_CONNECTIONS, OWNER, HibernationState,
+                                           Record, connection_activity, plan_hibernation,
+                                           wake_targets)
+from supervisor.publish.hibernation import LatencyHistogram
+from supervisor.runtime.hibernation import Hibernation
 
 TH = Thresholds(cpu_cores=0.01, net_bytes_per_s=64.0, blkio_bytes_per_s=4096.0)
 
@@ -351,14 +355,14 @@ def test_v2_asks_memory_reclaim_for_all_it_holds(tmp_path):
     hib, fs = component_on(tmp_path, "cgroup_v2", "proc_v2")
     knob = Path(fs.locate(V2_ID, V2_PID).dir("memory")) / "memory.reclaim"
     knob.write_text("")
-    released, note = hib._release_memory(info_of(V2_ID, V2_PID))
+    released, note = hib.hibernator.release_memory(info_of(V2_ID, V2_PID))
     assert knob.read_text() == "52428800"  # memory.current: everything it holds
     assert released == 0 and note.startswith("memory.reclaim released 0.0 MiB")
 
 
 def test_a_v2_kernel_without_memory_reclaim_says_so(tmp_path):
     hib, _ = component_on(tmp_path, "cgroup_v2", "proc_v2")
-    released, note = hib._release_memory(info_of(V2_ID, V2_PID))
+    released, note = hib.hibernator.release_memory(info_of(V2_ID, V2_PID))
     assert released is None and note == "memory not released: this kernel has no memory.reclaim"
 
 
@@ -366,7 +370,7 @@ def test_v1_writes_memory_force_empty_and_reports_the_anonymous_memory_left(tmp_
     hib, fs = component_on(tmp_path, "cgroup_v1", "proc")  # the captured host has no swap
     knob = Path(fs.locate(V1_ID, int(V1_PID)).dir("memory")) / "memory.force_empty"
     knob.write_text("")
-    released, note = hib._release_memory(info_of(V1_ID, int(V1_PID)))
+    released, note = hib.hibernator.release_memory(info_of(V1_ID, int(V1_PID)))
     assert knob.read_text() == "0"
     assert released == 0 and note.startswith("memory.force_empty released")
     assert "no swap on this host: 0.0 MiB of anonymous memory stays resident" in note
@@ -401,11 +405,13 @@ def test_udp_services_of_a_gone_process_raise_netns_gone(tmp_path):
 def test_a_udp_service_is_not_paused_and_its_idle_timer_starts_over(tmp_path):
     hib, _ = component_on(tmp_path, "cgroup_v1", "proc")
     info = info_of(V1_ID, int(V1_PID))
-    hib._tracks[info.id] = Track(samples=(), idle_since_s=0.0)
-    out = hib._udp_refusal(info, owned=None)
+    hib.activity.watch(OWNER, {info.id: Watch(1.0, 10.0, TH)})
+    hib.activity.record(info.id, ActivitySample(0.0, info.pid, 0.0, 0))
+    assert hib.activity.track(OWNER, info.id).idle_since_s == 0.0
+    out = hib.hibernator.udp_refusal(info, owned=None)
     assert out is not None and out.skipped and not out.ok
     assert "udp 0.0.0.0:5353" in out.detail and "datagram cannot wake" in out.detail
-    assert hib._tracks[info.id].idle_since_s > 0.0
-    assert "udp 0.0.0.0:5353" in hib._tracks[info.id].busy_reason
+    assert hib.activity.track(OWNER, info.id).idle_since_s > 0.0
+    assert "udp 0.0.0.0:5353" in hib.activity.track(OWNER, info.id).busy_reason
     # In a shared namespace only the container's own sockets count.
-    assert hib._udp_refusal(info, owned=frozenset({1})) is None
+    assert hib.hibernator.udp_refusal(info, owned=frozenset({1})) is None

@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from supervisor.adapters.host import HostSampler, busy_ratios, container_net
+from supervisor.adapters.host import HostSampler, busy_ratios
+from supervisor.adapters.netcounters import container_net
 
 FIX = Path(__file__).parent.parent / "fixtures" / "proc"
 

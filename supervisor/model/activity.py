@@ -1,0 +1,205 @@
+"""What counts as a container's activity, and since when it has been idle: pure values
+and functions, kept by the activity tracker (observe/activity.py) and read by the
+planners that decide from idleness (policy/hibernation.py).
+
+Each sample holds the cumulative counters of one container at one time: CPU seconds and
+block I/O bytes (its cgroup), and the counters of its own network namespace (bytes on its
+interfaces, bytes over its loopback, TCP connections opened). A sample is *busy* when a
+connection was opened since the previous sample, or when a rate averaged over a smoothing
+window (at most SMOOTHING_MAX_S, so a timer that wakes for a few ms every 10 s does not
+count) is above its threshold.
+
+Loopback traffic inside the container's namespace counts: both ends are the container's
+own processes, or a client that entered its namespace (``docker exec``, ``nsenter``), and
+that is demand like any other. Loopback bytes are counted once (lo's rx equals its tx).
+Containers that share another namespace (``network_mode: host`` or ``container:X``) have
+no counters of their own: only CPU and block I/O judge them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from supervisor.model.config import Config
+    from supervisor.model.snapshot import ContainerInfo
+
+SMOOTHING_MAX_S = 30.0
+ACTIVITY_SAMPLE_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """At or below these rates a container is idle."""
+
+    cpu_cores: float
+    net_bytes_per_s: float
+    blkio_bytes_per_s: float
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "Thresholds":
+        h = cfg.settings.hibernation
+        return cls(h.cpu_idle_cores, h.net_idle_bytes_per_s, h.blkio_idle_bytes_per_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """How one consumer wants a container's activity followed: a sample at least every
+    ``interval_s``, rates averaged over ``window_s``, idle at or below ``thresholds``."""
+
+    interval_s: float
+    window_s: float
+    thresholds: Thresholds
+
+
+@dataclass(frozen=True, slots=True)
+class ActivitySample:
+    """Cumulative counters of one container at one time."""
+
+    time_s: float
+    pid: int
+    cpu_s: float
+    blkio_bytes: int
+    net_bytes: int | None = None  # interfaces + loopback of its own namespace; None = not attributable
+    connections: int | None = None  # TCP connections opened in its namespace (passive + active)
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """What is known of one container's activity: the samples of the smoothing window and
+    the time from which it has been idle."""
+
+    samples: tuple[ActivitySample, ...]
+    idle_since_s: float
+    busy_reason: str = ""  # why it was last busy ("" = not seen busy since tracking began)
+    busy_at_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Average rates between two samples of one container."""
+
+    span_s: float
+    cpu_cores: float
+    blkio_bytes_per_s: float
+    net_bytes_per_s: float | None  # None: no namespace counters of its own
+    connections_opened: int | None
+
+
+def sample_interval_s(idle_after_s: float) -> float:
+    """How often a candidate's activity is sampled: a tenth of its idle_after, at most
+    ACTIVITY_SAMPLE_MAX_S (a connection opened in between is still seen: the counter
+    only grows), so 5 minutes of idleness are judged from a sample every 5 s, not 300."""
+    return min(ACTIVITY_SAMPLE_MAX_S, idle_after_s / 10)
+
+
+def smoothing_window_s(idle_after_s: float) -> float:
+    """Rates are averaged over this window: the class's idle_after, at most 30 s."""
+    return max(1e-3, min(idle_after_s, SMOOTHING_MAX_S))
+
+
+def shares_netns(info: "ContainerInfo") -> bool:
+    """True when the container runs in a namespace that is not its own (host's, or
+    another container's): its namespace counters are not its alone."""
+    mode = info.network_mode or ""
+    return mode == "host" or mode.startswith("container:")
+
+
+def rates(ref: ActivitySample, cur: ActivitySample) -> Rates | None:
+    """The rates from ``ref`` to ``cur`` (same process, ``cur`` later), or None."""
+    span = cur.time_s - ref.time_s
+    if span <= 0 or restarted(ref, cur):
+        return None
+    net = conns = None
+    if cur.net_bytes is not None and ref.net_bytes is not None:
+        net = (cur.net_bytes - ref.net_bytes) / span
+    if cur.connections is not None and ref.connections is not None:
+        conns = cur.connections - ref.connections
+    return Rates(span, (cur.cpu_s - ref.cpu_s) / span, (cur.blkio_bytes - ref.blkio_bytes) / span,
+                 net, conns)
+
+
+def busy_reason(prev: ActivitySample, cur: ActivitySample, ref: ActivitySample,
+                th: Thresholds) -> str:
+    """Why the container counts as busy at ``cur``, or "" when it is idle. Connections
+    opened since ``prev`` always count; rates are averaged from ``ref`` (the start of the
+    smoothing window) to ``cur``."""
+    if cur.connections is not None and prev.connections is not None \
+            and cur.connections > prev.connections:
+        n = cur.connections - prev.connections
+        return f"{n} new connection{'s' if n != 1 else ''}"
+    span = cur.time_s - ref.time_s
+    if span <= 0:
+        return ""
+    cpu = (cur.cpu_s - ref.cpu_s) / span
+    if cpu > th.cpu_cores:
+        return f"CPU {cpu:.3f} cores > {th.cpu_cores:g}"
+    if cur.net_bytes is not None and ref.net_bytes is not None:
+        net = (cur.net_bytes - ref.net_bytes) / span
+        if net > th.net_bytes_per_s:
+            return f"network {net:.0f} B/s > {th.net_bytes_per_s:g}"
+    blk = (cur.blkio_bytes - ref.blkio_bytes) / span
+    if blk > th.blkio_bytes_per_s:
+        return f"block I/O {blk:.0f} B/s > {th.blkio_bytes_per_s:g}"
+    return ""
+
+
+def restarted(prev: ActivitySample, cur: ActivitySample) -> bool:
+    """A new process, or counters going back: the two samples are not one run's."""
+    if cur.pid != prev.pid or cur.cpu_s < prev.cpu_s or cur.blkio_bytes < prev.blkio_bytes:
+        return True
+    for a, b in ((prev.net_bytes, cur.net_bytes), (prev.connections, cur.connections)):
+        if a is not None and b is not None and b < a:
+            return True
+    return (prev.net_bytes is None) != (cur.net_bytes is None)
+
+
+def window_start(samples: Sequence[ActivitySample], now_s: float, window_s: float) -> int:
+    """Index of the sample a window of ``window_s`` ending at ``now_s`` starts from: the
+    last one at or before its start (the first one when none is that old)."""
+    start = 0
+    for i, s in enumerate(samples[:-1]):
+        if s.time_s <= now_s - window_s:
+            start = i
+    return start
+
+
+def track_activity(track: Track | None, sample: ActivitySample, th: Thresholds,
+                   window_s: float) -> Track:
+    """The track after one more sample. A first sample starts the idle clock (a container
+    is never hibernated before it has been watched for idle_after); a restart (new PID,
+    counters going back) counts as busy."""
+    if track is None or not track.samples:
+        return Track((sample,), sample.time_s)
+    prev = track.samples[-1]
+    if sample.time_s <= prev.time_s:
+        return track  # a replayed or out-of-order sample changes nothing
+    if restarted(prev, sample):
+        return Track((sample,), sample.time_s, "restarted", sample.time_s)
+    samples = track.samples + (sample,)
+    kept = samples[window_start(samples, sample.time_s, window_s):]
+    reason = busy_reason(prev, sample, kept[0], th)
+    if reason:
+        return Track(kept, sample.time_s, reason, sample.time_s)
+    return Track(kept, track.idle_since_s, track.busy_reason, track.busy_at_s)
+
+
+def idle_since(samples: Sequence[ActivitySample], th: Thresholds, window_s: float) -> tuple[float, str]:
+    """(time from which the container has been idle, why it was last busy) over a series
+    of samples, oldest first. Raises ValueError on an empty series."""
+    if not samples:
+        raise ValueError("no samples")
+    track: Track | None = None
+    for s in samples:
+        track = track_activity(track, s, th, window_s)
+    assert track is not None
+    return track.idle_since_s, track.busy_reason
+
+
+def mark_busy(track: Track | None, at_s: float, reason: str) -> Track | None:
+    """A busy sign seen outside the samples (a socket check before hibernating)."""
+    if track is None:
+        return None
+    return replace(track, idle_since_s=max(track.idle_since_s, at_s), busy_reason=reason,
+                   busy_at_s=at_s)
