@@ -56,7 +56,8 @@ def env_number(name: str, default: float, minimum: float = 0.0) -> float:
 
 def touched(n_bytes: int) -> bytearray:
     """n_bytes of memory with every page written, so the kernel really backs (and charges)
-    it: a bare bytearray(n) comes from calloc and stays untouched zero pages."""
+    it. CPython's bytearray(n) zero-fills already; writing each page says so explicitly
+    (bytes(n), from calloc, would stay untouched zero pages)."""
     block = bytearray(n_bytes)
     block[::PAGE_BYTES] = b"\x01" * len(range(0, n_bytes, PAGE_BYTES))
     return block

@@ -62,7 +62,7 @@ def rfc3339(t: float) -> str:
 def parse_keep_alive(value, default_s: float) -> float:
     """keep_alive as Ollama takes it: a number of seconds, a Go duration ("5m", "1h30m",
     "300ms") or a numeric string; negative means forever. Raises ValueError otherwise."""
-    if value is None:
+    if value is None or value == "":
         return default_s
     if isinstance(value, bool):
         raise ValueError(f"keep_alive: {value!r}")
@@ -82,7 +82,8 @@ def parse_keep_alive(value, default_s: float) -> float:
 
 
 def touched(n_bytes: int) -> bytearray:
-    """n_bytes with every page written, so they are resident and charged to the cgroup."""
+    """n_bytes with every page written, so they are resident and charged to the cgroup
+    (as in lab/agent.py)."""
     block = bytearray(n_bytes)
     block[::PAGE_BYTES] = b"\x01" * len(range(0, n_bytes, PAGE_BYTES))
     return block

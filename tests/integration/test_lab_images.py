@@ -110,7 +110,7 @@ def lab_run(docker_client, lab):
         c = docker_client.containers.create(
             image, command, name=kw.pop("name", f"rs-lab-{uuid.uuid4().hex[:8]}"), labels=labels,
             network_mode="none", healthcheck=FAST_HEALTH if healthcheck is None else healthcheck,
-            detach=True, **kw)
+            **kw)
         made.append(c)
         c.start()
         run.started_at[c.id] = time.monotonic()
@@ -215,6 +215,11 @@ def test_agent_health_metrics_and_behaviours(lab, lab_run):
     assert code == 200 and "lab_agent_held_bytes 0\n" in metrics
     assert 'lab_agent_requests_total{path="/health"}' in metrics
     assert lab.http(ag, "POST", AGENT_PORT, "/behaviour?mode=sleepy")[0] == 400
+    code, body = lab.http(ag, "GET", AGENT_PORT, "/bytes?n=100000")
+    assert code == 200 and len(body) == 100000
+    t0 = time.monotonic()
+    code, body = lab.http(ag, "GET", AGENT_PORT, "/slow?seconds=1&bytes=2000")
+    assert code == 200 and len(body) == 2000 and time.monotonic() - t0 >= 0.9
 
     # leaking: the container's memory cgroup grows by what the agent holds
     base = cgroup_usage(ag).memory_usage_bytes
