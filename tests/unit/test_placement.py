@@ -10,7 +10,8 @@ from supervisor.act.cpu import cpu_params
 from supervisor.model.rules import reservation_for, reservation_in_range
 from supervisor.observe.history import History
 from supervisor.policy.placement import (Desired, PlacementMemory, desired_resources, place_key,
-                                         plan_placement, same_cpuset, update_kwargs)
+                                         plan_placement, same_cpuset, split_update, update_kwargs,
+                                         writes_new_limit)
 
 
 def places(plan):
@@ -162,6 +163,19 @@ def test_desired_resources_leaves_memory_alone_without_a_grant():
     d = desired_resources(c, cfg, admission=None)
     assert d.memory_limit_bytes is None and d.cpuset_cpus == "0-3"
     assert update_kwargs(c.info, d) == {"cpuset_cpus": "0-3"}
+
+
+def test_cpu_and_memory_go_to_the_engine_as_two_calls():
+    cfg = config()
+    c = container(cls="infrastructure")  # cores, quota and memory all to change
+    kw = update_kwargs(c.info, plan_placement(tick(cfg, [c])).desired[c.info.id])
+    cpu, mem = split_update(kw)
+    assert cpu == {"cpuset_cpus": "0", "cpu_period": 100_000, "cpu_quota": 200_000}
+    assert mem == {"mem_limit": 128 * MIB, "mem_reservation": 96 * MIB, "memswap_limit": 128 * MIB}
+    assert writes_new_limit(c.info, mem)
+    held = container(cls="infrastructure", limit=128 * MIB, reservation=10 * MIB, swap=128 * MIB)
+    _, mem = split_update(update_kwargs(held.info, plan_placement(tick(cfg, [held])).desired[held.info.id]))
+    assert mem["mem_reservation"] == 96 * MIB and not writes_new_limit(held.info, mem)
 
 
 def test_same_cpuset_compares_cores_not_text():
