@@ -123,8 +123,11 @@ FITS, SHRUNK, OVER_BUDGET = "fits", "shrunk", "over-budget"
 
 def admit(pool: PoolUsage, wanted_bytes: int, min_bytes: int) -> tuple[int, str]:
     """Admission of a container wanting ``wanted_bytes`` into ``pool`` (whose allocation
-    does not yet include it). Returns (granted bytes, verdict): FITS, SHRUNK (the room
-    left, at least the class minimum) or OVER_BUDGET (granted 0)."""
+    does not yet include it). Returns (granted bytes, verdict): FITS (what it wants),
+    SHRUNK (the room left, which is at least ``min_bytes``, its floor) or OVER_BUDGET
+    (granted 0: it keeps what it has, nothing is written). A grant is never more than it
+    wants nor more than the room, and a shrunk one never below the floor: the caller
+    raises ``wanted_bytes`` to the floor for any new limit (``rules.memory_limit``)."""
     room = pool.budget_bytes - pool.allocated_bytes
     if wanted_bytes <= room:
         return wanted_bytes, FITS

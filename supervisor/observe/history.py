@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from supervisor.model import rules
+
 
 class Ring:
     """Fixed-size ring of float64 samples."""
@@ -70,13 +72,13 @@ class History:
 _MIB = 1 << 20
 
 
-def round_up_bytes(n: float) -> int:
-    """Round up to a 'sensible' size: whole MiB below 64 MiB, 16 MiB steps below 1 GiB,
-    64 MiB steps above."""
-    step = _MIB if n < 64 * _MIB else (16 * _MIB if n < 1024 * _MIB else 64 * _MIB)
-    return int(math.ceil(n / step) * step)
+def recommend_step_bytes(n: float) -> int:
+    """The step a recommended limit is rounded up to: whole MiB below 64 MiB, 16 MiB
+    steps below 1 GiB, 64 MiB steps above (limits that read well)."""
+    return _MIB if n < 64 * _MIB else (16 * _MIB if n < 1024 * _MIB else 64 * _MIB)
 
 
 def recommend_limit(p_working_set: float, headroom: float, floor_bytes: int = 0) -> int:
     """Rule 1.1: limit = observed high percentile + 20% (headroom), rounded up."""
-    return max(floor_bytes, round_up_bytes(p_working_set * (1 + headroom)))
+    want = p_working_set * (1 + headroom)
+    return max(floor_bytes, rules.round_up_bytes(want, recommend_step_bytes(want)))

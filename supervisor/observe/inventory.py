@@ -36,6 +36,10 @@ class Inventory:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._containers: dict[str, ContainerInfo] = {}
+        # Reads are numbered when they start; a container's view keeps the one that began
+        # last, whatever order they finish in (see refresh_one).
+        self._read_no = 0
+        self._view_read: dict[str, int] = {}  # container id -> number of the read it holds
         self._engine_up = False
         self._engine_error = "not connected yet"
         self._listeners: list[Listener] = []
@@ -71,24 +75,64 @@ class Inventory:
 
     # ------------------------------------------------------------------ updating
 
+    def _next_read(self) -> int:
+        with self._lock:
+            self._read_no += 1
+            return self._read_no
+
     def refresh(self) -> None:
         """Full re-list. Raises EngineUnavailable."""
+        no = self._next_read()
         items = self.engine.list_containers()
         with self._lock:
-            self._containers = {c.id: c for c in items}
+            fresh = {c.id: c for c in items}
+            view_read = {c.id: no for c in items}
+            for cid, n in self._view_read.items():
+                if n > no:  # read (or gone) after the listing began: newer than the list
+                    if cid in self._containers:
+                        fresh[cid] = self._containers[cid]
+                    else:
+                        fresh.pop(cid, None)
+                    view_read[cid] = n
+            self._containers = fresh
+            self._view_read = view_read
         self.counts["relists"] += 1
 
     def refresh_one(self, cid: str) -> ContainerInfo | None:
-        """Re-inspect one container (after an event or before acting on it)."""
+        """Re-inspect one container (after an event or before acting on it) and return
+        what the view now holds for it.
+
+        Of two reads of one container, the view keeps the one that began last, not the
+        one that finished last (issue 13): while Docker works on an update that the
+        runtime then refuses, inspect reports the refused values for a moment; an event
+        handled in that window reads them, and its read may finish only after the
+        executor's read that follows the refusal. Numbered at the start, that stale read
+        is dropped and the executor's read, begun after the refusal, stands."""
+        no = self._next_read()
         try:
             info = self.engine.inspect(cid)
         except ContainerGone:
             with self._lock:
-                self._containers.pop(cid, None)
+                if no > self._view_read.get(cid, 0):
+                    self._containers.pop(cid, None)
+                    self._forget_read(cid, no)
             return None
         with self._lock:
+            if no < self._view_read.get(info.id, 0):
+                self.counts["stale_reads_dropped"] += 1
+                return self._containers.get(info.id)
             self._containers[info.id] = info
+            self._view_read[info.id] = no
         return info
+
+    def _forget_read(self, cid: str, no: int) -> None:
+        """A container left the view at read ``no``: remember that number for a while, so
+        a read begun before it went cannot bring it back (lock held)."""
+        self._view_read[cid] = no
+        if len(self._view_read) > 2 * len(self._containers) + 256:
+            # Gone containers' numbers only matter for the milliseconds a read takes.
+            self._view_read = {k: v for k, v in self._view_read.items()
+                               if k in self._containers or v > no - 256}
 
     def handle_event(self, ev: dict) -> None:
         action = (ev.get("Action") or ev.get("status") or "").split(":")[0].strip()
@@ -97,8 +141,10 @@ class Inventory:
             return
         self.counts["events"] += 1
         if action == "destroy":
+            no = self._next_read()
             with self._lock:
                 self._containers.pop(cid, None)
+                self._forget_read(cid, no)
         elif action in _REINSPECT or action.startswith("health_status"):
             # Re-inspecting gives the current truth, so two events out of order, or one
             # replayed after a reconnect, cannot leave a stale state behind.

@@ -7,8 +7,9 @@ out pass after pass (no flapping): first those whose limit cannot change now (pa
 restarting: counted as they are), then the ones already holding a limit, then the ones
 without, each group by start time. A member whose wanted limit does not fit gets the
 room that is left if that is at least its floor (class ``memory_min``, Docker's minimum,
-and its current working set: a limit below what it uses would only make the kernel
-reclaim or OOM-kill it); otherwise it is over budget and granted nothing.
+and, running, its working set plus headroom, ``rules.memory_floor_bytes``: a limit below
+what it uses would only make the kernel refuse it or OOM-kill the container); otherwise it
+is over budget and granted nothing, and keeps what it has.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from supervisor.model import rules
 from supervisor.model.pools import PoolUsage, admit
-
-# Docker refuses a memory limit below 6 MiB ("Minimum memory limit allowed is 6MB").
-DOCKER_MIN_MEMORY_BYTES = 6 * 2**20
 
 HELD = "held"  # a container whose limit cannot be changed now: its current one is kept
 
@@ -29,8 +28,9 @@ class Candidate:
     id: str
     name: str
     pool: str
-    wanted_bytes: int  # the limit placement would give it (class default, kept, adaptive)
-    floor_bytes: int  # the least it may be shrunk to
+    wanted_bytes: int  # the limit placement would give it (class default, kept, adaptive),
+    #                    raised to its floor unless it is the limit it holds already
+    floor_bytes: int  # the least a new limit may be: class minimum, working set + headroom
     current_bytes: int  # its limit now; 0 = none
     changeable: bool  # running: its limit can be set now
     started_at: str = ""  # Docker's RFC 3339 StartedAt: sorts in time order
@@ -72,7 +72,7 @@ def admit_pool(pool: str, budget_bytes: int, members: Iterable[Candidate]) -> li
                                  room, c.floor_bytes))
             continue
         granted, verdict = admit(PoolUsage(pool, budget_bytes, allocated, 0), c.wanted_bytes,
-                                 max(c.floor_bytes, DOCKER_MIN_MEMORY_BYTES))
+                                 max(c.floor_bytes, rules.DOCKER_MIN_MEMORY_BYTES))
         allocated += granted
         out.append(Admission(c.id, c.name, pool, c.wanted_bytes, granted, verdict, room,
                              c.floor_bytes))

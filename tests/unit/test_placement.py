@@ -6,10 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _handmade import MIB, config, container, tick
+from supervisor.act.cpu import cpu_params
+from supervisor.model.rules import reservation_for, reservation_in_range
 from supervisor.observe.history import History
-from supervisor.runtime.placement import (Desired, PlacementMemory, cpu_kwargs, desired_resources,
-                                  plan_placement, reservation_for, reservation_in_range,
-                                  same_cpuset, update_kwargs)
+from supervisor.policy.placement import (Desired, PlacementMemory, desired_resources, place_key,
+                                         plan_placement, same_cpuset, split_update, update_kwargs,
+                                         writes_new_limit)
 
 
 def places(plan):
@@ -102,13 +104,13 @@ def test_overrides_win_over_class_values():
 
 def test_cpu_limits_set_with_cpus_change_through_nano_cpus():
     c = container(nano_cpus=1_500_000_000)
-    assert cpu_kwargs(c.info, 0.5) == {"nano_cpus": 500_000_000}
-    assert cpu_kwargs(c.info, 1.5) == {}
-    assert cpu_kwargs(c.info, None) == {}  # Docker cannot take NanoCpus back to "none"
+    assert cpu_params(c.info, 0.5) == {"nano_cpus": 500_000_000}
+    assert cpu_params(c.info, 1.5) == {}
+    assert cpu_params(c.info, None) == {}  # Docker cannot take NanoCpus back to "none"
     q = container(quota_us=50_000, period_us=100_000)
-    assert cpu_kwargs(q.info, None) == {"cpu_quota": -1}
-    assert cpu_kwargs(q.info, 0.5) == {}
-    assert cpu_kwargs(container().info, 0.001) == {"cpu_period": 100_000, "cpu_quota": 1_000}
+    assert cpu_params(q.info, None) == {"cpu_quota": -1}
+    assert cpu_params(q.info, 0.5) == {}
+    assert cpu_params(container().info, 0.001) == {"cpu_period": 100_000, "cpu_quota": 1_000}
 
 
 def test_adaptive_limits_follow_the_recommendation_once_history_is_long_enough():
@@ -140,8 +142,7 @@ def test_dry_run_reports_a_change_once_until_it_changes():
     p = plan_placement(tick(cfg, [c]), mem)
     a = places(p)[c.info.id]
     d = Desired.from_params(a.params)
-    from supervisor.runtime.placement import _place_key
-    mem.dry_reported[c.info.id] = _place_key(c.info, d, update_kwargs(c.info, d))
+    mem.dry_reported[c.info.id] = place_key(c.info, d, update_kwargs(c.info, d))
     assert plan_placement(tick(cfg, [c]), mem).actions == ()
     moved = container(cid=c.info.id, cpuset="2")
     assert places(plan_placement(tick(cfg, [moved]), mem))
@@ -164,6 +165,19 @@ def test_desired_resources_leaves_memory_alone_without_a_grant():
     assert update_kwargs(c.info, d) == {"cpuset_cpus": "0-3"}
 
 
+def test_cpu_and_memory_go_to_the_engine_as_two_calls():
+    cfg = config()
+    c = container(cls="infrastructure")  # cores, quota and memory all to change
+    kw = update_kwargs(c.info, plan_placement(tick(cfg, [c])).desired[c.info.id])
+    cpu, mem = split_update(kw)
+    assert cpu == {"cpuset_cpus": "0", "cpu_period": 100_000, "cpu_quota": 200_000}
+    assert mem == {"mem_limit": 128 * MIB, "mem_reservation": 96 * MIB, "memswap_limit": 128 * MIB}
+    assert writes_new_limit(c.info, mem)
+    held = container(cls="infrastructure", limit=128 * MIB, reservation=10 * MIB, swap=128 * MIB)
+    _, mem = split_update(update_kwargs(held.info, plan_placement(tick(cfg, [held])).desired[held.info.id]))
+    assert mem["mem_reservation"] == 96 * MIB and not writes_new_limit(held.info, mem)
+
+
 def test_same_cpuset_compares_cores_not_text():
     assert same_cpuset("0-1", "0,1") and same_cpuset("3,1-2", "1-3")
     assert not same_cpuset("", "0-3")  # Docker's "no pinning" is written out
@@ -177,3 +191,133 @@ def test_reservation_is_always_inside_50_to_75_percent(limit, ratio):
     res = reservation_for(limit, ratio)
     assert reservation_in_range(res, limit), (limit, ratio, res)
     assert res % 4096 == 0
+
+
+# ---------------------------------------------------------------- the memory limit rule
+# Issue 13: a limit that is written is never below the container's working set plus the
+# headroom (20% by default); a pool that cannot grant that floor leaves the container's
+# memory alone and reports it over budget.
+
+
+def test_an_unlimited_container_using_more_than_its_class_default_gets_usage_plus_headroom():
+    cfg = config()  # standard: 40 MiB default, 100 MiB pool
+    c = container(cls="standard", working_set=50 * MIB)
+    p = plan_placement(tick(cfg, [c]))
+    d = p.desired[c.info.id]
+    assert d.memory_limit_bytes == 60 * MIB  # 50 MiB + 20%, not the 40 MiB default
+    assert d.limit_source == "usage-floor" and d.admission == "fits"
+    assert p.admissions[c.info.id].wanted_bytes == 60 * MIB  # admission saw the raised want
+    assert "memory limit none -> 60.0MiB" in places(p)[c.info.id].reason
+
+
+def test_a_pool_without_room_for_the_floor_leaves_memory_alone_and_alerts():
+    cfg = config()
+    small = container("small", started_at="1", working_set=1 * MIB)
+    big = container("big", started_at="2", working_set=70 * MIB)  # floor 84 MiB
+    p = plan_placement(tick(cfg, [small, big]))
+    adm = p.admissions[big.info.id]
+    assert (adm.verdict, adm.granted_bytes, adm.room_bytes) == ("over-budget", 0, 60 * MIB)
+    # 60 MiB of room would fit its class default, but not what it uses: nothing is written.
+    d = p.desired[big.info.id]
+    assert d.memory_limit_bytes is None
+    assert update_kwargs(big.info, d) == {"cpuset_cpus": "0-3"}
+    (alert,) = [a for a in p.actions if a.kind == "alert"]
+    assert alert.target == big.info.id
+    assert "needs at least 84.0MiB" in alert.reason and "no memory limit granted" in alert.reason
+    assert places(p)[big.info.id].params["fields"] == ["cpuset_cpus"]
+
+
+def test_a_limit_the_container_holds_is_kept_even_close_to_its_use():
+    cfg = config()
+    c = container(cls="standard", cpuset="0-3", limit=40 * MIB, reservation=20 * MIB,
+                  swap=40 * MIB, working_set=38 * MIB)  # floor 46 MiB: above the limit
+    p = plan_placement(tick(cfg, [c]))
+    assert p.desired[c.info.id].memory_limit_bytes == 40 * MIB
+    assert p.actions == ()  # no write: the floor is for new limits, a limit is a cap
+
+
+def test_admission_shrinks_a_limit_down_to_the_floor_and_never_below():
+    cfg = config()
+    paused = container("paused", state="paused", limit=30 * MIB, started_at="0")
+    for ws, verdict, limit in ((50 * MIB, "shrunk", 70 * MIB), (60 * MIB, "over-budget", None)):
+        holder = container("holder", cpuset="0-3", limit=80 * MIB, reservation=40 * MIB,
+                           swap=80 * MIB, working_set=ws, started_at="1")
+        p = plan_placement(tick(cfg, [paused, holder]))
+        # 70 MiB left: enough above 50 MiB x 1.2, not above 60 MiB x 1.2 = 72 MiB
+        assert p.admissions[holder.info.id].verdict == verdict
+        assert p.desired[holder.info.id].memory_limit_bytes == limit
+
+
+def test_an_adaptive_recommendation_is_never_below_the_floor():
+    cfg = config(classes={
+        "infrastructure": {"pool": "infrastructure", "cpuset": "0"},
+        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "40MiB",
+                     "memory_min": "16MiB", "adaptive_limits": True}})
+    c = container(cls="standard", cpuset="0-3", limit=40 * MIB, reservation=20 * MIB,
+                  swap=40 * MIB, working_set=38 * MIB)
+    h = History(window_s=3600, step_s=cfg.tick_s)
+    for _ in range(400):  # an hour that was quiet: p99 10 MiB, recommendation 16 MiB
+        h.record(c.info.id, 10 * MIB)
+    d = plan_placement(tick(cfg, [c], history=h)).desired[c.info.id]
+    assert (d.limit_source, d.memory_limit_bytes) == ("adaptive", 46 * MIB)  # 38 MiB + 20%
+
+
+def test_an_override_below_the_floor_is_raised_to_it():
+    cfg = config()
+    c = container(cls="infrastructure", working_set=100 * MIB)
+    p = plan_placement(tick(cfg, [c], overrides={c.info.id: {"memory_limit_bytes": 64 * MIB}}))
+    d = p.desired[c.info.id]
+    assert (d.memory_limit_bytes, d.limit_source) == (120 * MIB, "usage-floor")
+
+
+_classes = st.fixed_dictionaries({
+    "default_mib": st.integers(min_value=16, max_value=256),
+    "budget_mib": st.integers(min_value=1, max_value=1024),
+    "headroom": st.sampled_from([0.0, 0.1, 0.2, 0.5]),
+})
+# (working set MiB, limit held MiB or 0, running): a cgroup keeps its working set under
+# its limit, so a held limit is drawn at or above the working set.
+_members = st.lists(st.tuples(st.integers(min_value=0, max_value=512),
+                              st.one_of(st.just(0), st.integers(min_value=6, max_value=512)),
+                              st.sampled_from(["running", "running", "paused"])),
+                    max_size=8)
+
+
+@given(setup=_classes, members=_members)
+def test_no_limit_is_written_below_usage_plus_headroom_and_pools_stay_within_budget(setup, members):
+    cfg = config(pools={"infrastructure": {"budget": "1GiB"},
+                        "standard": {"budget": f"{setup['budget_mib']}MiB"}},
+                 classes={"infrastructure": {"pool": "infrastructure", "cpuset": "0"},
+                          "standard": {"pool": "standard", "cpuset": "any",
+                                       "memory_limit": f"{setup['default_mib']}MiB",
+                                       "memory_min": "16MiB"}},
+                 history={"headroom": setup["headroom"]})
+    cs = []
+    for i, (ws_mib, limit_mib, state) in enumerate(members):
+        limit = max(limit_mib, ws_mib) * MIB if limit_mib else 0
+        cs.append(container(f"m{i}", working_set=ws_mib * MIB, limit=limit, reservation=limit // 2,
+                            swap=limit, state=state, started_at=f"2026-11-01T00:00:{i:02d}Z"))
+    p = plan_placement(tick(cfg, cs))
+    places_ = places(p)
+    for c in cs:
+        ws = c.stats.memory_working_set_bytes
+        d = p.desired.get(c.info.id)
+        if d is None:
+            assert c.info.state != "running"
+            continue
+        new = d.memory_limit_bytes
+        if new is not None and new != c.info.memory_limit_bytes:
+            # A new limit: at least what it uses plus the headroom (Rule 1.1, issue 13).
+            assert new >= ws * (1 + setup["headroom"]), (ws, new, d)
+        a = places_.get(c.info.id)
+        if a is not None and "mem_limit" in a.params["fields"]:
+            assert a.params["memory_limit_bytes"] == new
+        if new is None:
+            # No grant: no memory write at all, and the container is reported over budget.
+            assert not {"mem_limit", "mem_reservation", "memswap_limit"} & set(
+                update_kwargs(c.info, d))
+            assert p.admissions[c.info.id].verdict == "over-budget"
+    granted = sum(a.granted_bytes for a in p.admissions.values() if a.verdict != "held")
+    held = sum(a.granted_bytes for a in p.admissions.values() if a.verdict == "held")
+    # Held (paused) members count as they are; what admission hands out fits beside them.
+    assert granted <= max(0, cfg.pools["standard"].budget_bytes - held)

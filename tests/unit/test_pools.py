@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from _handmade import GIB, MIB, config, container, tick
 from supervisor.policy.admission import Candidate, admit_pool
 from supervisor.observe.history import History, recommend_limit
-from supervisor.runtime.placement import PlacementMemory, plan_placement, recommendations
+from supervisor.policy.placement import PlacementMemory, plan_placement, recommendations
 from supervisor.runtime.poolcg import (cgroup_parent_for, desired_pool_groups, outside_pools,
                                pool_group_rel)
 from supervisor.model.pools import account, admit, reserve_state

@@ -1,0 +1,422 @@
+"""Class placement decisions (issue 3; Rules 1.1, 1.2, 1.3): every running managed
+container on its class's cores, with its class's CPU quota, a memory limit (Rule 1.1: the
+class default for a container that has none), a reservation of 50-75% of the limit and no
+swap beyond the limit, inside its pool's budget (``admission``).
+
+Pure: decided from the tick (``desired_resources``, ``plan_placement``); the executor
+(``act.placement``) applies the result through the Docker API and the component
+(``runtime.placement``) keeps the memory between passes and publishes.
+
+The memory limit rule (``rules.memory_limit``, issue 13): a limit that is written is
+never below the container's working set plus the configured headroom. A running
+container without a limit whose usage is above its class default asks for that floor;
+when its pool cannot grant at least the floor, its memory is left as it is and it is
+reported over budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.model import rules
+from supervisor.model.actions import Action
+from supervisor.model.config import ClassConfig, Config
+from supervisor.model.pools import FITS, OVER_BUDGET
+from supervisor.model.snapshot import LIVE_STATES, ContainerInfo, ContainerSample
+from supervisor.model.units import format_bytes, format_cpuset, parse_cpuset
+from supervisor.observe.history import History, recommend_limit
+from supervisor.policy.admission import HELD, Admission, Candidate, admit_all
+from supervisor.policy.tick import Tick
+
+# Adaptive limits wait for this much history: a percentile of the first minutes is only
+# the warm-up's maximum.
+ADAPTIVE_MIN_HISTORY_S = 300.0
+# ...and change a limit only when the recommendation moved by more than this share of
+# it, so a limit does not follow every wiggle of the working set.
+ADAPTIVE_CHANGE_RATIO = 0.10
+
+#: Where a memory limit comes from (Desired.limit_source).
+SOURCE_OVERRIDE, SOURCE_ADAPTIVE, SOURCE_EXISTING = "override", "adaptive", "existing"
+SOURCE_DEFAULT = "class-default"
+#: The limit asked for was below the working set plus headroom and was raised to it.
+SOURCE_FLOOR = "usage-floor"
+
+#: Engine.update arguments by the call they go in (see ``split_update``).
+CPU_FIELDS = frozenset({"cpuset_cpus", "cpu_quota", "cpu_period", "nano_cpus"})
+MEMORY_FIELDS = frozenset({"mem_limit", "mem_reservation", "memswap_limit"})
+
+
+# ---------------------------------------------------------------- desired values
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What one container's Docker resources should be. ``None`` memory fields: memory is
+    left as it is (the pool had no room to grant, or the container is not running)."""
+
+    cpuset_cpus: str
+    cpu_quota_cores: float | None  # None = no CPU quota
+    memory_limit_bytes: int | None
+    memory_reservation_bytes: int | None
+    memory_swap_bytes: int | None
+    limit_source: str = ""  # override | adaptive | existing | class-default | usage-floor
+    admission: str = ""  # fits | shrunk | over-budget | held
+
+    def to_params(self) -> dict[str, Any]:
+        return {"cpuset_cpus": self.cpuset_cpus, "cpu_quota_cores": self.cpu_quota_cores,
+                "memory_limit_bytes": self.memory_limit_bytes,
+                "memory_reservation_bytes": self.memory_reservation_bytes,
+                "memory_swap_bytes": self.memory_swap_bytes,
+                "limit_source": self.limit_source, "admission": self.admission}
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> "Desired":
+        def opt_int(k: str) -> int | None:
+            return None if p.get(k) is None else int(p[k])
+        q = p.get("cpu_quota_cores")
+        return cls(cpuset_cpus=str(p["cpuset_cpus"]), cpu_quota_cores=None if q is None else float(q),
+                   memory_limit_bytes=opt_int("memory_limit_bytes"),
+                   memory_reservation_bytes=opt_int("memory_reservation_bytes"),
+                   memory_swap_bytes=opt_int("memory_swap_bytes"),
+                   limit_source=str(p.get("limit_source", "")), admission=str(p.get("admission", "")))
+
+
+def class_cpuset(cls: ClassConfig, cfg: Config) -> str:
+    """The class's cores; "any" means every online core of the host (written out, so
+    ``docker inspect`` shows the cores rather than an empty "no pinning")."""
+    if cls.cores is not None:
+        return format_cpuset(cls.cores)
+    return format_cpuset(tuple(range(cfg.host.cores)))
+
+
+def adaptive_ready(history: History, cid: str, cfg: Config) -> bool:
+    need = min(history.size, math.ceil(ADAPTIVE_MIN_HISTORY_S / max(cfg.tick_s, 1e-3)))
+    return history.samples(cid) >= need
+
+
+def recommended_limit(history: History, cid: str, cls: ClassConfig, cfg: Config) -> int | None:
+    """Rule 1.1: the configured percentile (p99) of the working set over the history
+    window plus headroom (20%), rounded up; never below the class minimum."""
+    h = cfg.settings.history
+    p = history.percentile(cid, h.percentile)
+    if p is None:
+        return None
+    return recommend_limit(p, h.headroom,
+                           floor_bytes=max(cls.memory_min_bytes, rules.DOCKER_MIN_MEMORY_BYTES))
+
+
+def working_set_of(c: ContainerSample) -> int:
+    return c.stats.memory_working_set_bytes if c.stats else 0
+
+
+def wanted_limit(c: ContainerSample, cls: ClassConfig, cfg: Config, override: dict[str, Any],
+                 history: History | None) -> tuple[int, str]:
+    """The memory limit a container should hold before pool admission, and why: another
+    component's override; the adaptive recommendation (when the class enables it and
+    history is long enough); the limit it already has; else the class default.
+
+    A new limit (anything but the one it holds) is never below its working set plus the
+    headroom (``rules.memory_limit``): a class default under what a running service uses
+    would make the kernel refuse it (cgroup v1) or OOM-kill the service (v2), and after a
+    restart it would land at the start event and kill it on every start (issue 13). The
+    limit it already holds is kept as it is (no write), whatever its use."""
+    headroom = cfg.settings.history.headroom
+    ws = working_set_of(c) if c.info.state == "running" else 0
+    current = c.info.memory_limit_bytes
+
+    def floored(want: int, source: str) -> tuple[int, str]:
+        limit = rules.memory_limit(want, ws, headroom)
+        return (limit, source) if limit == want else (limit, SOURCE_FLOOR)
+
+    if override.get("memory_limit_bytes"):
+        return floored(int(override["memory_limit_bytes"]), SOURCE_OVERRIDE)
+    if cls.adaptive_limits and history is not None and adaptive_ready(history, c.info.id, cfg):
+        rec = recommended_limit(history, c.info.id, cls, cfg)
+        if rec is not None:
+            rec = rules.memory_limit(rec, ws, headroom)
+            if current and abs(rec - current) <= ADAPTIVE_CHANGE_RATIO * current:
+                return current, SOURCE_EXISTING
+            return rec, SOURCE_ADAPTIVE
+    if current:
+        return current, SOURCE_EXISTING
+    return floored(cls.memory_limit_bytes, SOURCE_DEFAULT)
+
+
+def desired_resources(c: ContainerSample, cfg: Config, *, override: dict[str, Any] | None = None,
+                      admission: Admission | None = None, limit_source: str = "") -> Desired:
+    """The cpuset, CPU quota and memory values ``c`` should have. Memory comes from the
+    pool's admission (granted limit); without a grant it is left alone."""
+    ov = override or {}
+    cls = cfg.classes[c.class_name]
+    cpuset = str(ov.get("cpuset_cpus") or class_cpuset(cls, cfg))
+    quota = ov["cpu_quota_cores"] if "cpu_quota_cores" in ov else cls.cpu_quota_cores
+    if admission is None or admission.verdict in (OVER_BUDGET, HELD) or admission.granted_bytes <= 0:
+        return Desired(cpuset, quota, None, None, None, limit_source,
+                       admission.verdict if admission else "")
+    limit = admission.granted_bytes
+    current_res = c.info.memory_reservation_bytes
+    if ov.get("memory_reservation_bytes"):
+        res = min(int(ov["memory_reservation_bytes"]), limit)
+    elif rules.reservation_in_range(current_res, limit):
+        res = current_res  # already within Rule 1.1's range: not worth an update
+    else:
+        res = rules.reservation_for(limit, cls.reservation_ratio)
+    # Swap limit = memory limit: no swap beyond the limit.
+    return Desired(cpuset, quota, limit, res, limit, limit_source, admission.verdict)
+
+
+# ---------------------------------------------------------------- differences
+
+
+def same_cpuset(current: str, desired: str) -> bool:
+    """Compared as sets of cores ("0,1" == "0-1"). Docker's "" (no pinning) differs from
+    any explicit list: placement always writes the cores out."""
+    if not current:
+        return not desired
+    try:
+        return parse_cpuset(current) == parse_cpuset(desired)
+    except ValueError:
+        return False
+
+
+def update_kwargs(info: ContainerInfo, d: Desired, *, swap_limit_supported: bool = True
+                  ) -> dict[str, Any]:
+    """The Engine.update arguments that bring ``info`` to ``d``: empty when it is there
+    already (then no update call is made)."""
+    kw: dict[str, Any] = {}
+    if not same_cpuset(info.cpuset_cpus, d.cpuset_cpus):
+        kw["cpuset_cpus"] = d.cpuset_cpus
+    kw.update(rules.cpu_update_params(info.nano_cpus, info.cpu_quota_us, info.cpu_period_us,
+                                      d.cpu_quota_cores))
+    if d.memory_limit_bytes is not None:
+        swap_differs = swap_limit_supported and info.memory_swap_bytes != d.memory_swap_bytes
+        if (info.memory_limit_bytes != d.memory_limit_bytes
+                or info.memory_reservation_bytes != d.memory_reservation_bytes or swap_differs):
+            # The three go together: Docker checks limit <= swap limit and
+            # reservation <= limit against the values already set.
+            kw["mem_limit"] = d.memory_limit_bytes
+            kw["mem_reservation"] = d.memory_reservation_bytes
+            kw["memswap_limit"] = d.memory_swap_bytes
+    return kw
+
+
+def split_update(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(CPU arguments, memory arguments) of one update: they go to the engine as two
+    calls (see ``act.placement``)."""
+    return ({k: v for k, v in kw.items() if k in CPU_FIELDS},
+            {k: v for k, v in kw.items() if k in MEMORY_FIELDS})
+
+
+def writes_new_limit(info: ContainerInfo, kw: dict[str, Any]) -> bool:
+    """Whether ``kw`` writes a memory limit other than the one ``info`` holds (what the
+    floor must be checked for; re-writing the same limit changes nothing)."""
+    return "mem_limit" in kw and kw["mem_limit"] != info.memory_limit_bytes
+
+
+def resources_of(info: ContainerInfo) -> dict[str, Any]:
+    """The Docker values placement manages, as journaled before/after."""
+    return {"cpuset_cpus": info.cpuset_cpus, "cpu_limit_cores": info.cpu_limit_cores,
+            "memory_limit_bytes": info.memory_limit_bytes,
+            "memory_reservation_bytes": info.memory_reservation_bytes,
+            "memory_swap_bytes": info.memory_swap_bytes}
+
+
+def fmt_mem(n: int) -> str:
+    return "none" if n <= 0 else format_bytes(n)
+
+
+def describe_changes(info: ContainerInfo, kw: dict[str, Any]) -> str:
+    parts = []
+    if "cpuset_cpus" in kw:
+        parts.append(f"cpuset {info.cpuset_cpus or 'all'} -> {kw['cpuset_cpus']}")
+    if "cpu_quota" in kw or "nano_cpus" in kw:
+        cur = info.cpu_limit_cores
+        if kw.get("cpu_quota") == -1:
+            new = "none"
+        elif "nano_cpus" in kw:
+            new = f"{kw['nano_cpus'] / 1e9:g}"
+        else:
+            new = f"{kw['cpu_quota'] / kw['cpu_period']:g}"
+        parts.append(f"cpu {'none' if cur is None else f'{cur:g}'} -> {new} cores")
+    if "mem_limit" in kw:
+        parts.append(f"memory limit {fmt_mem(info.memory_limit_bytes)} -> {fmt_mem(kw['mem_limit'])}")
+        if info.memory_reservation_bytes != kw["mem_reservation"]:
+            parts.append(f"reservation {fmt_mem(info.memory_reservation_bytes)} -> "
+                         f"{fmt_mem(kw['mem_reservation'])}")
+        if info.memory_swap_bytes != kw["memswap_limit"]:
+            parts.append(f"swap limit {fmt_mem(info.memory_swap_bytes)} -> "
+                         f"{fmt_mem(kw['memswap_limit'])}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class PlacementMemory:
+    """What placement remembers between passes (kept by the component, read by the plan)."""
+
+    placed: set[str] = field(default_factory=set)  # placed before: a new difference is drift
+    alerted: set[str] = field(default_factory=set)  # over budget, alert already raised
+    stop_sent: set[str] = field(default_factory=set)  # over budget, strict stop already tried
+    dry_reported: dict[str, tuple] = field(default_factory=dict)  # dry run: already said
+    retry_at: dict[str, float] = field(default_factory=dict)  # failed update: not before
+    failures: Counter = field(default_factory=Counter)
+    swap_limit_supported: bool = True
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    actions: tuple[Action, ...]
+    desired: dict[str, Desired]  # running managed containers, by id
+    admissions: dict[str, Admission]  # live managed containers, by id
+    pending: dict[str, dict[str, Any]]  # id -> update kwargs still needed
+    names: dict[str, str]
+
+
+def admission_candidates(tick: Tick) -> tuple[list[Candidate], dict[str, str]]:
+    """Per live managed container what it asks its pool for (already raised to its floor)
+    and the least it may be given: its class minimum and, running, its working set plus
+    headroom (``rules.memory_floor_bytes``)."""
+    cfg = tick.cfg
+    headroom = cfg.settings.history.headroom
+    out, sources = [], {}
+    for c in tick.snapshot.containers:
+        if not c.managed or c.info.state not in LIVE_STATES:
+            continue
+        cls = cfg.classes.get(c.class_name)
+        if cls is None:
+            continue
+        wanted, source = wanted_limit(c, cls, cfg, tick.overrides.get(c.info.id, {}), tick.history)
+        running = c.info.state == "running"
+        floor = rules.memory_floor_bytes(working_set_of(c) if running else 0, headroom)
+        out.append(Candidate(id=c.info.id, name=c.info.name, pool=cls.pool, wanted_bytes=wanted,
+                             floor_bytes=max(cls.memory_min_bytes, floor),
+                             current_bytes=c.info.memory_limit_bytes,
+                             changeable=running, started_at=c.info.started_at))
+        sources[c.info.id] = source
+    return out, sources
+
+
+def place_key(info: ContainerInfo, d: Desired, kw: dict[str, Any]) -> tuple:
+    """What a dry-run report said: the same change from the same values is not repeated."""
+    return (tuple(sorted(resources_of(info).items())), tuple(sorted(d.to_params().items())),
+            tuple(sorted(kw.items())))
+
+
+def over_budget_actions(c: ContainerSample, cls: ClassConfig, adm: Admission, cfg: Config,
+                        mem: PlacementMemory) -> list[Action]:
+    """The alert (once per episode) for a container its pool cannot fit, and under
+    ``manage.admission = "strict"`` the stop (never of an untouchable class)."""
+    cid = c.info.id
+    out = []
+    why = (f"over budget: pool {adm.pool} has {format_bytes(adm.room_bytes)} left of "
+           f"{format_bytes(cfg.pools[adm.pool].budget_bytes)}, {c.info.name} wants "
+           f"{format_bytes(adm.wanted_bytes)} and needs at least "
+           f"{format_bytes(max(adm.floor_bytes, rules.DOCKER_MIN_MEMORY_BYTES))}")
+    params = {"pool": adm.pool, "wanted_bytes": adm.wanted_bytes,
+              "room_bytes": adm.room_bytes, "floor_bytes": adm.floor_bytes}
+    if cid not in mem.alerted:
+        held = c.info.memory_limit_bytes
+        out.append(Action("alert", cid, c.info.name, why + (
+            f"; its limit of {format_bytes(held)} is left as it is" if held
+            else "; no memory limit granted"), "pools", params))
+    if cfg.settings.manage.admission == "strict" and cid not in mem.stop_sent \
+            and c.info.state == "running":
+        if rules.untouchable(cls):
+            if cid not in mem.alerted:
+                out.append(Action("alert", cid, c.info.name,
+                                  f"class {cls.name} is never stopped: not stopped "
+                                  "although admission is strict", "pools", params))
+        else:
+            out.append(Action("stop", cid, c.info.name, why + "; admission is strict", "pools",
+                              params, destructive=True))
+    return out
+
+
+def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> PlacementPlan:
+    """Every decision of one pass: per running managed container its desired values and
+    a "place" action where Docker's values differ (for containers with an event, or all
+    on a reconcile pass); per pool the admission, with an "alert" (and, under
+    ``manage.admission = "strict"``, a "stop") for a container over budget."""
+    mem = memory or PlacementMemory()
+    cfg = tick.cfg
+    candidates, sources = admission_candidates(tick)
+    admissions = admit_all({p.name: p.budget_bytes for p in cfg.pools.values()}, candidates)
+    places: list[Action] = []
+    others: list[Action] = []
+    desired: dict[str, Desired] = {}
+    pending: dict[str, dict[str, Any]] = {}
+    names: dict[str, str] = {}
+    events = set(tick.events)
+    for c in tick.snapshot.containers:
+        cid = c.info.id
+        if cid not in sources:
+            continue
+        names[cid] = c.info.name
+        cls = cfg.classes[c.class_name]
+        adm = admissions.get(cid)
+        stopping = False  # strict admission stops it: no update before the stop
+        if adm is not None and adm.verdict == OVER_BUDGET:
+            acts = over_budget_actions(c, cls, adm, cfg, mem)
+            others += acts
+            stopping = any(a.kind == "stop" for a in acts)
+        if c.info.state != "running":
+            continue  # paused / restarting: Docker's values are changed when it runs again
+        d = desired_resources(c, cfg, override=tick.overrides.get(cid, {}), admission=adm,
+                              limit_source=sources[cid])
+        desired[cid] = d
+        kw = update_kwargs(c.info, d, swap_limit_supported=mem.swap_limit_supported)
+        if not kw:
+            continue
+        pending[cid] = kw
+        if not (tick.reconcile or cid in events) or stopping:
+            continue
+        if cid not in events and tick.now < mem.retry_at.get(cid, 0.0):
+            continue
+        if cfg.dry_run and mem.dry_reported.get(cid) == place_key(c.info, d, kw):
+            continue  # already reported as "would do"; say it again only when it changes
+        kind = "repair drift" if cid in mem.placed else "place"
+        why = f"{kind} ({cls.name}, {d.limit_source or 'memory untouched'}"
+        if d.admission and d.admission != FITS:
+            why += f", {d.admission}"
+        why += "): " + describe_changes(c.info, kw)
+        places.append(Action("place", cid, c.info.name, why, "placement",
+                             {"class": cls.name, **d.to_params(), "fields": sorted(kw),
+                              # The executor re-checks the floor against a fresh read; this
+                              # is what it falls back on when the cgroup cannot be read.
+                              "working_set_bytes": working_set_of(c)}))
+    return PlacementPlan(tuple(places + others), desired, admissions, pending, names)
+
+
+# ---------------------------------------------------------------- recommendations
+
+
+def recommendations(tick: Tick, history: History) -> list[dict[str, Any]]:
+    """Per live managed container: the working-set percentile over the history window,
+    the recommended limit (+ headroom, Rule 1.1) and reservation, next to what it holds."""
+    cfg = tick.cfg
+    h = cfg.settings.history
+    out = []
+    for c in tick.snapshot.containers:
+        cls = cfg.classes.get(c.class_name)
+        if not c.managed or cls is None or c.info.state not in LIVE_STATES:
+            continue
+        p = history.percentile(c.info.id, h.percentile)
+        limit = recommended_limit(history, c.info.id, cls, cfg)
+        out.append({
+            "id": c.info.short_id, "name": c.info.name, "class": cls.name, "pool": cls.pool,
+            "samples": history.samples(c.info.id), "percentile": h.percentile,
+            "working_set_percentile_bytes": None if p is None else int(p),
+            "recommended_limit_bytes": limit,
+            "recommended_reservation_bytes":
+                None if limit is None else rules.reservation_for(limit, cls.reservation_ratio),
+            "current_limit_bytes": c.info.memory_limit_bytes,
+            "current_reservation_bytes": c.info.memory_reservation_bytes,
+            "adaptive": cls.adaptive_limits,
+            "adaptive_ready": adaptive_ready(history, c.info.id, cfg),
+        })
+    return out
