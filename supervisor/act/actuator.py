@@ -20,6 +20,7 @@ not hold up a wake), and guard their own targets.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -141,6 +142,7 @@ class Actuator:
         self.counts: Counter[tuple[str, str]] = Counter()  # (kind, outcome)
         self.limits = RateLimits()
         self._held: dict[tuple[str, str], tuple[str, float]] = {}  # journaled holds
+        self._said_dry: dict[tuple[str, str], str] = {}  # (kind, target) -> last "would do"
         self.recent: deque[ActionResult] = deque(maxlen=50)
         self._lock = threading.Lock()
         self._restore_limits()
@@ -230,6 +232,14 @@ class Actuator:
         if dry_run:
             result = ActionResult(action, ok=True, dry_run=True,
                                   detail="would " + action.describe(), time_s=now)
+            # A dry run plans exactly what the live run plans (rules.py, invariant 6), so
+            # the same "would do" comes back every pass until something changes: it is
+            # journaled, logged and counted once, and again only when it differs.
+            said = json.dumps(action.to_dict(), sort_keys=True, default=str)
+            with self._lock:
+                if self._said_dry.get((action.kind, action.target)) == said:
+                    return result
+                self._said_dry[(action.kind, action.target)] = said
         else:
             why, token = self._admit(action, now)
             if why:

@@ -59,21 +59,26 @@ def admission_order(c: Candidate) -> tuple:
 
 
 def admit_pool(pool: str, budget_bytes: int, members: Iterable[Candidate]) -> list[Admission]:
-    """Admit ``members`` of one pool in order. The sum of the granted limits (plus the
-    held ones' current limits) never exceeds ``budget_bytes``, except where held members
-    already exceed it on their own (they cannot be changed while paused)."""
-    allocated = 0
+    """Admit ``members`` of one pool in order. Each member's room is the budget less what
+    every other member holds or was granted (a member not yet admitted counts at the limit
+    it holds: over budget, it keeps it). So the limits the pool ends with sum to at most
+    the budget, or, where the limits already held pass it on their own, to no more than
+    they did: admission never pushes a pool further over (rules.py invariant 3)."""
+    ordered = sorted(members, key=admission_order)
+    allocated = sum(c.current_bytes for c in ordered)
     out = []
-    for c in sorted(members, key=admission_order):
-        room = max(0, budget_bytes - allocated)
+    for c in ordered:
+        others = allocated - c.current_bytes
+        room = max(0, budget_bytes - others)
         if not c.changeable:
-            allocated += c.current_bytes
             out.append(Admission(c.id, c.name, pool, c.wanted_bytes, c.current_bytes, HELD,
                                  room, c.floor_bytes))
             continue
-        granted, verdict = admit(PoolUsage(pool, budget_bytes, allocated, 0), c.wanted_bytes,
+        granted, verdict = admit(PoolUsage(pool, budget_bytes, others, 0), c.wanted_bytes,
                                  max(c.floor_bytes, rules.DOCKER_MIN_MEMORY_BYTES))
-        allocated += granted
+        # Over budget, a member keeps the limit it holds (nothing is written): that limit
+        # still counts against the pool, or its room would be handed out twice.
+        allocated = others + (granted if granted else c.current_bytes)
         out.append(Admission(c.id, c.name, pool, c.wanted_bytes, granted, verdict, room,
                              c.floor_bytes))
     return out

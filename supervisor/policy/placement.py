@@ -262,10 +262,13 @@ class PlacementMemory:
     placed: set[str] = field(default_factory=set)  # placed before: a new difference is drift
     alerted: set[str] = field(default_factory=set)  # over budget, alert already raised
     stop_sent: set[str] = field(default_factory=set)  # over budget, strict stop already tried
-    dry_reported: dict[str, tuple] = field(default_factory=dict)  # dry run: already said
     retry_at: dict[str, float] = field(default_factory=dict)  # failed update: not before
     failures: Counter = field(default_factory=Counter)
     swap_limit_supported: bool = True
+    # Dry run: the change last reported as "would do", per container, so "would_place"
+    # counts reports, not passes (the plan itself is the live run's; the actuator says
+    # each report once).
+    dry_reported: dict[str, tuple] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -302,7 +305,7 @@ def admission_candidates(tick: Tick) -> tuple[list[Candidate], dict[str, str]]:
 
 
 def place_key(info: ContainerInfo, d: Desired, kw: dict[str, Any]) -> tuple:
-    """What a dry-run report said: the same change from the same values is not repeated."""
+    """What a dry-run report said: the same change from the same values is one report."""
     return (tuple(sorted(resources_of(info).items())), tuple(sorted(d.to_params().items())),
             tuple(sorted(kw.items())))
 
@@ -377,8 +380,6 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
             continue
         if cid not in events and tick.now < mem.retry_at.get(cid, 0.0):
             continue
-        if cfg.dry_run and mem.dry_reported.get(cid) == place_key(c.info, d, kw):
-            continue  # already reported as "would do"; say it again only when it changes
         kind = "repair drift" if cid in mem.placed else "place"
         why = f"{kind} ({cls.name}, {d.limit_source or 'memory untouched'}"
         if d.admission and d.admission != FITS:

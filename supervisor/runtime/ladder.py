@@ -51,6 +51,9 @@ BREACH_PREFIX = "ladder/breach/"
 
 class Ladder(Component):
     name = "ladder"
+    # plan() keeps the pure plan it computed for observe() to publish (a memo of its
+    # result, which never feeds a later plan): the only attribute plan() writes.
+    plan_memo = ("_pending",)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

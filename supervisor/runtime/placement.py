@@ -95,6 +95,9 @@ def plan_metrics(p: PlacementPlan, tick: Tick, counts: Counter,
 
 class Placement(Component):
     name = "placement"
+    # plan() keeps the pure plan it computed for observe() to publish (a memo of its
+    # result, which never feeds a later plan): the only attribute plan() writes.
+    plan_memo = ("_pending",)
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -140,9 +143,11 @@ class Placement(Component):
                     d = Desired.from_params(a.params)
                     c = next((x for x in tick.snapshot.containers if x.info.id == a.target), None)
                     if c is not None:
-                        m.dry_reported[a.target] = place_key(
-                            c.info, d, update_kwargs(c.info, d, swap_limit_supported=m.swap_limit_supported))
-                    self.counts["would_place"] += 1
+                        key = place_key(c.info, d, update_kwargs(
+                            c.info, d, swap_limit_supported=m.swap_limit_supported))
+                        if m.dry_reported.get(a.target) != key:
+                            self.counts["would_place"] += 1
+                        m.dry_reported[a.target] = key
                 elif r.ok:
                     if not r.skipped:
                         self.counts["drift_repairs" if a.target in m.placed else "placed"] += 1

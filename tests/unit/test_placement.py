@@ -9,7 +9,7 @@ from _handmade import MIB, config, container, tick
 from supervisor.act.cpu import cpu_params
 from supervisor.model.rules import reservation_for, reservation_in_range
 from supervisor.observe.history import History
-from supervisor.policy.placement import (Desired, PlacementMemory, desired_resources, place_key,
+from supervisor.policy.placement import (PlacementMemory, desired_resources,
                                          plan_placement, same_cpuset, split_update, update_kwargs,
                                          writes_new_limit)
 
@@ -135,17 +135,26 @@ def test_adaptive_limits_follow_the_recommendation_once_history_is_long_enough()
     assert d.limit_source == "existing" and d.memory_limit_bytes == 58 * MIB  # within 10%: kept
 
 
-def test_dry_run_reports_a_change_once_until_it_changes():
+def test_dry_run_reports_a_change_once_until_it_changes(tmp_path):
+    """The dry run plans what the live run plans, every pass; the actuator journals each
+    "would do" once, and again only when it changes."""
+    from supervisor.act.actuator import Actuator
+    from supervisor.adapters.journal import Journal
     cfg = config(dry_run=True)
     c = container()
     mem = PlacementMemory()
-    p = plan_placement(tick(cfg, [c]), mem)
-    a = places(p)[c.info.id]
-    d = Desired.from_params(a.params)
-    mem.dry_reported[c.info.id] = place_key(c.info, d, update_kwargs(c.info, d))
-    assert plan_placement(tick(cfg, [c]), mem).actions == ()
+    journal = Journal(str(tmp_path / "j.sqlite3"), 1000)
+    act = Actuator(journal, lambda: 1000.0)
+    first = places(plan_placement(tick(cfg, [c]), mem))[c.info.id]
+    again = places(plan_placement(tick(cfg, [c]), mem))[c.info.id]
+    assert again == first  # planned again: a dry run plans exactly what a live run plans
     moved = container(cid=c.info.id, cpuset="2")
-    assert places(plan_placement(tick(cfg, [moved]), mem))
+    changed = places(plan_placement(tick(cfg, [moved]), mem))[c.info.id]
+    for a in (first, again, changed):
+        assert act.execute_one(a, dry_run=True).dry_run
+    rows = [e for e in journal.recent(10, 0, []) if e["kind"] == "place"]
+    assert len(rows) == 2  # "would do" said once, then once more for the change
+    journal.close()
 
 
 def test_a_failed_update_backs_off_until_its_retry_time():

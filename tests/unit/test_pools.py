@@ -66,6 +66,15 @@ def test_a_container_is_not_shrunk_below_what_it_uses():
     assert got == {"a": "fits", "b": "over-budget"}  # 20 MiB left < 30 MiB in use
 
 
+def test_a_member_over_budget_keeps_its_limit_and_it_counts():
+    """Found by the invariant tests: a member whose own limit passes the budget is over
+    budget and keeps that limit; the room it holds is not handed to a newcomer too."""
+    members = [Candidate("big", "big", "p", 82 * MIB, 50 * MIB, 82 * MIB, True, "1"),
+               Candidate("new", "new", "p", 128 * MIB, 8 * MIB, 0, True, "2")]
+    got = {a.name: (a.verdict, a.granted_bytes) for a in admit_pool("p", 48 * MIB, members)}
+    assert got == {"big": ("over-budget", 0), "new": ("over-budget", 0)}
+
+
 @given(budget=st.integers(min_value=0, max_value=4 * GIB),
        wants=st.lists(st.tuples(st.integers(min_value=6 * MIB, max_value=GIB),
                                 st.integers(min_value=0, max_value=GIB),
@@ -75,6 +84,11 @@ def test_granted_limits_never_exceed_the_budget(budget, wants):
                for i, (w, floor, cur) in enumerate(wants)]
     out = admit_pool("p", budget, members)
     assert sum(a.granted_bytes for a in out) <= budget
+    # What the pool ends with: the grants, and the limits over-budget members keep.
+    current = {c.id: c.current_bytes for c in members}
+    held_before = sum(current.values())
+    after = sum(a.granted_bytes or current[a.id] for a in out)
+    assert after <= max(budget, held_before)
     for a in out:
         assert a.granted_bytes in (0, a.wanted_bytes) or a.granted_bytes >= max(a.floor_bytes, 6 * MIB)
         assert a.granted_bytes <= a.wanted_bytes
