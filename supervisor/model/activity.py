@@ -301,6 +301,9 @@ class ActivityView:
     time_s: float = 0.0  # the readings' time (the snapshot's)
     cpu: Mapping[str, CpuRecord] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __deepcopy__(self, memo: dict) -> "ActivityView":
+        return self  # immutable all through (a read-only mapping of frozen records)
+
     def cpu_cores(self, key: str) -> float | None:
         """Cores used between the last two readings; None before two readings."""
         rec = self.cpu.get(key)

@@ -499,6 +499,7 @@ def test_a_ticks_activity_view_is_frozen_and_later_passes_leave_it_as_it_was():
     assert nxt.activity.cpu.get(b) is None  # gone: forgotten
     with pytest.raises(TypeError):
         first.activity.cpu[b] = None  # read-only
+    assert copy.deepcopy(first.activity) is first.activity  # immutable: shared, not copied
 
 
 # ---------------------------------------------------------------- API client and fake
