@@ -21,10 +21,10 @@ from supervisor.adapters.ollama_api import OllamaAPI, OllamaBusy, OllamaError
 from supervisor.adapters.ollama_host import HostOllama
 from supervisor.model import rules
 from supervisor.model.actions import Action, ActionResult, Outcome
+from supervisor.model.activity import CpuRecord, cpu_rate_since
 from supervisor.model.errors import CgroupError, ContainerGone, EngineUnavailable
 from supervisor.model.ollama import HostProcess
-from supervisor.policy.ollama_policy import (
-    CpuSample, canonical_cpuset, close, cpu_rate_since, env_map, fmt_cores)
+from supervisor.policy.ollama_policy import canonical_cpuset, close, env_map, fmt_cores
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ class ApiPool:
 class OllamaExecutors:
     def __init__(self, ctx: Context, host: HostOllama, apis: ApiPool, throttles: Throttles,
                  scan_host: Callable[[], list[HostProcess]],
-                 cpu_sample: Callable[[str], CpuSample | None]):
+                 cpu_record: Callable[[str], CpuRecord | None]):
         self.ctx = ctx
         self.host = host
         self.apis = apis
         self.throttles = throttles
         self.scan_host = scan_host  # a fresh scan, also seen by the next pass
-        self.cpu_sample = cpu_sample  # the last pass's CPU sample of a target
+        self.cpu_record = cpu_record  # the activity tracker's last CPU reading of a target
         self.recreator = Recreator(ctx.engine, ctx.journal.put_state, ctx.journal.del_state,
                                    clock=ctx.clock)
 
@@ -180,15 +180,16 @@ class OllamaExecutors:
     # ------------------------------------------------------------ recreate
 
     def _cpu_rate_now(self, info) -> float | None:
-        """Cores used from the last pass's sample to now: one fresh read of the cgroup's
-        cumulative usage, no sleep. Any CPU since the last pass shows (a pull, a load, a
-        request that started after the plan). None when it cannot be told."""
+        """Cores used from the last pass's reading (the activity tracker's) to now: one
+        fresh read of the cgroup's cumulative usage, no sleep. Any CPU since the last pass
+        shows (a pull, a load, a request that started after the plan). None when it
+        cannot be told."""
         try:
             loc = self.ctx.cgroups.locate(info.id, info.pid, info.cgroup_parent)
             usage_s = self.ctx.cgroups.read_usage(loc).cpu_usage_s
         except CgroupError:
             return None
-        return cpu_rate_since(self.cpu_sample(info.id), self.ctx.clock(), usage_s)
+        return cpu_rate_since(self.cpu_record(info.id), info.pid, self.ctx.clock(), usage_s)
 
     def recreate(self, action: Action) -> Outcome:
         p = action.params

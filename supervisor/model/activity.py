@@ -1,6 +1,13 @@
 """What counts as a container's activity, and since when it has been idle: pure values
 and functions, kept by the activity tracker (observe/activity.py) and read by the
-planners that decide from idleness (policy/hibernation.py).
+planners that decide from idleness (policy/hibernation.py; the ladder's hibernate rung
+and the Ollama governor through ``ActivityView``).
+
+Two measures, one tracker. Every container's CPU is folded into a ``CpuRecord`` once per
+pass, from the reading the sampler's sweep already took; the Tick carries them frozen as
+an ``ActivityView``: cores used since the last pass, and how long the CPU has stayed at
+or below a given threshold (``cpu_idle_cores``). Containers a consumer watches (the
+hibernation candidates) get full samples besides, judged as follows.
 
 Each sample holds the cumulative counters of one container at one time: CPU seconds and
 block I/O bytes (its cgroup), and the counters of its own network namespace (bytes on its
@@ -18,8 +25,9 @@ no counters of their own: only CPU and block I/O judge them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.model.config import Config
@@ -203,3 +211,108 @@ def mark_busy(track: Track | None, at_s: float, reason: str) -> Track | None:
         return None
     return replace(track, idle_since_s=max(track.idle_since_s, at_s), busy_reason=reason,
                    busy_at_s=at_s)
+
+
+# ---------------------------------------------------------------------------- CPU, every pass
+
+# At most this many peaks per record: past it the two oldest merge, so a long series of
+# ever-lower rates cannot grow a record without bound. A merge can only make a container
+# look busy more recently than it was (never idle longer), so no idle verdict is wrong
+# in the harmful direction.
+CPU_PEAKS_MAX = 16
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRecord:
+    """The CPU of one container (or one process) as read pass after pass, since this run
+    of its process was first read: the last two readings (the cores used between them),
+    and the *peaks* from which idleness by any threshold is told.
+
+    ``peaks``: (end time, cores) of past intervals between two readings, each one busier
+    than every later interval (cores strictly decreasing, oldest first). The last interval
+    above a threshold is always one of them: an interval is dropped only when a later
+    one used at least as much."""
+
+    pid: int
+    since_s: float  # first reading of this run (a restart starts over)
+    time_s: float  # last reading
+    cpu_s: float  # cumulative CPU seconds at the last reading
+    prev: tuple[float, float] | None = None  # (time, CPU seconds) of the one before
+    peaks: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def cores(self) -> float | None:
+        """Cores used between the last two readings; None after one."""
+        if self.prev is None:
+            return None
+        return (self.cpu_s - self.prev[1]) / (self.time_s - self.prev[0])
+
+
+def cpu_step(rec: CpuRecord | None, pid: int, time_s: float, cpu_s: float) -> CpuRecord:
+    """The record after one more reading. A first reading starts the idle clock; a new
+    process or a counter going back starts the record over (a restart counts as busy)."""
+    if rec is None or pid != rec.pid or cpu_s < rec.cpu_s:
+        return CpuRecord(pid, time_s, time_s, cpu_s)
+    if time_s <= rec.time_s:
+        return rec  # a replayed or out-of-order reading changes nothing
+    cores = (cpu_s - rec.cpu_s) / (time_s - rec.time_s)
+    peaks = list(rec.peaks)
+    while peaks and peaks[-1][1] <= cores:
+        peaks.pop()
+    if cores > 0:  # an interval without CPU is above no threshold
+        peaks.append((time_s, cores))
+    if len(peaks) > CPU_PEAKS_MAX:
+        peaks[0:2] = [(peaks[1][0], peaks[0][1])]
+    return CpuRecord(pid, rec.since_s, time_s, cpu_s, (rec.time_s, rec.cpu_s), tuple(peaks))
+
+
+def cpu_idle_since(rec: CpuRecord, idle_cores: float) -> float:
+    """When the CPU last ended an interval above ``idle_cores`` (at or below it a
+    container is idle), or the first reading when it never did."""
+    for end_s, cores in reversed(rec.peaks):
+        if cores > idle_cores:
+            return end_s
+    return rec.since_s
+
+
+def cpu_rate_since(rec: CpuRecord | None, pid: int, time_s: float, cpu_s: float) -> float | None:
+    """Cores used up to a fresh reading (a re-check just before acting, no sleep) from the
+    reading before the record's last one: the record was taken by this pass's view, so
+    that is the last pass's reading, and everything since the last pass counts (the
+    interval the plan judged and whatever started after). From the last reading when
+    there is no earlier one; None when there is none of this process, or its counter
+    went back."""
+    if rec is None or pid != rec.pid or cpu_s < rec.cpu_s:
+        return None
+    t0, c0 = rec.prev if rec.prev is not None else (rec.time_s, rec.cpu_s)
+    if time_s <= t0:
+        return None
+    return (cpu_s - c0) / (time_s - t0)
+
+
+@dataclass(frozen=True)
+class ActivityView:
+    """CPU activity as one pass sees it, read-only: taken once per pass from the activity
+    tracker (observe/activity.py) into the Tick (``tick.activity``), so every planner
+    judges from the same readings and planning twice gives the same plan. Keyed by
+    container id (and ``host:<pid>`` for an Ollama server outside containers). Empty by
+    default: a hand-made tick knows no activity, and nothing counts as idle."""
+
+    time_s: float = 0.0  # the readings' time (the snapshot's)
+    cpu: Mapping[str, CpuRecord] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __deepcopy__(self, memo: dict) -> "ActivityView":
+        return self  # immutable all through (a read-only mapping of frozen records)
+
+    def cpu_cores(self, key: str) -> float | None:
+        """Cores used between the last two readings; None before two readings."""
+        rec = self.cpu.get(key)
+        return None if rec is None else rec.cores
+
+    def idle_for_s(self, key: str, idle_cores: float) -> float | None:
+        """Seconds the CPU has stayed at or below ``idle_cores``, up to this view's time
+        (bounded by how long it has been read); None before two readings."""
+        rec = self.cpu.get(key)
+        if rec is None or rec.cores is None:
+            return None
+        return max(0.0, self.time_s - cpu_idle_since(rec, idle_cores))

@@ -23,18 +23,28 @@ What a consumer reads (all thread-safe):
   consumer asked for), or None before two samples;
 - ``mark_busy(owner, cid, at_s, reason)``: a busy sign seen elsewhere (a socket check)
   restarts the owner's idle clock; ``forget(owner, cid)`` drops the owner's track.
+
+Every container's CPU, watched or not, is followed pass by pass for the planners that
+judge idleness by CPU (the ladder's hibernate rung, the Ollama governor): ``view(snapshot)``,
+called once per pass where the Tick is built, folds the snapshot's CPU readings (the
+sweep's: nothing is read again) into one ``model.activity.CpuRecord`` per container and
+returns them frozen as the Tick's ``ActivityView``. ``record_processes`` adds readings of
+processes outside containers (the governor's host Ollama servers, read when it scans);
+``cpu_record(key)`` is the last reading, for a re-check just before acting.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from types import MappingProxyType
 from typing import Mapping
 
 from supervisor.adapters.netcounters import NetnsCounters, read_counters
 from supervisor.adapters.netns import NetdiagError
-from supervisor.model.activity import (ActivitySample, Rates, Track, Watch, mark_busy, rates,
-                                       restarted, shares_netns, track_activity, window_start)
+from supervisor.model.activity import (ActivitySample, ActivityView, CpuRecord, Rates, Track,
+                                       Watch, cpu_step, mark_busy, rates, restarted,
+                                       shares_netns, track_activity, window_start)
 from supervisor.model.snapshot import CgroupStats, ContainerInfo, NetIO, Snapshot
 
 
@@ -50,6 +60,10 @@ class ActivityTracker:
         # This pass's readings (the loop thread's only): cid -> (pid, counters or None)
         self._reads_at: float | None = None
         self._reads: dict[str, tuple[int, NetnsCounters | None]] = {}
+        # Every container's CPU, pass by pass (replaced whole each pass), and the CPU of
+        # processes outside containers (replaced whole at each of their readings).
+        self._cpu: dict[str, CpuRecord] = {}
+        self._processes: dict[str, CpuRecord] = {}
 
     # ------------------------------------------------------------------ consumers
 
@@ -131,6 +145,37 @@ class ActivityTracker:
                     tracks[cid] = track_activity(tracks.get(cid), sample, mine.thresholds,
                                                  mine.window_s)
         self.counts["samples"] += 1
+
+    # ------------------------------------------------------------------ CPU, every pass
+
+    def view(self, snapshot: Snapshot) -> ActivityView:
+        """This pass's activity, frozen for the Tick: the CPU reading of every container
+        read in ``snapshot`` folded into its record (a container not read, or gone, is
+        dropped: its idle clock starts over when it is read again). Called once per pass;
+        a second call on the same snapshot changes nothing."""
+        now = snapshot.time_s
+        with self._lock:
+            cpu: dict[str, CpuRecord] = {}
+            for c in snapshot.containers:
+                if c.stats is not None:
+                    cpu[c.info.id] = cpu_step(self._cpu.get(c.info.id), c.info.pid, now,
+                                              c.stats.cpu_usage_s)
+            self._cpu = cpu
+            return ActivityView(now, MappingProxyType({**self._processes, **cpu}))
+
+    def record_processes(self, readings: Mapping[str, tuple[int, float]], time_s: float) -> None:
+        """CPU readings of processes outside containers, ``{key: (pid, cpu seconds)}`` at
+        ``time_s``: the whole set (a process not in it is forgotten). Seen by the next
+        ``view``."""
+        with self._lock:
+            self._processes = {key: cpu_step(self._processes.get(key), pid, time_s, cpu_s)
+                               for key, (pid, cpu_s) in readings.items()}
+
+    def cpu_record(self, key: str) -> CpuRecord | None:
+        """The last CPU reading of a container (or process), for a re-check just before
+        acting: cores since then = (fresh reading - it) / elapsed."""
+        with self._lock:
+            return self._cpu.get(key) or self._processes.get(key)
 
     # ------------------------------------------------------------------ the sampler
 

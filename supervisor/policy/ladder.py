@@ -27,7 +27,9 @@ CPU PSI: alert and CPU throttle; a container hitting its own limit: alert):
    memory.limit_in_bytes to usage - bytes (the kernel reclaims, or refuses with EBUSY
    instead of OOM-killing) and restores it at once.
 4. hibernate idle containers of hibernating classes, when a "hibernate" executor exists;
-   else the rung is skipped, and the journal and status say so.
+   else the rung is skipped, and the journal and status say so. Idle: CPU at or below
+   ``hibernation.cpu_idle_cores`` for ``ladder.hibernate_idle_after``, as the tick's
+   activity view (the one tracker's) tells; the governor judges Ollama's CPU from it too.
 5. stop the container kubelet would evict first: usage above its reservation, then lowest
    priority, then most usage above reservation. Never a class the rule book makes
    untouchable (protected, infrastructure). Repeated every grace period while the breach
@@ -70,29 +72,6 @@ def top_rung(sig: Signal) -> int:
     if sig.resource == "cpu":
         return THROTTLE if sig.severity >= CRITICAL else ALERT
     return {WARN: ALERT, CRITICAL: HIBERNATE, OVER: STOP}[sig.severity]
-
-
-def track_activity(tick: Tick, prev: dict[str, tuple[float, float, float]]
-                   ) -> dict[str, tuple[float, float, float]]:
-    """Per container (time, cpu seconds, last busy time): busy = CPU at or above
-    hibernation.cpu_idle_cores since the previous tick. A container first seen counts as
-    busy now: its idle time is not known."""
-    idle_cores = tick.cfg.settings.hibernation.cpu_idle_cores
-    out = {}
-    for c in tick.snapshot.containers:
-        if c.stats is None:
-            continue
-        cpu = c.stats.cpu_usage_s
-        p = prev.get(c.info.id)
-        if p is None:
-            out[c.info.id] = (tick.now, cpu, tick.now)
-            continue
-        t0, cpu0, busy_at = p
-        dt = tick.now - t0
-        if cpu < cpu0 or (dt > 0 and (cpu - cpu0) / dt >= idle_cores):
-            busy_at = tick.now
-        out[c.info.id] = (tick.now, cpu, busy_at)
-    return out
 
 
 def _alert(t: Track, sig: Signal) -> Action:
@@ -196,7 +175,6 @@ def plan_breach_actions(tick: Tick, state: LadderState,
     grace_s, clear_after_s = L.grace, L.clear_after
     signals, sigmem = evaluate_signals(tick, state.signals)
     by_key = {s.key: s for s in signals}
-    activity = track_activity(tick, state.activity)
     notes: list[Note] = []
     actions: list[Action] = []
     opened: list[str] = []
@@ -217,7 +195,7 @@ def plan_breach_actions(tick: Tick, state: LadderState,
                               {"breach": key, "step": t.step}))
 
     # 3. Climb, most urgent first.
-    env = Env(tick, cfg, dict(state.throttles), activity, frozenset(capabilities), grace_s)
+    env = Env(tick, cfg, dict(state.throttles), frozenset(capabilities), grace_s)
     order = sorted(tracks.values(), key=lambda t: (-t.severity, KIND_ORDER.get(t.kind, 9), t.key))
     for t in order:
         sig = by_key.get(t.key)
@@ -242,8 +220,7 @@ def plan_breach_actions(tick: Tick, state: LadderState,
             + ", ".join(f"{k}={v}" for k, v in sorted(th.before.items())),
             "ladder", params={"breaches": list(th.breaches), "restore": dict(th.before)}))
 
-    new_state = LadderState(tracks=tracks, throttles=dict(state.throttles), signals=sigmem,
-                            activity=activity)
+    new_state = LadderState(tracks=tracks, throttles=dict(state.throttles), signals=sigmem)
     return LadderPlan(actions, new_state, notes, signals, opened)
 
 

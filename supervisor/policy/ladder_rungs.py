@@ -145,7 +145,6 @@ class Env:
     tick: Tick
     cfg: "Config"
     throttles: dict[str, Throttle]
-    activity: dict[str, tuple[float, float, float]]
     capabilities: frozenset[str]
     grace_s: float
     acted_step: int = 0  # the last rung that acted on the breach being climbed
@@ -234,6 +233,13 @@ def rung_reclaim(t: Track, sig: Signal, env: Env, members: list["ContainerSample
     return _select(throttle_rank(members, cfg), env, sig, make)
 
 
+def idle_for_s(c: "ContainerSample", tick: Tick) -> float | None:
+    """Seconds ``c``'s CPU has stayed at or below ``hibernation.cpu_idle_cores``, from the
+    tick's activity view (None: not read twice yet, so not known to be idle). The Ollama
+    governor asks the same view with the same threshold."""
+    return tick.activity.idle_for_s(c.info.id, tick.cfg.settings.hibernation.cpu_idle_cores)
+
+
 def rung_hibernate(t: Track, sig: Signal, env: Env, members: list["ContainerSample"]) -> RungResult:
     cfg = env.cfg
     if "hibernate" not in env.capabilities:
@@ -241,20 +247,20 @@ def rung_hibernate(t: Track, sig: Signal, env: Env, members: list["ContainerSamp
     if not cfg.settings.hibernation.enabled:
         return "skipped", [], "hibernation is disabled (hibernation.enabled = false)"
     idle_after_s = cfg.settings.ladder.hibernate_idle_after
-    cands = []
+    idle: dict[str, float] = {}
     for c in members:
         if rules.hibernation_block(c.info, c.class_name, c.managed, cfg):
             continue
-        a = env.activity.get(c.info.id)
-        if a is None or env.tick.now - a[2] < idle_after_s:
-            continue
-        cands.append(c)
+        idle_s = idle_for_s(c, env.tick)
+        if idle_s is not None and idle_s >= idle_after_s:
+            idle[c.info.id] = idle_s
+    cands = [c for c in members if c.info.id in idle]
     if not cands:
         return "skipped", [], (f"no container of a hibernating class in scope has been idle "
                                f"for {idle_after_s:g}s")
 
     def make(c):
-        idle_s = env.tick.now - env.activity[c.info.id][2]
+        idle_s = idle[c.info.id]
         mode = class_of(c, cfg).hibernate_mode
         # idle_s: the hibernation executor re-checks the container's connections over
         # this window (shorter than the class's idle_after under a breach).

@@ -95,8 +95,6 @@ class LadderState:
     tracks: dict[str, Track] = field(default_factory=dict)
     throttles: dict[str, Throttle] = field(default_factory=dict)
     signals: SignalMemory = field(default_factory=SignalMemory)
-    # container id -> (time, cpu seconds, last time it was busy): for "idle" (rung 4)
-    activity: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""One pass of the Ollama governor, decided purely: from the tick and what the governor
-remembers (its CPU activity, its two PSI gates, its saved throttles, what it reported and
-tried), the view of every target, the overrides placement must keep and the actions to
-take. Nothing here changes anything: the component commits a pass in ``observe``, so
+"""One pass of the Ollama governor, decided purely: from the tick (CPU activity included:
+the tick's activity view, the one tracker's) and what the governor remembers (its two
+PSI gates, its saved throttles, what it reported and tried), the view of every target,
+the overrides placement must keep and the actions to take. Nothing here changes anything: the component commits a pass in ``observe``, so
 planning twice from one tick (``GET /plan``) gives the same plan and leaves no trace."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from supervisor.model.actions import Action, ActionResult
 from supervisor.model.ollama import LoadedModel
 from supervisor.policy import psi
 from supervisor.policy.ollama_policy import (
-    Check, CpuActivity, CpuPlan, ModelSeen, Target, cpu_check, cpuset_check, env_checks,
+    Check, CpuPlan, ModelSeen, Target, cpu_activity, cpu_check, cpuset_check, env_checks,
     env_drift, notices, ollama_idle, override_cores, plan_cpu, unload_verdicts)
 from supervisor.policy.psi import PsiGate
 from supervisor.policy.tick import Tick
@@ -90,7 +90,6 @@ class View:
 class Memory:
     """What the governor remembers between passes (the component owns and commits it)."""
 
-    cpu: CpuActivity = field(default_factory=CpuActivity)
     cpu_gate: PsiGate = PsiGate()
     mem_gate: PsiGate = PsiGate()
     reported: Mapping[str, str] = field(default_factory=dict)  # key -> alerted signature
@@ -100,10 +99,9 @@ class Memory:
 
 @dataclass(frozen=True)
 class Pass:
-    """One tick folded into the governor's memory: the next CPU activity and gates, the
-    view of every target, and which APIs the poller should read."""
+    """One tick folded into the governor's memory: the next gates, the view of every
+    target, and which APIs the poller should read."""
 
-    cpu: CpuActivity
     cpu_gate: PsiGate
     mem_gate: PsiGate
     views: dict[str, View]
@@ -131,17 +129,15 @@ def advance(tick: Tick, targets: list[Target], mem: Memory, throttles: Mapping[s
             stale_s: float) -> Pass:
     """The governor's pass on ``tick``. Pure. ``throttles``: the saved throttles (what
     each replaced), ``obs`` and ``seen``: the poller's readings of /api/ps."""
-    idle_cores = tick.cfg.settings.hibernation.cpu_idle_cores
-    cpu = mem.cpu.advanced([(t.key, t.cpu_usage_s) for t in targets], tick.now, idle_cores)
     cpu_gate, mem_gate = advance_gates(tick, mem.cpu_gate, mem.mem_gate)
-    views = {t.key: view_of(t, tick, obs.get(t.key), seen.get(t.key, {}), stale_s, cpu,
+    views = {t.key: view_of(t, tick, obs.get(t.key), seen.get(t.key, {}), stale_s,
                             cpu_gate.on, throttles.get(t.key), mem.recreated.get(t.name))
              for t in targets}
-    return Pass(cpu, cpu_gate, mem_gate, views, [(t.key, t.api_url) for t in targets if t.api_url])
+    return Pass(cpu_gate, mem_gate, views, [(t.key, t.api_url) for t in targets if t.api_url])
 
 
 def view_of(t: Target, tick: Tick, api: ApiObs | None, seen: dict[str, ModelSeen],
-            stale_s: float, cpu: CpuActivity, cpu_pressure: bool, saved: dict | None,
+            stale_s: float, cpu_pressure: bool, saved: dict | None,
             last_recreate: tuple[float, bool] | None) -> View:
     cfg = tick.cfg
     s = cfg.settings.ollama
@@ -171,9 +167,9 @@ def view_of(t: Target, tick: Tick, api: ApiObs | None, seen: dict[str, ModelSeen
     if hold is None and plan is not None and plan.purpose == "restore":
         hold = plan.cores
     fresh = api is not None and api.ok and now - api.time_s <= stale_s
-    busy = cpu.busy(t.key, cfg.settings.hibernation.cpu_idle_cores)
+    busy, quiet_s = cpu_activity(tick, t.key)
     idle = ollama_idle(fresh, list(api.models or ()) if fresh and api else None, busy,
-                       cpu.quiet_for(t.key, now), s.idle_for)
+                       quiet_s, s.idle_for)
     models = {}
     if fresh and api and api.models:
         models = unload_verdicts(api.models, seen, now, s.model_idle_for, busy)
@@ -323,7 +319,7 @@ def plan_actions(p: Pass, tick: Tick, mem: Memory, throttles: Mapping[str, dict]
 
 
 def remembered(mem: Memory, p: Pass, tick: Tick, results: list[ActionResult]) -> Memory:
-    """The memory after the pass ran: the new activity and gates, what was reported and
+    """The memory after the pass ran: the new gates, what was reported and
     tried (``results``: this component's ActionResults), forgotten targets dropped."""
     reported = dict(mem.reported)
     attempts = dict(mem.attempts)
@@ -340,7 +336,7 @@ def remembered(mem: Memory, p: Pass, tick: Tick, results: list[ActionResult]) ->
         if a.kind == "ollama_recreate" and not r.dry_run and not r.skipped:
             recreated[a.name] = (tick.now, r.ok)
     live = set(p.views)
-    return Memory(cpu=p.cpu, cpu_gate=p.cpu_gate, mem_gate=p.mem_gate,
+    return Memory(cpu_gate=p.cpu_gate, mem_gate=p.mem_gate,
                   reported={k: v for k, v in reported.items() if k in live},
                   attempts={k: v for k, v in attempts.items() if k[0] in live},
                   recreated=recreated)

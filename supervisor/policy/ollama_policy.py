@@ -308,6 +308,17 @@ def unload_verdicts(models: Iterable[LoadedModel], seen: dict[str, ModelSeen], n
     return {n: (a != "idle", w) for n, (a, w) in acts.items()}
 
 
+def cpu_activity(tick: Tick, key: str) -> tuple[bool | None, float | None]:
+    """(busy, quiet seconds) of one target's CPU, from the tick's activity view (the one
+    tracker's) by ``hibernation.cpu_idle_cores``: busy when the cores used since the last
+    pass are above it; quiet for as long as they have stayed at or below it. Both None
+    before two readings. The ladder's hibernate rung asks the same view, same threshold."""
+    idle_cores = tick.cfg.settings.hibernation.cpu_idle_cores
+    cores = tick.activity.cpu_cores(key)
+    return (None if cores is None else cores > idle_cores,
+            tick.activity.idle_for_s(key, idle_cores))
+
+
 def ollama_idle(api_ok: bool, models: list[LoadedModel] | None, cpu_busy: bool | None,
                 cpu_quiet_s: float | None, idle_for_s: float) -> tuple[bool, str]:
     """Is it safe to restart Ollama now (no request can be running)?"""
@@ -327,79 +338,6 @@ def ollama_idle(api_ok: bool, models: list[LoadedModel] | None, cpu_busy: bool |
     return False, f"API not reachable; CPU quiet for {cpu_quiet_s:.0f}s of {idle_for_s:g}s"
 
 
-@dataclass(frozen=True)
-class CpuSample:
-    t: float  # when the cumulative usage was read (tick time)
-    usage_s: float  # cumulative CPU seconds then
-    since: float  # first sample of this run of the process (a counter reset restarts it)
-    rate: float | None = None  # cores used between the last two samples
-    active_at: float | None = None  # last sample whose rate was above the idle level
-
-
-def cpu_step(st: CpuSample | None, now: float, usage_s: float, idle_cores: float) -> CpuSample:
-    """The activity of one target after one more sample of its cumulative CPU usage."""
-    if st is None or usage_s < st.usage_s:  # first sight, or restarted (counter reset)
-        return CpuSample(now, usage_s, now)
-    dt = now - st.t
-    if dt <= 0:
-        return st
-    rate = (usage_s - st.usage_s) / dt
-    return CpuSample(now, usage_s, st.since, rate, now if rate > idle_cores else st.active_at)
-
-
-def cpu_rate_since(st: CpuSample | None, now: float, usage_s: float) -> float | None:
-    """Cores used from the last pass's sample to a fresh reading of the cumulative usage
-    (the re-check just before a recreate: no sleep, and everything since the last pass
-    counts). None when there is no earlier sample or the counter went back."""
-    if st is None or usage_s < st.usage_s or now <= st.t:
-        return None
-    return (usage_s - st.usage_s) / (now - st.t)
-
-
-class CpuActivity:
-    """CPU use per target from the cumulative usage each pass samples. ``advanced``
-    returns a new tracker (plan is pure); ``update`` changes this one."""
-
-    def __init__(self, samples: dict[str, CpuSample] | None = None) -> None:
-        self._s: dict[str, CpuSample] = dict(samples or {})
-
-    def update(self, key: str, now: float, usage_s: float | None, idle_cores: float) -> None:
-        if usage_s is not None:
-            self._s[key] = cpu_step(self._s.get(key), now, usage_s, idle_cores)
-
-    def advanced(self, samples: Iterable[tuple[str, float | None]], now: float,
-                 idle_cores: float) -> "CpuActivity":
-        """A tracker with this pass's (key, cumulative usage) folded in; targets not in
-        ``samples`` are forgotten."""
-        out = CpuActivity()
-        for key, usage_s in samples:
-            st = self._s.get(key)
-            out._s[key] = cpu_step(st, now, usage_s, idle_cores) if usage_s is not None else st
-        out._s = {k: v for k, v in out._s.items() if v is not None}
-        return out
-
-    def get(self, key: str) -> CpuSample | None:
-        return self._s.get(key)
-
-    def busy(self, key: str, idle_cores: float) -> bool | None:
-        st = self._s.get(key)
-        return None if st is None or st.rate is None else st.rate > idle_cores
-
-    def quiet_for(self, key: str, now: float) -> float | None:
-        """Seconds without CPU activity (bounded by how long we have watched)."""
-        st = self._s.get(key)
-        if st is None or st.rate is None:
-            return None
-        return now - (st.active_at if st.active_at is not None else st.since)
-
-    def forget_except(self, keys: set[str]) -> None:
-        for k in set(self._s) - keys:
-            del self._s[k]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CpuActivity) and self._s == other._s
-
-
 # ---------------------------------------------------------------- targets
 
 
@@ -417,7 +355,6 @@ class Target:
     class_cpuset: str | None  # None: the class takes any core
     api_url: str | None
     api_note: str
-    cpu_usage_s: float | None
     can_limit: bool = True
     limit_note: str = ""
     cgroup_rel: str = ""
@@ -439,8 +376,7 @@ def container_targets(tick: Tick, s) -> list[Target]:
             key=info.id, kind="container", name=info.name, found_by=how, state=info.state,
             env=env, cpu_limit_cores=info.cpu_limit_cores, cpuset=info.cpuset_cpus,
             class_name=c.class_name, class_cpuset=klass.cpuset if klass else None,
-            api_url=url, api_note=note,
-            cpu_usage_s=c.stats.cpu_usage_s if c.stats else None))
+            api_url=url, api_note=note))
     return out
 
 
@@ -450,5 +386,5 @@ def host_target(hp: HostProcess, s) -> Target:
         key=f"host:{hp.pid}", kind="host", name=f"{hp.name} (host pid {hp.pid})",
         found_by="process", state="running", env=hp.env, cpu_limit_cores=hp.cpu_limit_cores,
         cpuset="", class_name="", class_cpuset=None, api_url=url, api_note=note,
-        cpu_usage_s=hp.cpu_usage_s, can_limit=hp.can_limit, limit_note=hp.limit_note,
+        can_limit=hp.can_limit, limit_note=hp.limit_note,
         cgroup_rel=hp.cgroup_rel)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supervisor.model.activity import ActivityView
+
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.model.config import Config
     from supervisor.model.pools import PoolUsage, ReserveState
@@ -27,3 +29,6 @@ class Tick:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     reconcile: bool = False  # a full drift-repair pass (periodic or after a relist)
     events: tuple[str, ...] = ()  # container ids with events since the last pass
+    # Activity taken once per pass from the one tracker (CPU cores, idle time), frozen:
+    # the ladder's hibernate rung and the Ollama governor judge idleness from it.
+    activity: ActivityView = field(default_factory=ActivityView)

@@ -227,7 +227,7 @@ class Daemon:
         self.history.forget_except({c.info.id for c in snap.containers})
         tick = Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
                     reserve=reserve_state(snap, cfg), history=self.history,
-                    reconcile=reconcile, events=events)
+                    reconcile=reconcile, events=events, activity=self.sampler.activity.view(snap))
         self.keepalive()
         planned, held = self.plan_tick(tick)
         if held:

@@ -40,17 +40,18 @@ with a request in flight takes effect when the request ends.) The unload re-read
 
 When is Ollama idle (recreate)? The API answers and lists no loaded model, and its CPU
 is quiet in the last pass (a pull or a load in progress uses CPU); where the API cannot
-be reached, no CPU activity for ``idle_for``. Both are re-checked just before the swap:
-/api/ps once more, and one fresh read of the cgroup's CPU usage against the last pass's
-sample (everything since the last pass counts; nothing sleeps on the loop).
+be reached, no CPU activity for ``idle_for``. CPU is judged from the tick's activity view
+(the one activity tracker's, which the ladder's hibernate rung reads too): busy above
+``hibernation.cpu_idle_cores``. A host Ollama's CPU is read when the host is scanned and
+handed to the tracker. Both are re-checked just before the swap: /api/ps once more, and
+one fresh read of the cgroup's CPU usage against the tracker's last reading (everything
+since the last pass counts; nothing sleeps on the loop).
 
 Where things live: the pure decisions in ``policy.ollama_policy`` (checks, CPU values,
 activity) and ``policy.ollama_plan`` (one pass: views, overrides, actions); the
 executors in ``act.ollama``; this module is the component (poller thread, memory,
 publishing).
 """
-
-from __future__ import annotations
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ from supervisor.adapters.ollama_api import OllamaError
 from supervisor.adapters.ollama_host import HostOllama
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.ollama import HostProcess
+from supervisor.observe.activity import ActivityTracker
 from supervisor.policy import ollama_plan, psi
 from supervisor.policy.ollama_plan import ApiObs, Memory, Pass, View
 from supervisor.policy.ollama_policy import ModelTracker, Target, container_targets, host_target
@@ -98,8 +100,11 @@ class OllamaGovernor(Component):
         # A throttle left by the previous run stays until pressure has been clear for
         # clear_after, as if the daemon had never stopped.
         self.memory = Memory(cpu_gate=PsiGate(on=bool(self.throttles.snapshot())))
+        # The one activity tracker (the daemon's): the ticks' activity views come from it,
+        # and it keeps the last CPU reading the recreate re-check compares with.
+        self.activity = ctx.activity or ActivityTracker(ctx.proc)
         self.acts = OllamaExecutors(ctx, self.host, self.apis, self.throttles, self.scan_host,
-                                    lambda key: self.memory.cpu.get(key))
+                                    self.activity.cpu_record)
         self.views: dict[str, View] = {}  # the last committed pass: status and metrics
         # The poller's side, under _lock: its readings and the list it reads.
         self._lock = threading.Lock()
@@ -120,9 +125,13 @@ class OllamaGovernor(Component):
     def scan_host(self) -> list[HostProcess]:
         s = self.ctx.get_config().settings.ollama
         procs = self.host.scan(s.process_names) if s.process_names else []
+        now = self.ctx.clock()
+        # Their CPU, read by this scan, to the one tracker (the next pass's activity view).
+        self.activity.record_processes({f"host:{p.pid}": (p.pid, p.cpu_usage_s) for p in procs},
+                                       now)
         with self._lock:
             self._host_procs = procs
-            self._host_scanned_at = self.ctx.clock()
+            self._host_scanned_at = now
         return procs
 
     def poll_now(self) -> None:
@@ -184,7 +193,7 @@ class OllamaGovernor(Component):
     def _pass(self, tick: Tick) -> Pass:
         """This tick folded into the governor's memory, changing nothing."""
         if not tick.cfg.settings.ollama.enabled:
-            return Pass(self.memory.cpu, self.memory.cpu_gate, self.memory.mem_gate, {}, [])
+            return Pass(self.memory.cpu_gate, self.memory.mem_gate, {}, [])
         targets = self._targets(tick)
         with self._lock:
             obs = dict(self._obs)
@@ -203,7 +212,7 @@ class OllamaGovernor(Component):
                                         self.throttles.snapshot())
 
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
-        """Commit the pass: the new activity and gates, the views, what was reported and
+        """Commit the pass: the new gates, the views, what was reported and
         tried; the poller's list and readings follow the targets."""
         if self._recover_pending and tick.snapshot.engine_up:
             self._recover_pending = not self.acts.recover()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 
 from conftest import merge_sections
+from supervisor.model.activity import ActivityView
+from supervisor.observe.activity import ActivityTracker
 from supervisor.policy.tick import Tick
 from supervisor.model.config import HostFacts, load_config
 from supervisor.observe.history import History
@@ -64,9 +66,14 @@ def host(cores: int = 4, available: int = 6 * GIB) -> HostSample:
 
 
 def tick(cfg, containers, *, reconcile: bool = True, events=(), overrides=None,
-         history: History | None = None, now: float = 1000.0, available: int = 6 * GIB) -> Tick:
+         history: History | None = None, now: float = 1000.0, available: int = 6 * GIB,
+         activity: ActivityView | None = None, tracker: ActivityTracker | None = None) -> Tick:
+    """A tick of ``containers`` at ``now``. No activity is known (an empty view) unless
+    given: ``activity`` as is, or ``tracker``'s view of this tick's snapshot (as the
+    daemon takes it once per pass: feed one tracker tick after tick)."""
     snap = Snapshot(time_s=now, host=host(cfg.host.cores, available),
                     containers=tuple(containers), engine_up=True, cgroup_version=1)
     return Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
                 reserve=reserve_state(snap, cfg), history=history or History(3600, 1.0),
-                overrides=dict(overrides or {}), reconcile=reconcile, events=tuple(events))
+                overrides=dict(overrides or {}), reconcile=reconcile, events=tuple(events),
+                activity=activity or (tracker.view(snap) if tracker else ActivityView()))

@@ -11,6 +11,7 @@ from supervisor.model.config import HostFacts, load_config
 from supervisor.model.pools import account, reserve_state
 from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, HostSample,
                                        Pressure, Snapshot)
+from supervisor.observe.activity import ActivityTracker
 from supervisor.observe.history import History
 from supervisor.policy.ladder import plan_breach_actions, settle
 from supervisor.policy.ladder_state import LadderPlan, LadderState, Throttle
@@ -75,7 +76,10 @@ def container(name: str, cls: str = "standard", ws_mib: float = 10, resv_mib: fl
 
 
 def make_tick(cfg, containers, now: float, available_mib: float = 2048,
-              psi: dict | None = None, engine_up: bool = True, version: int = 1) -> Tick:
+              psi: dict | None = None, engine_up: bool = True, version: int = 1,
+              tracker: ActivityTracker | None = None) -> Tick:
+    """A tick at ``now``; its activity is ``tracker``'s view of its snapshot (as the
+    daemon takes it once per pass), or none known."""
     host = HostSample(time_s=now, cores=2, cpu_seconds=(), cpu_busy_ratio=(),
                       memory_total_bytes=4 * GIB, memory_available_bytes=int(available_mib * MIB),
                       disks={}, nets={},
@@ -83,8 +87,11 @@ def make_tick(cfg, containers, now: float, available_mib: float = 2048,
                                                             "io": Pressure()})
     snap = Snapshot(time_s=now, host=host, containers=tuple(containers), engine_up=engine_up,
                     cgroup_version=version)
-    return Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
+    tick = Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
                 reserve=reserve_state(snap, cfg), history=History(60, 1))
+    if tracker is not None:
+        tick.activity = tracker.view(snap)
+    return tick
 
 
 LADDER_KINDS = ("alert", "throttle", "unthrottle", "reclaim", "hibernate", "stop")
@@ -102,8 +109,9 @@ def sim_actuator(journal, clock, get_config):
 class Sim:
     """Drives the pure planner tick by tick through the actuator, as the loop does, and
     stands in for the executors the way the component's records would: a throttle adds
-    a record, an unthrottle removes it. ``actions`` are the ones that ran; ``held`` the
-    results the actuator's rate limits held back."""
+    a record, an unthrottle removes it. The ticks' activity comes from one tracker fed
+    tick after tick. ``actions`` are the ones that ran; ``held`` the results the
+    actuator's rate limits held back."""
 
     def __init__(self, cfg, capabilities=(), state: LadderState | None = None):
         self.cfg = cfg
@@ -111,6 +119,7 @@ class Sim:
         self.state = state or LadderState()
         self.now = 0.0
         self.journal = Journal(":memory:")
+        self.activity = ActivityTracker("/nonexistent")  # CPU only: reads no /proc
         self.actuator = sim_actuator(self.journal, lambda: self.now, lambda: self.cfg)
         self.actions = []  # (time, Action) that ran
         self.held = []  # (time, ActionResult) held back by a rate limit
@@ -118,8 +127,8 @@ class Sim:
 
     def step(self, containers, now: float, **kw) -> LadderPlan:
         self.now = now
-        p = plan_breach_actions(make_tick(self.cfg, containers, now, **kw), self.state,
-                                self.capabilities)
+        p = plan_breach_actions(make_tick(self.cfg, containers, now, tracker=self.activity, **kw),
+                                self.state, self.capabilities)
         results = self.actuator.execute(p.actions, dry_run=False)
         ran = [r.action for r in results if not held_by(r)]
         held = [r for r in results if held_by(r)]

@@ -1,7 +1,8 @@
 """The activity tracker (observe/activity.py): one read of a container's namespace per
 pass serves the snapshot's NetIO and the activity samples; its idle judgement agrees with
-the pure one; what a consumer reads (rates, quiet time, per-owner thresholds). On captured
-cgroup and /proc trees, no host needed."""
+the pure one; what a consumer reads (rates, quiet time, per-owner thresholds); the
+per-pass CPU view the Tick carries, from which the ladder and the Ollama governor judge
+idleness alike. On captured cgroup and /proc trees, no host needed."""
 
 import dataclasses
 import math
@@ -13,10 +14,18 @@ from hypothesis import given, settings, strategies as st
 from _handmade import config, container, tick
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.adapters.host import HostSampler
-from supervisor.model.activity import ActivitySample, Thresholds, Watch, idle_since
+from supervisor.model.activity import (CPU_PEAKS_MAX, ActivitySample, ActivityView, Thresholds,
+                                       Watch, cpu_step, idle_since)
 from supervisor.observe.activity import ActivityTracker
 from supervisor.observe.sampler import Sampler
+from supervisor.policy import ollama_plan
+from supervisor.policy.breaches import CRITICAL, Signal
 from supervisor.policy.hibernation import OWNER, candidates, retry_times
+from supervisor.policy.ladder import plan_breach_actions
+from supervisor.policy.ladder_rungs import Env, idle_for_s, rung_hibernate
+from supervisor.policy.ladder_state import LadderState
+from supervisor.policy.ladder_state import Track as LadderTrack
+from supervisor.policy.ollama_policy import container_targets, cpu_activity
 from supervisor.model.actions import Action, ActionResult
 
 FIX = Path(__file__).parent.parent / "fixtures"
@@ -190,3 +199,123 @@ def test_retry_times_hold_back_failures_and_dry_runs_and_drop_past_ones():
     got = retry_times({"gone": 900.0}, [result(web, ok=False), result(job, dry_run=True),
                                         result(web, ok=False, skipped=True)], t)
     assert got == {web.info.id: 1060.0, job.info.id: 1000.0 + 300.0}  # standard idle_after 5m
+
+
+# ---------------------------------------------------------------- CPU, every pass: the view
+
+IDLE_CORES = 0.05
+IDLE_AFTER = 5.0  # the ladder's hibernate_idle_after and the governor's idle_for alike
+
+
+def idle_cfg():
+    return config(hibernation={"cpu_idle_cores": IDLE_CORES},
+                  ladder={"hibernate_idle_after": f"{IDLE_AFTER}s"},
+                  ollama={"idle_for": f"{IDLE_AFTER}s", "process_names": []})
+
+
+def spec_idle_for(readings, now, idle_cores=IDLE_CORES):
+    """The definition, from the raw readings of one run of a process ((time, cpu s)):
+    seconds since the end of the last interval above ``idle_cores`` (since the first
+    reading when none was); None before two readings."""
+    if len(readings) < 2:
+        return None
+    busy_at = readings[0][0]
+    for (t0, c0), (t1, c1) in zip(readings, readings[1:]):
+        if (c1 - c0) / (t1 - t0) > idle_cores:
+            busy_at = t1
+    return now - busy_at
+
+
+def ladder_hibernates(t, c):
+    """What the ladder's hibernate rung does with ``c`` in a critical breach of its pool."""
+    sig = Signal("pool:standard", "pool", "standard", "standard", "memory", CRITICAL, False,
+                 0.97, 0.95, "pool standard at 97%")
+    env = Env(t, t.cfg, {}, frozenset({"hibernate"}), 1.0)
+    track = LadderTrack("pool:standard", "pool", "standard", "standard", "memory", 0.0)
+    return rung_hibernate(track, sig, env, [c])[0] == "acted"
+
+
+def governor_says_idle(t, cid):
+    """The governor's idle verdict on an Ollama container whose API does not answer (idle
+    is then told by CPU alone)."""
+    s = t.cfg.settings.ollama
+    p = ollama_plan.advance(t, container_targets(t, s), ollama_plan.Memory(), {}, {}, {}, 10.0)
+    return p.views[cid].idle[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 4.0), st.one_of(st.just(0.0), st.floats(0, 0.2)),
+                          st.integers(0, 12)), min_size=1, max_size=40))
+def test_the_ladder_and_the_governor_judge_idleness_from_the_same_view(steps):
+    """For any CPU series (restarts included), pass after pass: the ladder's idle time and
+    the governor's quiet time are the same, both are the definition's, and the ladder
+    hibernates exactly when the governor calls Ollama idle (same thresholds)."""
+    cfg, tracker = idle_cfg(), ActivityTracker("/nonexistent")
+    base = container("ollama", labels={"supervisor.ollama": "true"})
+    cid = base.info.id
+    now, pid, cpu_s, run = 100.0, base.info.pid, 0.0, []
+    for dt, cores, restart in steps:
+        now += dt
+        if restart == 0:  # now and then a new process: its counter starts over
+            pid, cpu_s, run = pid + 1, 0.0, []
+        cpu_s += cores * dt
+        run.append((now, cpu_s))
+        c = dataclasses.replace(base, info=dataclasses.replace(base.info, pid=pid),
+                                stats=dataclasses.replace(base.stats, cpu_usage_s=cpu_s))
+        t = tick(cfg, [c], now=now, tracker=tracker)
+        want = spec_idle_for(run, now)
+        busy, quiet_s = cpu_activity(t, cid)
+        assert idle_for_s(c, t) == quiet_s  # one view, one answer
+        if len(run) > 1:
+            assert busy == ((run[-1][1] - run[-2][1]) / (run[-1][0] - run[-2][0]) > IDLE_CORES)
+        peaks = [cores for _, cores in t.activity.cpu[cid].peaks]
+        assert all(a > b for a, b in zip(peaks, peaks[1:]))  # each busier than any later
+        if want is None or len(peaks) < CPU_PEAKS_MAX:
+            assert quiet_s == want
+        else:  # peaks merged: never idle longer than the definition says
+            assert quiet_s <= want
+        idle = quiet_s is not None and quiet_s >= IDLE_AFTER
+        assert ladder_hibernates(t, c) == governor_says_idle(t, cid) == idle
+
+
+def test_peaks_stay_bounded_and_never_make_a_container_idle_longer():
+    rec, t, cpu_s, readings = None, 0.0, 0.0, []
+    for i in range(200):  # ever lower rates: every interval is a peak
+        t += 1.0
+        cpu_s += 1.0 / (i + 1)
+        readings.append((t, cpu_s))
+        rec = cpu_step(rec, 1, t, cpu_s)
+        assert len(rec.peaks) <= CPU_PEAKS_MAX
+        view = ActivityView(t, {"c": rec})
+        for idle_cores in (0.001, 0.005, 0.02, 0.1, 0.5):
+            got, want = view.idle_for_s("c", idle_cores), spec_idle_for(readings, t, idle_cores)
+            assert got == want if i < CPU_PEAKS_MAX else got <= want
+    assert view.idle_for_s("c", 2.0) == spec_idle_for(readings, t, 2.0) == t - 1.0
+
+
+def test_a_pass_reads_each_containers_counters_once(tmp_path):
+    """As the daemon runs a pass: the sampler's sweep reads the cgroup and (watched) the
+    namespace once; the tracker's view takes the sweep's CPU reading; the planners that
+    judge idleness read nothing."""
+    s, info, _ = sampler_on(tmp_path, full_every_s=2.0)
+    cfg = idle_cfg()
+    s.activity.watch(OWNER, {info.id: Watch(0.0, 10.0, TH)})  # sampled every pass
+    state = LadderState()
+    clock = [100.0]
+    s.clock = lambda: clock[0]
+    for i in range(6):
+        clock[0] = 100.0 + i
+        snap = s.sample([info], cfg, engine_up=True)
+        reads = (s.counts["full_reads"] + s.counts["usage_reads"],
+                 s.activity.counts["namespace_reads"])
+        assert reads == (i + 1, i + 1)  # once each per pass
+        t = tick(cfg, snap.containers, now=snap.time_s, tracker=s.activity)
+        rec = t.activity.cpu[info.id]
+        assert (rec.time_s, rec.cpu_s) == (snap.time_s, snap.containers[0].stats.cpu_usage_s)
+        state = plan_breach_actions(t, state, {"hibernate"}).state
+        ollama_plan.advance(t, container_targets(t, cfg.settings.ollama), ollama_plan.Memory(),
+                            {}, {}, {}, 10.0)
+        assert (s.counts["full_reads"] + s.counts["usage_reads"],
+                s.activity.counts["namespace_reads"]) == reads  # nothing read again
+    # The captured tree does not move: idle since the first pass, by the view.
+    assert t.activity.idle_for_s(info.id, IDLE_CORES) == 5.0

@@ -25,15 +25,16 @@ from supervisor.runtime.ollama import OllamaGovernor
 from supervisor.policy import psi
 from supervisor.policy.ollama_plan import ApiObs, merge_override
 from supervisor.policy.ollama_policy import (
-    CpuActivity, ModelSeen, ModelTracker, container_api_url, cpu_check, cpu_rate_since,
-    cpuset_check, env_checks, env_drift, env_map, match_container, model_activity, notices,
+    ModelSeen, ModelTracker, container_api_url, cpu_activity, cpu_check, cpuset_check, env_checks, env_drift, env_map, match_container, model_activity, notices,
     ollama_idle, plan_cpu, restore_cores, unload_verdicts)
 from supervisor.policy.psi import PsiGate
 from supervisor.adapters.ollama_api import (
     LoadedModel, OllamaAPI, OllamaError, OllamaUnavailable, parse_ps, parse_time)
 from supervisor.adapters.ollama_host import cgroup_verdict, in_container
 from supervisor.act.ollama_recreate import create_body, with_env
+from supervisor.model.activity import cpu_rate_since, cpu_step
 from supervisor.model.pools import account, reserve_state
+from supervisor.observe.activity import ActivityTracker
 from supervisor.model.snapshot import (
     CgroupStats, ContainerInfo, ContainerSample, HostSample, Pressure, Snapshot)
 
@@ -252,14 +253,20 @@ def ollama_sample(cid="a" * 64, *, env=("OLLAMA_NUM_PARALLEL=2", "OLLAMA_MAX_LOA
                            stats=stats)
 
 
-def make_tick(cfg, containers, now, cpu_psi=0.0, mem_full=0.0, available=8 * GIB) -> Tick:
+def make_tick(cfg, containers, now, cpu_psi=0.0, mem_full=0.0, available=8 * GIB,
+              tracker: ActivityTracker | None = None) -> Tick:
+    """A tick at ``now``; its activity is ``tracker``'s view (fed tick after tick, as the
+    daemon does once per pass), or none known."""
     host = HostSample(time_s=now, cores=4, cpu_seconds=(), cpu_busy_ratio=(),
                       memory_total_bytes=16 * GIB, memory_available_bytes=available, disks={},
                       nets={}, pressure={"cpu": Pressure(some_avg10=cpu_psi),
                                          "memory": Pressure(full_avg10=mem_full)})
     snap = Snapshot(time_s=now, host=host, containers=tuple(containers), engine_up=True)
-    return Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
+    tick = Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
                 reserve=reserve_state(snap, cfg), history=History(60, 1))
+    if tracker is not None:
+        tick.activity = tracker.view(snap)
+    return tick
 
 
 @pytest.fixture
@@ -376,14 +383,16 @@ def test_planning_twice_from_one_tick_gives_the_same_plan_and_changes_no_state(g
     governor.models.seen[key] = {"m:latest": ModelSeen(900.0, "x", None)}
     governor._obs[key] = ApiObs(1039.5, True, (model("m:latest", "x"),), "", "http://127.0.0.1:1")
     # A history: CPU pressure held (the gate turns on at t = 1030), Ollama's CPU quiet.
+    tracker = ActivityTracker("/nonexistent")
     for i in range(7):
-        t = make_tick(cfg, [drifting], 1000.0 + 5 * i, cpu_psi=95.0)
+        t = make_tick(cfg, [drifting], 1000.0 + 5 * i, cpu_psi=95.0, tracker=tracker)
         governor.plan(t)
         governor.observe(t, [])
-    assert governor.memory.cpu_gate.on and governor.memory.cpu.busy(key, 0.05) is False
+    assert governor.memory.cpu_gate.on and cpu_activity(t, key) == (False, 30.0)
     # The next tick: the reserve breached (unload), drift (alert, enforce), CPU pressure on.
     t = make_tick(cfg, [dataclasses.replace(drifting, stats=dataclasses.replace(
-        drifting.stats, cpu_usage_s=10.01))], 1040.0, cpu_psi=10.0, available=GIB // 2)
+        drifting.stats, cpu_usage_s=10.01))], 1040.0, cpu_psi=10.0, available=GIB // 2,
+        tracker=tracker)
     before = governor_state(governor)
     first = (governor.overrides(t), governor.plan(t))
     second = (governor.overrides(t), governor.plan(t))
@@ -451,37 +460,46 @@ def test_idle_needs_no_loaded_model_and_quiet_cpu_or_long_quiet_without_api():
 
 
 def test_cpu_activity_tracks_rate_and_quiet_time():
-    c = CpuActivity()
-    c.update("k", 0.0, 10.0, 0.01)
-    assert c.busy("k", 0.01) is None and c.quiet_for("k", 0.0) is None
-    c.update("k", 1.0, 10.5, 0.01)
-    assert c.busy("k", 0.01) is True and c.quiet_for("k", 1.0) == 0.0
-    c.update("k", 2.0, 10.5, 0.01)
-    c.update("k", 5.0, 10.5, 0.01)
-    assert c.busy("k", 0.01) is False and c.quiet_for("k", 5.0) == 4.0
-    c.update("k", 6.0, 1.0, 0.01)  # counter went back: a restart
-    assert c.busy("k", 0.01) is None
+    """Busy and quiet time of Ollama's CPU, from the activity views of successive ticks
+    (busy above hibernation.cpu_idle_cores, 0.01 here)."""
+    cfg, tracker = config(), ActivityTracker("/nonexistent")
+
+    def at(now, cpu_s, cid="a" * 64):
+        return cpu_activity(make_tick(cfg, [ollama_sample(cid, cpu_s=cpu_s)], now,
+                                      tracker=tracker), cid)
+    assert at(0.0, 10.0) == (None, None)  # one reading: not measured yet
+    assert at(1.0, 10.5) == (True, 0.0)
+    at(2.0, 10.5)
+    assert at(5.0, 10.5) == (False, 4.0)
+    assert at(6.0, 1.0) == (None, None)  # counter went back: a restart, measured anew
+    assert at(7.0, 1.0) == (False, 1.0)
 
 
 def test_the_recreate_recheck_rate_counts_everything_since_the_last_pass():
-    c = CpuActivity()
-    c.update("k", 100.0, 50.0, 0.01)
-    c.update("k", 105.0, 50.0, 0.01)  # quiet pass
-    last = c.get("k")
-    assert cpu_rate_since(last, 105.5, 50.0) == 0.0  # still quiet at the re-check
-    assert cpu_rate_since(last, 106.0, 50.5) == pytest.approx(0.5)  # a request started
-    assert cpu_rate_since(None, 106.0, 50.5) is None  # never sampled: not confirmed
-    assert cpu_rate_since(last, 106.0, 1.0) is None  # counter went back: restarted
+    # The last pass read 50.0 s at t=100; this pass's view read 50.0 s at t=105 (quiet).
+    rec = cpu_step(cpu_step(None, 7, 100.0, 50.0), 7, 105.0, 50.0)
+    assert cpu_rate_since(rec, 7, 105.5, 50.0) == 0.0  # still quiet at the re-check
+    assert cpu_rate_since(rec, 7, 106.0, 53.0) == pytest.approx(0.5)  # a request started
+    assert cpu_rate_since(None, 7, 106.0, 50.5) is None  # never read: not confirmed
+    assert cpu_rate_since(rec, 7, 106.0, 1.0) is None  # counter went back: restarted
+    assert cpu_rate_since(rec, 8, 106.0, 50.5) is None  # another process
+    first = cpu_step(None, 7, 100.0, 50.0)  # read once only: from that reading
+    assert cpu_rate_since(first, 7, 102.0, 51.0) == pytest.approx(0.5)
 
 
-def test_advancing_cpu_activity_leaves_the_tracker_as_it_was():
-    c = CpuActivity()
-    c.update("k", 0.0, 10.0, 0.01)
-    c.update("gone", 0.0, 1.0, 0.01)
-    before = copy.deepcopy(c)
-    nxt = c.advanced([("k", 12.0)], 1.0, 0.01)
-    assert c == before
-    assert nxt.busy("k", 0.01) is True and nxt.get("gone") is None
+def test_a_ticks_activity_view_is_frozen_and_later_passes_leave_it_as_it_was():
+    cfg, tracker = config(), ActivityTracker("/nonexistent")
+    a, b = "a" * 64, "b" * 64
+    first = make_tick(cfg, [ollama_sample(a, cpu_s=10.0), ollama_sample(b, cpu_s=1.0)], 0.0,
+                      tracker=tracker)
+    kept = dict(first.activity.cpu)
+    nxt = make_tick(cfg, [ollama_sample(a, cpu_s=12.0)], 1.0, tracker=tracker)
+    assert dict(first.activity.cpu) == kept  # what the first pass decided from
+    assert nxt.activity.cpu_cores(a) == 2.0 and cpu_activity(nxt, a)[0] is True
+    assert nxt.activity.cpu.get(b) is None  # gone: forgotten
+    with pytest.raises(TypeError):
+        first.activity.cpu[b] = None  # read-only
+    assert copy.deepcopy(first.activity) is first.activity  # immutable: shared, not copied
 
 
 # ---------------------------------------------------------------- API client and fake
