@@ -39,7 +39,7 @@ Duration = str | int | float
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def _check_size(v: Any) -> Any:
