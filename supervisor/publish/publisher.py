@@ -13,13 +13,11 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from supervisor.publish.metrics import exporter_family_names
 from supervisor.publish.report import PassMetrics, Report, frozen_counts
-from supervisor.publish.status import container_cpu_percents
 
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.core import Metric
@@ -116,8 +114,8 @@ class ReportBuilder:
               pass_durations_s: Iterable[float] = ()) -> Report:
         buckets, sum_s = self.pass_metrics.tick_duration.cumulative()
         recent = tuple(recent_actions)
-        report = Report(
-            seq=seq, made_mono=time.monotonic(), started_at_s=self.started_at_s, pid=self.pid,
+        fields: dict[str, Any] = dict(
+            seq=seq, started_at_s=self.started_at_s, pid=self.pid,
             cfg=cfg, stale_after_s=stale_after_s,
             engine_up=engine_up, engine_error=engine_error, engine_host=engine_host,
             cgroup_version=cgroup_version, last_config_error=last_config_error,
@@ -128,16 +126,17 @@ class ReportBuilder:
             last_pass_duration_s=last_pass_duration_s,
             pass_durations_s=tuple(pass_durations_s),
             recent_actions=recent[-RECENT_ACTIONS:], process=self.read_process())
-        if tick is None:
-            return report
-        report = replace(
-            report, snapshot=tick.snapshot, pools=MappingProxyType(dict(tick.pools)),
-            reserve=tick.reserve, now=tick.now,
-            cpu_percent=MappingProxyType(container_cpu_percents(tick, prev_tick)),
-            hibernated_ids=hibernated_ids(self.components),
-            sections=MappingProxyType(component_sections(self.components, tick)))
-        if self._exporter_names is None:
-            self._exporter_names = exporter_family_names(report)
-        families, took_s = self._families(tick, self._exporter_names)
-        return replace(report, families=tuple(families), collect_s=MappingProxyType(took_s),
-                       collect_errors=frozen_counts(self.collect_errors))
+        if tick is not None:
+            fields.update(
+                snapshot=tick.snapshot, pools=MappingProxyType(dict(tick.pools)),
+                reserve=tick.reserve, now=tick.now,
+                prev_snapshot=prev_tick.snapshot if prev_tick is not None else None,
+                hibernated_ids=hibernated_ids(self.components),
+                sections=MappingProxyType(component_sections(self.components, tick)))
+            if self._exporter_names is None:
+                self._exporter_names = exporter_family_names(
+                    Report(made_mono=time.monotonic(), **fields))
+            families, took_s = self._families(tick, self._exporter_names)
+            fields.update(families=tuple(families), collect_s=MappingProxyType(took_s),
+                          collect_errors=frozen_counts(self.collect_errors))
+        return Report(made_mono=time.monotonic(), **fields)

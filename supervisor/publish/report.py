@@ -83,8 +83,8 @@ class Report:
     pass_durations_s: tuple[float, ...] = ()  # the recent passes, oldest first
     recent_actions: tuple["ActionResult", ...] = ()
     process: "ProcessFigures | None" = None  # the daemon's own footprint
-    # Per container id: CPU % between the previous pass and this one.
-    cpu_percent: Mapping[str, float | None] = field(default_factory=_empty)
+    # The previous pass's snapshot: CPU % between the two (computed by the reader).
+    prev_snapshot: "Snapshot | None" = None
     hibernated_ids: frozenset[str] = frozenset()
     # Each component's status section (None: it has none) and metric families, computed
     # right after the pass; the sections' dicts are not to be changed by readers.

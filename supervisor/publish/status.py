@@ -37,15 +37,15 @@ def cpu_percent(cur_cpu_s: float | None, prev_cpu_s: float | None, interval_s: f
     return round((cur_cpu_s - prev_cpu_s) / interval_s * 100.0, 1)
 
 
-def container_cpu_percents(tick, prev_tick) -> dict[str, float | None]:
-    """Per container id, CPU % between the previous pass and this one."""
-    if prev_tick is None:
+def container_cpu_percents(snap, prev_snap) -> dict[str, float | None]:
+    """Per container id, CPU % between the previous pass's snapshot and this one."""
+    if snap is None or prev_snap is None:
         return {}
-    interval_s = tick.snapshot.time_s - prev_tick.snapshot.time_s
-    prev = {c.info.id: c.stats.cpu_usage_s for c in prev_tick.snapshot.containers if c.stats}
+    interval_s = snap.time_s - prev_snap.time_s
+    prev = {c.info.id: c.stats.cpu_usage_s for c in prev_snap.containers if c.stats}
     return {c.info.id: cpu_percent(c.stats.cpu_usage_s if c.stats else None,
                                    prev.get(c.info.id), interval_s)
-            for c in tick.snapshot.containers}
+            for c in snap.containers}
 
 
 def hibernation_rows(section: Any) -> dict[str, dict[str, Any]]:
@@ -154,8 +154,9 @@ def build_status(source: Any) -> dict[str, Any]:
     out["containers"] = rows
     sections = r.sections
     idle = hibernation_rows(sections.get("hibernation"))
+    cpu = container_cpu_percents(snap, r.prev_snapshot)
     for row, c in zip(rows, snap.containers):
-        row["cpu_percent"] = r.cpu_percent.get(c.info.id)
+        row["cpu_percent"] = cpu.get(c.info.id)
         hib = idle.get(row["id"]) or idle.get(row["name"]) or {}
         row["idle_s"] = hib.get("idle_s")
         row["hibernated"] = bool(hib.get("hibernated"))
