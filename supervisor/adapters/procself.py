@@ -93,4 +93,5 @@ class ProcSelf:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return ProcessFigures(rss_bytes=rss, virtual_bytes=virt, cpu_user_s=user,
                               cpu_system_s=system, threads=threads, start_time_s=start,
-                              open_fds=fds, max_fds=None if soft == resource.RLIM_INFINITY else soft)
+                              open_fds=fds,
+                              max_fds=None if soft == resource.RLIM_INFINITY else soft)

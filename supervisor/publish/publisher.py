@@ -77,7 +77,8 @@ class ReportBuilder:
         """Count one finished pass (its duration, the breaches it started)."""
         self.pass_metrics.observe(duration_s, tick)
 
-    def _families(self, tick: "Tick", taken: frozenset[str]) -> tuple[list["Metric"], dict[str, float]]:
+    def _families(self, tick: "Tick",
+                  taken: frozenset[str]) -> tuple[list["Metric"], dict[str, float]]:
         out: list["Metric"] = []
         took_s: dict[str, float] = {}
         seen = set(taken)

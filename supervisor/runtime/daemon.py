@@ -175,11 +175,12 @@ class Daemon:
     def _build_report(self) -> Report:
         cfg = self.cfg
         p = self.passes
+        engine_host = cfg.settings.docker.host or os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST)
         return self.reports.build(
             cfg=cfg, seq=self.counts["passes"], stale_after_s=max(10.0, 5 * cfg.tick_s),
             tick=p.last_tick, prev_tick=p.prev_tick,
             engine_up=self.inventory.engine_up, engine_error=self.inventory.engine_error,
-            engine_host=cfg.settings.docker.host or os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST),
+            engine_host=engine_host,
             cgroup_version=self.cgroups.version, last_config_error=self.last_config_error,
             counts=self.counts, sampler_counts=self.sampler.counts,
             inventory_counts=self.inventory.counts, action_counts=self.actuator.counts,

@@ -293,3 +293,19 @@ def test_a_container_left_unlimited_for_want_of_room_is_exhaustion():
     assert health_code(st) == EXIT_EXHAUSTED
     fine = build_status(report_of(t, [PlacementSection([])]))
     assert "unlimited_no_room" not in fine["pools"]["standard"] and health_code(fine) == EXIT_OK
+
+
+def test_status_shows_cpu_percent_between_the_reports_two_snapshots():
+    from dataclasses import replace
+    cfg = handmade_config()
+    c = handmade_container("busy", limit=40 * MIB)
+    at = lambda now, cpu_s: replace(c, stats=replace(c.stats, cpu_usage_s=cpu_s))  # noqa: E731
+    first, second = handmade_tick(cfg, [at(1000.0, 1.0)], now=1000.0), handmade_tick(
+        cfg, [at(1002.0, 2.0)], now=1002.0)
+    builder = ReportBuilder([], Counter())
+    report = builder.build(cfg=cfg, seq=2, stale_after_s=10.0, tick=second, prev_tick=first,
+                           engine_up=True)
+    (row,) = build_status(report)["containers"]
+    assert row["cpu_percent"] == 50.0  # 1 CPU second in 2 s: half a core
+    alone = builder.build(cfg=cfg, seq=1, stale_after_s=10.0, tick=first, engine_up=True)
+    assert build_status(alone)["containers"][0]["cpu_percent"] is None
