@@ -3,7 +3,10 @@
 A component sees the daemon's adapters through ``Context`` and hooks into each pass:
 ``plan`` (pure: decides from the tick, touches nothing) -> the actuator runs the actions
 through the component's ``executors`` -> ``observe`` sees the results. ``status`` and
-``collect`` publish from the same tick; ``routes`` add control-API calls.
+``collect`` publish from the same tick: the daemon calls them on the loop thread right
+after each pass and freezes what they return into the pass's report, which `supctl
+status`, the control API and /metrics read (they never call a component); ``routes`` add
+control-API calls.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from supervisor.model.actions import Action, ActionResult, Outcome
+from supervisor.model.config import DockerSection
 from supervisor.model.params import Param
 from supervisor.policy.tick import Tick
 
@@ -27,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from supervisor.observe.inventory import Inventory
     from supervisor.adapters.journal import Journal
 
+# The config names the default roots; the context passes the one in use to the adapters.
+_DEFAULT_PROC: str = DockerSection.model_fields["proc_root"].default
+
 
 @dataclass
 class Context:
@@ -40,7 +47,7 @@ class Context:
     clock: Callable[[], float]
     get_config: Callable[[], "Config"]
     request_pass: Callable[[], None]  # ask the loop for a pass now (e.g. after an event)
-    proc: str = "/proc"
+    proc: str = _DEFAULT_PROC  # the /proc root the adapters read (docker.proc_root)
     # Action kinds some executor handles (filled by the daemon after registration), so a
     # planner can skip a step whose mechanism is absent and say so.
     capabilities: set[str] = field(default_factory=set)
@@ -76,9 +83,13 @@ class Component:
         return {}
 
     def status(self, tick: Tick) -> dict[str, Any] | None:
+        """This component's section of the status (JSON-able), once per pass on the loop
+        thread; the dict is published as it is and must not be changed afterwards."""
         return None
 
     def collect(self, tick: Tick) -> Iterable["Metric"]:
+        """This component's metric families, once per pass on the loop thread; every
+        scrape until the next pass writes the same families."""
         return ()
 
     def routes(self) -> dict[tuple[str, str], tuple[Callable[[dict], tuple[int, dict]], dict[str, "Param"]]]:

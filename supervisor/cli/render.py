@@ -71,14 +71,17 @@ def _cut(lines: list[str], width: int, color: bool) -> str:
 # ---------------------------------------------------------------- status
 
 
-def _pool_colour(p: dict, warn: float = 0.85, crit: float = 0.95) -> str:
-    if p["used_bytes"] > p["budget_bytes"] or p["allocated_bytes"] > p["budget_bytes"]:
-        return RED
-    if p.get("utilisation", 0) >= crit:
-        return RED
-    if p.get("utilisation", 0) >= warn:
-        return YELLOW
-    return ""
+# A pool's or the reserve's state (ok, warn, critical, over) as the daemon computed it
+# from the rule book (model/rules.py): its colour here, and the word shown beside it.
+STATE_COLOUR = {"ok": "", "warn": YELLOW, "critical": RED, "over": RED + ";" + BOLD}
+
+
+def _pool_flag(p: dict) -> str:
+    """The word beside a pool that is not ok: why it is over, or how close it is."""
+    state = p.get("state", "ok")
+    if state == "over":
+        return "OVER-ALLOCATED" if p["allocated_bytes"] > p["budget_bytes"] else "OVER BUDGET"
+    return "" if state == "ok" else state.upper()
 
 
 def _ollama_lines(section: Any) -> list[str]:
@@ -133,7 +136,9 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         return _cut(out, width, color)
 
     h, r = st["host"], st["reserve"]
-    res = _c("BREACHED", RED + ";" + BOLD, color) if r["breached"] else "ok"
+    rstate = r.get("state", "ok")
+    res = (_c("BREACHED", STATE_COLOUR["over"], color) if r["breached"] else
+           _c(rstate, STATE_COLOUR.get(rstate, ""), color))
     psi = h.get("pressure", {})
     out.append(f"host: {h['cores']} cores, memory available {format_bytes(h['memory_available_bytes'])}"
                f" of {format_bytes(h['memory_total_bytes'])}, reserve "
@@ -144,15 +149,22 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
 
     out.append("")
     out.append(f"{'POOL':<16}{'BUDGET':>10}{'ALLOCATED':>11}{'USED':>10}  USED/BUDGET")
+    no_room: list[str] = []
     for name, p in st.get("pools", {}).items():
         ratio = p.get("utilisation", 0.0)
-        bar = _c(_bar(ratio), _pool_colour(p), color)
-        over = ""
-        if p["allocated_bytes"] > p["budget_bytes"]:
-            over = "  " + _c("OVER-ALLOCATED", RED, color)
+        colour = STATE_COLOUR.get(p.get("state", "ok"), "")
+        bar = _c(_bar(ratio), colour, color)
+        flag = _pool_flag(p)
+        flag = "  " + _c(flag, colour, color) if flag else ""
         out.append(f"{_fit(name, 15):<16}{format_bytes(p['budget_bytes']):>10}"
                    f"{format_bytes(p['allocated_bytes']):>11}{format_bytes(p['used_bytes']):>10}  "
-                   f"{bar} {ratio:4.0%}{over}")
+                   f"{bar} {ratio:4.0%}{flag}")
+        if p.get("unlimited_no_room"):
+            names = ", ".join(p["unlimited_no_room"])
+            no_room.append(_c(f"  NO MEMORY LIMIT: {names} in pool {name} run without any "
+                              "memory limit: the pool had no room for one", STATE_COLOUR["over"],
+                              color))
+    out += no_room
 
     out.append("")
     out.append(f"{'CLASS':<16}{'CORES':>5}  {'CPUSET':<10}{'POOL':<16}{'PORTS':<12}")

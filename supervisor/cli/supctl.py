@@ -24,8 +24,9 @@ EXIT_CODES_HELP = """exit codes (`supctl status` serves as a health check):
   0  healthy
   1  usage error, or the daemon refused the request (the reason is printed)
   2  the daemon is unreachable (no socket, or nothing answers on it)
-  3  a memory pool is exhausted (used or allocated over budget), or the host's
-     available memory is inside the emergency reserve
+  3  a memory pool is over (its use reached the budget, or its limits add up past
+     it), a managed container runs without any memory limit because its pool had no
+     room for one, or the host's available memory is at or inside the emergency reserve
   4  the Docker engine is unreachable (the daemon runs and says so)
   5  `supctl audit` found violations
   6  the daemon answers but its loop has stalled (no pass for a while)
@@ -46,11 +47,12 @@ def call(args, method: str, url: str, body: dict | None = None) -> tuple[int, di
 
 
 def health_code(status: dict) -> int:
+    """The exit code of `supctl status`, from the states the daemon computed (the rule
+    book's, as the ladder and /metrics see them): supctl decides nothing itself."""
     if status.get("daemon", {}).get("loop_alive") is False and status.get("ready"):
         return EXIT_STALLED
-    if any(p.get("used_bytes", 0) > p.get("budget_bytes", 0) or
-           p.get("allocated_bytes", 0) > p.get("budget_bytes", 0)
-           for p in status.get("pools", {}).values()):
+    pools = status.get("pools", {}).values()
+    if any(p.get("state") == "over" or p.get("unlimited_no_room") for p in pools):
         return EXIT_EXHAUSTED
     if status.get("reserve", {}).get("breached"):
         return EXIT_EXHAUSTED
@@ -86,6 +88,7 @@ def cmd_status(args) -> int:
 def cmd_snapshot(args) -> int:
     """One full snapshot sampled right here, without a daemon."""
     from supervisor.adapters.cgroups import CgroupFS
+    from supervisor.adapters.hostfacts import read_host_facts
     from supervisor.model.config import load_config
     from supervisor.adapters.engine import Engine
     from supervisor.model.errors import ConfigError, EngineUnavailable
@@ -94,7 +97,7 @@ def cmd_snapshot(args) -> int:
     from supervisor.observe.sampler import Sampler
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, host=read_host_facts())
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USAGE
@@ -208,12 +211,13 @@ def cmd_recommend(args) -> int:
 
 
 def _audit_config(path: str | None):
+    from supervisor.adapters.hostfacts import read_host_facts
     from supervisor.model.config import load_config, shipped_config_path
     if path is None:
         env = os.environ.get("RESOURCE_SUPERVISOR_CONFIG")
         candidates = [env] if env else [DEFAULT_CONFIG_PATH, str(shipped_config_path())]
         path = next((c for c in candidates if os.path.exists(c)), candidates[0])
-    return load_config(path)
+    return load_config(path, host=read_host_facts())
 
 
 def cmd_audit(args) -> int:

@@ -384,10 +384,15 @@ def scale_cores(cores: tuple[int, ...], reference: int, actual: int) -> tuple[in
     return tuple(sorted(out)) or (0,)
 
 
-def detect_host(proc: str = "/proc") -> HostFacts:
-    import psutil  # local: keep config importable without psutil for tooling
-
-    return HostFacts(cores=os.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total)
+def detect_host() -> HostFacts:
+    """The host's facts when the caller hands in none (tools, tests): the daemon and supctl
+    pass those the adapter reads (``adapters.hostfacts.read_host_facts``). Physical pages
+    x page size is the kernel's totalram, the same figure as MemTotal."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        memory = 0
+    return HostFacts(cores=os.cpu_count() or 1, memory_bytes=max(0, memory))
 
 
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:

@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from supervisor.model import rules
 from supervisor.model.actions import Action, ActionResult
 from supervisor.model.ollama import LoadedModel
 from supervisor.policy import psi
@@ -215,18 +214,7 @@ def overrides(p: Pass, tick: Tick) -> dict[str, dict[str, Any]]:
         if s.policy == "enforce" and t.class_cpuset:
             ov["cpuset_cpus"] = t.class_cpuset
         if ov:
-            out[t.key] = merge_override(tick.overrides.get(t.key, {}), ov)
-    return out
-
-
-def merge_override(held: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
-    """``own`` over what other components hold for one container, CPU caps combined (the
-    smallest wins, whichever component planned first)."""
-    out = dict(held)
-    out.update(own)
-    if "cpu_quota_cores" in held and "cpu_quota_cores" in own:
-        out["cpu_quota_cores"] = rules.effective_cpu_cores(
-            {"held": held["cpu_quota_cores"], "ollama": own["cpu_quota_cores"]})
+            out[t.key] = ov
     return out
 
 

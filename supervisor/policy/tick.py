@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
+from supervisor.model import rules
 from supervisor.model.activity import ActivityView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,3 +33,15 @@ class Tick:
     # Activity taken once per pass from the one tracker (CPU cores, idle time), frozen:
     # the ladder's hibernate rung and the Ollama governor judge idleness from it.
     activity: ActivityView = field(default_factory=ActivityView)
+
+
+def merge_override(held: "Mapping[str, Any]", own: "Mapping[str, Any]") -> dict[str, Any]:
+    """One component's override for a container over what the others hold for it. A CPU
+    limit is a cap each asks for: the smallest wins (rules.effective_cpu_cores), whichever
+    component planned first; any other key is the later component's."""
+    out = dict(held)
+    out.update(own)
+    if "cpu_quota_cores" in held and "cpu_quota_cores" in own:
+        out["cpu_quota_cores"] = rules.effective_cpu_cores(
+            {"held": held["cpu_quota_cores"], "own": own["cpu_quota_cores"]})
+    return out

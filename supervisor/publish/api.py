@@ -3,70 +3,77 @@
 GET (root or the read group):  /status  /health  /journal  /plan  /audit
 POST (root only):              /reload  /apply
 
-Each route declares the parameters it accepts (``control.Param``); the server refuses
-anything else with a 400 before the handler runs.
+The reads answer from the latest pass's report; what a report cannot answer (the
+journal's history, a plan, a reload, a pass that acts) the runtime hands in as plain
+callables. Each route declares the parameters it accepts (``control.Param``); the
+server refuses anything else with a 400 before the handler runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
+from supervisor.model.snapshot import LIVE_STATES
 from supervisor.policy.audit import audit_container, sort_findings
 from supervisor.publish.control import ApiError, Param
-from supervisor.model.snapshot import LIVE_STATES
-from supervisor.publish.status import build_status
-
-if TYPE_CHECKING:  # pragma: no cover
-    from supervisor.runtime.daemon import Daemon
+from supervisor.publish.report import Report
+from supervisor.publish.status import build_health, build_status
 
 Route = tuple[Callable[[dict], tuple[int, dict]], dict[str, Param]]
+# (limit, after seq, kinds) -> journal rows, newest last
+JournalRead = Callable[[int, int, list[str]], list[dict[str, Any]]]
 
 
-def core_routes(d: "Daemon") -> dict[tuple[str, str], Route]:
+def audit_report(r: Report) -> dict[str, Any]:
+    """GET /audit: the rule findings of the live managed containers of the report."""
+    if r.snapshot is None:
+        raise ApiError(503, "no snapshot yet: the daemon is starting")
+    findings = []
+    audited = []
+    for c in r.snapshot.containers:
+        if not c.managed or c.info.state not in LIVE_STATES:
+            continue
+        audited.append(c.info.name)
+        findings += audit_container(c.info, r.cfg)
+    return {"audited": sorted(audited),
+            "findings": [f.to_dict() for f in sort_findings(findings)]}
+
+
+def core_routes(get_report: Callable[[], Report], *, journal: JournalRead,
+                plan: Callable[[], dict[str, Any]],
+                reload: Callable[[], tuple[bool, str]],
+                apply: Callable[[], list[dict[str, Any]]]) -> dict[tuple[str, str], Route]:
     def status(body: dict) -> tuple[int, dict]:
-        return 200, build_status(d)
+        return 200, build_status(get_report())
 
     def health(body: dict) -> tuple[int, dict]:
-        return 200, d.health()
+        return 200, build_health(get_report())
 
-    def journal(body: dict) -> tuple[int, dict]:
+    def journal_route(body: dict) -> tuple[int, dict]:
         kinds = [body["kind"]] if body["kind"] else []
-        entries = d.journal.recent(body["limit"], body["after"], kinds)
-        return 200, {"entries": entries}
+        return 200, {"entries": journal(body["limit"], body["after"], kinds)}
 
-    def plan(body: dict) -> tuple[int, dict]:
-        return 200, d.plan_now()
+    def plan_route(body: dict) -> tuple[int, dict]:
+        return 200, plan()
 
     def audit(body: dict) -> tuple[int, dict]:
-        tick = d.last_tick
-        if tick is None:
-            raise ApiError(503, "no snapshot yet: the daemon is starting")
-        findings = []
-        audited = []
-        for c in tick.snapshot.containers:
-            if not c.managed or c.info.state not in LIVE_STATES:
-                continue
-            audited.append(c.info.name)
-            findings += audit_container(c.info, tick.cfg)
-        return 200, {"audited": sorted(audited),
-                     "findings": [f.to_dict() for f in sort_findings(findings)]}
+        return 200, audit_report(get_report())
 
-    def reload(body: dict) -> tuple[int, dict]:
-        ok, msg = d.reload()
+    def reload_route(body: dict) -> tuple[int, dict]:
+        ok, msg = reload()
         return (200, {"message": msg}) if ok else (422, {"error": msg})
 
-    def apply(body: dict) -> tuple[int, dict]:
-        _, results = d.run_once(reconcile=True, dry_run=False)
-        return 200, {"results": [r.to_dict() for r in results]}
+    def apply_route(body: dict) -> tuple[int, dict]:
+        return 200, {"results": apply()}
 
     return {
         ("GET", "/status"): (status, {}),
         ("GET", "/health"): (health, {}),
-        ("GET", "/journal"): (journal, {"limit": Param(int, default=50, min=1, max=10000),
-                                        "after": Param(int, default=0, min=0),
-                                        "kind": Param(str, default="")}),
-        ("GET", "/plan"): (plan, {}),
+        ("GET", "/journal"): (journal_route, {"limit": Param(int, default=50, min=1, max=10000),
+                                              "after": Param(int, default=0, min=0),
+                                              "kind": Param(str, default="")}),
+        ("GET", "/plan"): (plan_route, {}),
         ("GET", "/audit"): (audit, {}),
-        ("POST", "/reload"): (reload, {}),
-        ("POST", "/apply"): (apply, {}),
+        ("POST", "/reload"): (reload_route, {}),
+        ("POST", "/apply"): (apply_route, {}),
     }

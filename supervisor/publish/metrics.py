@@ -1,9 +1,8 @@
 """Prometheus exposition (Rules 1.4, 7.1): a custom collector that yields fresh metric
-families from the latest tick on every scrape, so a container that disappears leaves no
-stale series, and the scrape thread makes no Docker call and reads no file (the one
-exception is prometheus_client's ProcessCollector, reading /proc/self for the daemon's
-own RSS and CPU). Long-lived counts (actions, breaches, the tick-duration histogram) are
-kept by the daemon and only read here.
+families from the latest pass's report on every scrape, so a container that disappears
+leaves no stale series. The scrape thread reads only that report: no Docker call, no
+file (the daemon's own process_* figures are read once per pass on the loop thread, and
+the components' families are computed there too, right after the pass).
 
 Names follow node_exporter and cAdvisor where the meaning is the same, under the prefix
 ``resource_supervisor_``: node_cpu_seconds_total -> resource_supervisor_host_cpu_seconds_total,
@@ -14,31 +13,32 @@ prometheus_client's writer); components add theirs through ``Component.collect``
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import platform
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from supervisor import __version__
-from supervisor.publish.exposition import render
+from supervisor.model import rules
 from supervisor.model.pools import container_limit_bytes, pool_of
 from supervisor.model.snapshot import LIVE_STATES
+from supervisor.publish.exposition import render
+# The tick histogram lives with the report (DurationHistogram: also hibernation's).
+from supervisor.publish.report import DurationHistogram, Report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from supervisor.policy.tick import Tick
-    from supervisor.runtime.daemon import Daemon
     from supervisor.model.snapshot import HostSample
+    from supervisor.policy.tick import Tick
+
+    Pass = Tick | Report  # what a pass saw: the families read the same fields of either
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ CONTAINER_STATES = ("created", "running", "paused", "hibernated", "restarting", 
                     "exited", "dead")
 # /proc/stat modes, as node_exporter labels them.
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-# Pass durations: from a quiet 2-core host (~1 ms) to a pass stuck on a slow engine (10 s).
-TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def label_value(v: Any) -> str:
@@ -68,74 +66,7 @@ def label_value(v: Any) -> str:
     return s.encode("utf-8", "replace").decode("utf-8")
 
 
-# ---------------------------------------------------------------------- daemon's own counts
-
-class DurationHistogram:
-    """A cumulative histogram with fixed buckets, observed from the loop thread and read
-    from the scrape thread. Counts only ever grow (a true Prometheus histogram, unlike a
-    window over ``Daemon.pass_durations``)."""
-
-    def __init__(self, bounds_s: Iterable[float] = TICK_BUCKETS_S):
-        self.bounds_s = tuple(sorted(bounds_s))
-        self._counts = [0] * (len(self.bounds_s) + 1)  # per bucket; the last is +Inf
-        self._sum_s = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value_s: float) -> None:
-        i = bisect.bisect_left(self.bounds_s, value_s)  # first bound >= value: le semantics
-        with self._lock:
-            self._counts[i] += 1
-            self._sum_s += value_s
-
-    def cumulative(self) -> tuple[list[tuple[str, int]], float]:
-        with self._lock:
-            counts = list(self._counts)
-            total_s = self._sum_s
-        out, running = [], 0
-        for bound, n in zip((*self.bounds_s, float("inf")), counts):
-            running += n
-            out.append((floatToGoString(bound), running))
-        return out, total_s
-
-
-def breach_conditions(tick: "Tick") -> set[tuple[str, str]]:
-    """(kind, pool) of every breach the daemon's own accounting shows in this tick."""
-    out: set[tuple[str, str]] = set()
-    if tick.reserve.breached:
-        out.add(("reserve", ""))
-    for name, p in tick.pools.items():
-        if p.used_bytes > p.budget_bytes:
-            out.add(("pool_used_over_budget", name))
-        if p.allocated_bytes > p.budget_bytes:
-            out.add(("pool_allocated_over_budget", name))
-    return out
-
-
-class PassMetrics:
-    """The daemon's per-pass bookkeeping for /metrics: the tick-duration histogram, and
-    the onsets of the breaches it sees itself (reserve, pool over budget), counted into
-    the shared ``breaches`` Counter that components also add their kinds to."""
-
-    def __init__(self, breaches: "Counter[str]"):
-        self.tick_duration = DurationHistogram()
-        self.breaches = breaches
-        self._active: set[tuple[str, str]] = set()
-
-    def observe(self, duration_s: float, tick: "Tick") -> None:
-        self.tick_duration.observe(duration_s)
-        now = breach_conditions(tick)
-        for kind, _pool in now - self._active:
-            self.breaches[kind] += 1
-        self._active = now
-
-
 # ---------------------------------------------------------------------- families
-
-def _items(counter: Any) -> list[tuple[Any, int]]:
-    # list(dict.items()) runs in C under the GIL: no "changed size during iteration"
-    # while the loop thread adds a key.
-    return list(counter.items()) if counter else []
-
 
 def _add(fam: Metric, labels: dict[str, str], value: float) -> None:
     """``fam.add_metric`` for a label dict the caller builds once and shares between
@@ -209,22 +140,7 @@ def host_families(h: "HostSample") -> Iterator[Metric]:
     yield avg10
 
 
-def hibernated_ids(components: Iterable[Any]) -> set[str]:
-    """Ids the hibernation component holds, if it is there (before it exists: none)."""
-    for comp in components:
-        if getattr(comp, "name", "") == "hibernation":
-            fn = getattr(comp, "hibernated_ids", None)
-            if fn is None:
-                return set()
-            try:
-                return set(fn())
-            except Exception:  # noqa: BLE001 - a component bug must not fail the scrape
-                log.exception("hibernation.hibernated_ids failed")
-                return set()
-    return set()
-
-
-def container_families(tick: "Tick", hibernated: set[str] = frozenset()) -> Iterator[Metric]:
+def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) -> Iterator[Metric]:
     cfg = tick.cfg
     L = CONTAINER_LABELS
     managed = _gauge("container_managed", "1 when the supervisor manages this container", L)
@@ -273,7 +189,7 @@ def container_families(tick: "Tick", hibernated: set[str] = frozenset()) -> Iter
     yield from (managed, state, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx)
 
 
-def pool_families(tick: "Tick") -> Iterator[Metric]:
+def pool_families(tick: "Pass") -> Iterator[Metric]:
     fams = [
         (_gauge("pool_budget_bytes", "Memory budget of the pool (Rule 1.3)", ["pool"]),
          lambda p: p.budget_bytes),
@@ -288,134 +204,160 @@ def pool_families(tick: "Tick") -> Iterator[Metric]:
         (_gauge("pool_containers", "Live managed containers drawing from the pool", ["pool"]),
          lambda p: len(p.containers)),
     ]
+    # The pool's state from the rule book (rules.pool_level), as `supctl status` shows it
+    # and the ladder acts on it: one series per state, 1 for the current one (as
+    # kube-state-metrics writes a phase), so `pool_state{state="over"} == 1` is the alert.
+    state = _gauge("pool_state", "1 for the pool's current state (ok, warn, critical, over: "
+                   "used or allocated at or past the budget), 0 for the others", ["pool", "state"])
     for name, p in sorted(tick.pools.items()):
         lv = [label_value(name)]
         for fam, value in fams:
             fam.add_metric(lv, value(p))
+        for level, level_name in enumerate(rules.LEVEL_NAMES):
+            state.add_metric([lv[0], level_name], 1.0 if p.level == level else 0.0)
     for fam, _ in fams:
         yield fam
+    yield state
     reserve = _gauge("emergency_reserve_bytes",
                      "Memory never allocated to any pool (Rule 1.3)")
     reserve.add_metric([], tick.reserve.reserve_bytes)
     yield reserve
     breached = _gauge("emergency_reserve_breached",
-                      "1 when the host's available memory is below the emergency reserve")
+                      "1 when the host's available memory is at or inside the emergency reserve")
     breached.add_metric([], 1.0 if tick.reserve.breached else 0.0)
     yield breached
+    rstate = _gauge("emergency_reserve_state", "1 for the reserve's current state (ok, warn, "
+                    "critical, over: available memory at or inside the reserve), 0 for the others",
+                    ["state"])
+    for level, level_name in enumerate(rules.LEVEL_NAMES):
+        rstate.add_metric([level_name], 1.0 if tick.reserve.level == level else 0.0)
+    yield rstate
+
+
+def process_families(proc: Any) -> Iterator[Metric]:
+    """The daemon's own footprint under prometheus_client's ProcessCollector names, from
+    figures the loop read (``adapters.procself``), not from /proc at scrape time."""
+    if proc is None:
+        return
+    yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                            value=float(proc.virtual_bytes))
+    yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
+                            value=float(proc.rss_bytes))
+    yield GaugeMetricFamily("process_start_time_seconds",
+                            "Start time of the process since unix epoch in seconds.",
+                            value=proc.start_time_s)
+    yield CounterMetricFamily("process_cpu_seconds_total",
+                              "Total user and system CPU time spent in seconds.",
+                              value=proc.cpu_seconds)
+    if proc.open_fds is not None:
+        yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                value=float(proc.open_fds))
+    if proc.max_fds is not None:
+        yield GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
+                                value=float(proc.max_fds))
+
+
+def own_families(r: Report) -> Iterator[Metric]:
+    """The daemon's own families: build, engine, mode, reload, the pass histogram and
+    the long-lived counts, as the report copied them."""
+    info = _gauge("build_info", "Version of resource-supervisor and of its Python",
+                  ["version", "python_version"])
+    info.add_metric([__version__, platform.python_version()], 1.0)
+    yield info
+    up = _gauge("docker_engine_up", "1 when the Docker engine answers, 0 when unreachable")
+    up.add_metric([], 1.0 if r.engine_up else 0.0)
+    yield up
+    dry = _gauge("dry_run", "1 when the daemon only reports what it would do")
+    dry.add_metric([], 1.0 if r.cfg.dry_run else 0.0)
+    yield dry
+    reload_ok = _gauge("config_last_reload_successful",
+                       "0 when the last reload was refused (the previous config runs on)")
+    reload_ok.add_metric([], 0.0 if r.last_config_error else 1.0)
+    yield reload_ok
+    buckets = list(r.tick_buckets) or DurationHistogram().cumulative()[0]
+    yield HistogramMetricFamily(PREFIX + "tick_duration_seconds",
+                                "Wall time of one pass: sample, plan, act, publish",
+                                buckets=buckets, sum_value=r.tick_sum_s)
+    actions = _counter("actions_total", "Actions by kind and outcome "
+                       "(ok, failed, skipped, dry_run)", ["kind", "outcome"])
+    journal_failed = 0
+    for (kind, outcome), n in sorted(r.action_counts.items()):
+        if kind == "journal":
+            journal_failed += n
+            continue
+        actions.add_metric([label_value(kind), label_value(outcome)], n)
+    yield actions
+    jf = _counter("journal_write_failures_total", "Action results the journal failed to record")
+    jf.add_metric([], journal_failed)
+    yield jf
+    breaches = _counter("breaches_total", "Breaches seen, by kind (counted at onset)", ["kind"])
+    for kind, n in sorted(r.breaches.items()):
+        breaches.add_metric([label_value(kind)], n)
+    yield breaches
+    for name, doc, counts in (
+            ("daemon_events_total", "The daemon loop's own counts (passes, errors, reloads...)",
+             r.counts),
+            ("sampler_events_total", "Sampler counts (full reads, vanished or unreadable cgroups)",
+             r.sampler_counts),
+            ("inventory_events_total", "Inventory counts (engine events, relists, reconnects)",
+             r.inventory_counts)):
+        fam = _counter(name, doc, ["event"])
+        for event, n in sorted(counts.items()):
+            fam.add_metric([label_value(event)], n)
+        yield fam
+    yield from process_families(r.process)
+
+
+def pass_families(r: Report) -> Iterator[Metric]:
+    """What the report's pass saw: host, containers, pools and reserve."""
+    if r.snapshot is None:
+        return
+    last = _gauge("last_pass_timestamp_seconds", "When the latest pass sampled the host")
+    last.add_metric([], r.now)
+    yield last
+    yield from host_families(r.snapshot.host)
+    yield from container_families(r, r.hibernated_ids)
+    yield from pool_families(r)
+
+
+# Written after the components' families: a component may not take these names either.
+_ERROR_FAMILIES = frozenset({PREFIX + "collect_errors", PREFIX + "collect_duration_seconds"})
+
+
+def exporter_family_names(r: Report) -> frozenset[str]:
+    """The names of the families the exporter writes itself from report ``r`` (with a
+    snapshot): a component's family of one of these names would make the exposition
+    invalid, and is dropped. The names do not depend on the figures."""
+    return frozenset(f.name for f in (*own_families(r), *pass_families(r))) | _ERROR_FAMILIES
 
 
 class SupervisorCollector:
-    """Reads the daemon's latest tick and counters; never blocks on the loop."""
+    """Reads the latest report, one per scrape whatever the loop does meanwhile."""
 
-    def __init__(self, daemon: "Daemon"):
-        self.d = daemon
-        self.collect_errors: Counter[str] = Counter()
-
-    def _own(self) -> Iterator[Metric]:
-        d = self.d
-        info = _gauge("build_info", "Version of resource-supervisor and of its Python",
-                      ["version", "python_version"])
-        info.add_metric([__version__, platform.python_version()], 1.0)
-        yield info
-        up = _gauge("docker_engine_up", "1 when the Docker engine answers, 0 when unreachable")
-        up.add_metric([], 1.0 if d.inventory.engine_up else 0.0)
-        yield up
-        dry = _gauge("dry_run", "1 when the daemon only reports what it would do")
-        dry.add_metric([], 1.0 if d.cfg.dry_run else 0.0)
-        yield dry
-        reload_ok = _gauge("config_last_reload_successful",
-                           "0 when the last reload was refused (the previous config runs on)")
-        reload_ok.add_metric([], 0.0 if d.last_config_error else 1.0)
-        yield reload_ok
-        buckets, sum_s = d.pass_metrics.tick_duration.cumulative()
-        yield HistogramMetricFamily(PREFIX + "tick_duration_seconds",
-                                    "Wall time of one pass: sample, plan, act, publish",
-                                    buckets=buckets, sum_value=sum_s)
-        actions = _counter("actions_total", "Actions by kind and outcome "
-                           "(ok, failed, skipped, dry_run)", ["kind", "outcome"])
-        journal_failed = 0
-        for (kind, outcome), n in sorted(_items(d.actuator.counts)):
-            if kind == "journal":
-                journal_failed += n
-                continue
-            actions.add_metric([label_value(kind), label_value(outcome)], n)
-        yield actions
-        jf = _counter("journal_write_failures_total", "Action results the journal failed to record")
-        jf.add_metric([], journal_failed)
-        yield jf
-        breaches = _counter("breaches_total", "Breaches seen, by kind (counted at onset)", ["kind"])
-        for kind, n in sorted(_items(d.breaches)):
-            breaches.add_metric([label_value(kind)], n)
-        yield breaches
-        for name, doc, counts in (
-                ("daemon_events_total", "The daemon loop's own counts (passes, errors, reloads...)",
-                 d.counts),
-                ("sampler_events_total", "Sampler counts (full reads, vanished or unreadable cgroups)",
-                 d.sampler.counts),
-                ("inventory_events_total", "Inventory counts (engine events, relists, reconnects)",
-                 d.inventory.counts)):
-            fam = _counter(name, doc, ["event"])
-            for event, n in sorted(_items(counts)):
-                fam.add_metric([label_value(event)], n)
-            yield fam
-
-    def _errors(self, took_s: dict[str, float]) -> Iterator[Metric]:
-        errs = _counter("collect_errors_total", "Scrapes where a component's metrics failed",
-                        ["component"])
-        for comp, n in sorted(_items(self.collect_errors)):
-            errs.add_metric([label_value(comp)], n)
-        yield errs
-        took = _gauge("collect_duration_seconds", "Time this scrape spent gathering each part's "
-                      "metrics (exporter: host, containers, pools; others: components)",
-                      ["component"])
-        for comp, secs in took_s.items():
-            took.add_metric([label_value(comp)], secs)
-        yield took
-
-    def _tick_families(self, tick: "Tick") -> list[Metric]:
-        last = _gauge("last_pass_timestamp_seconds", "When the latest pass sampled the host")
-        last.add_metric([], tick.now)
-        return [last, *host_families(tick.snapshot.host),
-                *container_families(tick, hibernated_ids(self.d.components)),
-                *pool_families(tick)]
-
-    def _component_families(self, tick: "Tick", taken: set[str],
-                            took_s: dict[str, float]) -> list[Metric]:
-        out = []
-        for comp in self.d.components:
-            t0 = time.perf_counter()
-            try:
-                fams = list(comp.collect(tick))
-            except Exception:  # noqa: BLE001 - one component's bug must not fail the scrape
-                log.exception("metrics of component %s failed", comp.name)
-                self.collect_errors[comp.name] += 1
-                continue
-            finally:
-                took_s[comp.name] = time.perf_counter() - t0
-            for fam in fams:
-                if fam.name in taken:
-                    # Two families of one name would make the whole exposition invalid.
-                    log.error("component %s yields metric %s twice; dropped", comp.name, fam.name)
-                    self.collect_errors[comp.name] += 1
-                    continue
-                taken.add(fam.name)
-                out.append(fam)
-        return out
+    def __init__(self, get_report: Callable[[], Report | None]):
+        self.get_report = get_report
 
     def collect(self) -> Iterable[Metric]:
-        tick = self.d.last_tick  # one tick for the whole scrape, whatever the loop does
-        # This scrape's time per part: its own dict, since scrapes may overlap.
-        took_s: dict[str, float] = {}
+        r = self.get_report()
+        if r is None:
+            return
         t0 = time.perf_counter()
-        fams = list(self._own())
-        if tick is not None:
-            fams.extend(self._tick_families(tick))
-        took_s["exporter"] = time.perf_counter() - t0
-        if tick is not None:
-            fams.extend(self._component_families(tick, {f.name for f in fams} | {
-                PREFIX + "collect_errors", PREFIX + "collect_duration_seconds"}, took_s))
+        fams = [*own_families(r), *pass_families(r)]
+        exporter_s = time.perf_counter() - t0
         yield from fams
-        yield from self._errors(took_s)  # last: they count this scrape's components too
+        yield from r.families
+        errs = _counter("collect_errors_total", "Passes where a component's metrics failed",
+                        ["component"])
+        for comp, n in sorted(r.collect_errors.items()):
+            errs.add_metric([label_value(comp)], n)
+        yield errs
+        took = _gauge("collect_duration_seconds", "Time spent gathering each part's metrics "
+                      "(exporter: host, containers, pools, in this scrape; others: each "
+                      "component, right after the latest pass)", ["component"])
+        took.add_metric(["exporter"], exporter_s)
+        for comp, secs in r.collect_s.items():
+            took.add_metric([label_value(comp)], secs)
+        yield took
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -464,9 +406,9 @@ class MetricsServer(ThreadingHTTPServer):
         return t
 
 
-def make_registry(daemon: "Daemon") -> CollectorRegistry:
+def make_registry(get_report: Callable[[], Report | None]) -> CollectorRegistry:
+    """The registry GET /metrics renders: one collector reading the latest report (the
+    daemon's own process_* figures among its families)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(SupervisorCollector(daemon))
-    # The daemon's own RSS, CPU seconds, open fds (process_* as every exporter has them).
-    ProcessCollector(registry=reg)
+    reg.register(SupervisorCollector(get_report))
     return reg

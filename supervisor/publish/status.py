@@ -1,21 +1,18 @@
 """The status dict: one function builds it for `supctl status`, `supctl status --json`
-and the control API's GET /status."""
+and the control API's GET /status, from the latest pass's report and nothing else (no
+daemon internals, no file, no engine call on the control thread)."""
 
 from __future__ import annotations
 
-import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from supervisor import __version__
-
-if TYPE_CHECKING:  # pragma: no cover
-    from supervisor.runtime.daemon import Daemon
+from supervisor.publish.report import Report
 
 
-def container_row(c, tick) -> dict[str, Any]:
+def container_row(c, cfg) -> dict[str, Any]:
     s = c.stats
-    cfg = tick.cfg
     cls = cfg.classes.get(c.class_name)
     return {
         "id": c.info.short_id, "name": c.info.name, "image": c.info.image,
@@ -40,15 +37,15 @@ def cpu_percent(cur_cpu_s: float | None, prev_cpu_s: float | None, interval_s: f
     return round((cur_cpu_s - prev_cpu_s) / interval_s * 100.0, 1)
 
 
-def container_cpu_percents(tick, prev_tick) -> dict[str, float | None]:
-    """Per container id, CPU % between the previous pass and this one."""
-    if prev_tick is None:
+def container_cpu_percents(snap, prev_snap) -> dict[str, float | None]:
+    """Per container id, CPU % between the previous pass's snapshot and this one."""
+    if snap is None or prev_snap is None:
         return {}
-    interval_s = tick.snapshot.time_s - prev_tick.snapshot.time_s
-    prev = {c.info.id: c.stats.cpu_usage_s for c in prev_tick.snapshot.containers if c.stats}
+    interval_s = snap.time_s - prev_snap.time_s
+    prev = {c.info.id: c.stats.cpu_usage_s for c in prev_snap.containers if c.stats}
     return {c.info.id: cpu_percent(c.stats.cpu_usage_s if c.stats else None,
                                    prev.get(c.info.id), interval_s)
-            for c in tick.snapshot.containers}
+            for c in snap.containers}
 
 
 def hibernation_rows(section: Any) -> dict[str, dict[str, Any]]:
@@ -72,56 +69,69 @@ def hibernation_rows(section: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def pass_duration_summary(durations_s: list[float]) -> dict[str, Any]:
-    """p50, p95 and max of the recent passes (the daemon keeps the last 1000): how much
-    of its tick a pass uses, without a histogram's bucket rounding."""
-    if not durations_s:
-        return {"passes": 0}
-    xs = sorted(durations_s)
-
-    def q(p: float) -> float:
-        return round(xs[min(len(xs) - 1, int(p * len(xs)))], 6)
-    return {"passes": len(xs), "p50": q(0.50), "p95": q(0.95), "max": round(xs[-1], 6)}
+def report_of(source: Any) -> Report:
+    """The report itself, or the one ``source`` publishes as ``.report`` (the daemon)."""
+    return source if isinstance(source, Report) else source.report
 
 
-def own_process() -> dict[str, Any]:
-    """The daemon's own footprint: it must stay small on the host it guards."""
-    import psutil
-
-    try:
-        p = psutil.Process()
-        with p.oneshot():
-            t = p.cpu_times()
-            return {"rss_bytes": p.memory_info().rss, "cpu_seconds": round(t.user + t.system, 3),
-                    "threads": p.num_threads()}
-    except psutil.Error:
+def unlimited_no_room(pools: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+                      sections: Any) -> dict[str, list[str]]:
+    """Per pool, the managed containers that run without any memory limit because the
+    pool had no room for them: admission's verdict over-budget (placement's section,
+    ``pools.<pool>.over_budget``) for a running container whose limit is none."""
+    placement = sections.get("placement") if hasattr(sections, "get") else None
+    by_pool = placement.get("pools") if isinstance(placement, dict) else None
+    if not isinstance(by_pool, dict):
         return {}
+    unlimited = {r["id"]: r["name"] for r in rows
+                 if r.get("managed") and r.get("state") == "running"
+                 and not r.get("memory_limit_bytes")}
+    out: dict[str, list[str]] = {}
+    for pool, row in by_pool.items():
+        over = row.get("over_budget") if isinstance(row, dict) else None
+        names = sorted({unlimited[a["id"][:12]] for a in over or ()
+                        if isinstance(a, dict) and str(a.get("id", ""))[:12] in unlimited})
+        if names and pool in pools:
+            out[pool] = names
+    return out
 
 
-def build_status(d: "Daemon") -> dict[str, Any]:
-    tick = d.last_tick
-    cfg = d.cfg
+def build_health(source: Any) -> dict[str, Any]:
+    """GET /health (metrics server and control API): loop and engine, from the report."""
+    r = report_of(source)
+    age = r.age_s()
+    return {"loop_alive": r.loop_alive(), "engine_up": r.engine_up, "ready": r.ready,
+            "last_pass_age_s": round(age, 3) if age is not None else None}
+
+
+def build_status(source: Any) -> dict[str, Any]:
+    """The status of report ``source`` (a Report, or the daemon publishing one)."""
+    r = report_of(source)
+    cfg = r.cfg
+    age = r.age_s()
+    proc = r.process
+    own = ({"rss_bytes": proc.rss_bytes, "cpu_seconds": round(proc.cpu_seconds, 3),
+            "threads": proc.threads} if proc is not None else {})
     out: dict[str, Any] = {
         "daemon": {
-            "version": __version__, "pid": os.getpid(),
-            "uptime_s": round(time.time() - d.started_at, 1),
+            "version": __version__, "pid": r.pid,
+            "uptime_s": round(time.time() - r.started_at_s, 1),
             "config": cfg.source, "dry_run": cfg.dry_run,
-            "tick_s": cfg.tick_s, "passes": d.counts["passes"],
-            "last_pass_age_s": round(time.monotonic() - d.last_pass_mono, 3) if d.last_pass_mono else None,
-            "last_pass_duration_s": round(d.last_pass_duration_s, 6),
-            "pass_duration_s": pass_duration_summary(list(d.pass_durations)),
-            "loop_alive": d.loop_alive(),
-            "config_errors": d.last_config_error,
-            "cgroup_version": d.cgroups.version,
-            **own_process(),
+            "tick_s": cfg.tick_s, "passes": r.counts.get("passes", 0),
+            "last_pass_age_s": round(age, 3) if age is not None else None,
+            "last_pass_duration_s": round(r.last_pass_duration_s, 6),
+            "pass_duration_s": r.pass_duration_summary(),
+            "loop_alive": r.loop_alive(),
+            "config_errors": r.last_config_error,
+            "cgroup_version": r.cgroup_version,
+            **own,
         },
-        "engine": {"up": d.inventory.engine_up, "error": d.inventory.engine_error,
-                   "host": cfg.settings.docker.host or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")},
+        "engine": {"up": r.engine_up, "error": r.engine_error, "host": r.engine_host},
     }
-    if tick is None:
+    snap = r.snapshot
+    if snap is None or r.reserve is None:
         out["ready"] = False
         return out
-    snap = tick.snapshot
     h = snap.host
     out["ready"] = True
     out["host"] = {
@@ -131,36 +141,29 @@ def build_status(d: "Daemon") -> dict[str, Any]:
         "pressure": {k: {"some_avg10": p.some_avg10, "full_avg10": p.full_avg10}
                      for k, p in h.pressure.items()},
     }
-    out["reserve"] = tick.reserve.to_dict()
-    out["pools"] = {name: p.to_dict() for name, p in tick.pools.items()}
+    out["reserve"] = r.reserve.to_dict()
+    pools = {name: p.to_dict() for name, p in r.pools.items()}
+    out["pools"] = pools
     out["classes"] = {name: {"cpuset": c.cpuset or "any", "pool": c.pool, "priority": c.priority,
                              "cores": len(c.cores) if c.cores is not None else cfg.host.cores,
                              "memory_limit_bytes": c.memory_limit_bytes,
                              "ports": f"{c.ports[0]}-{c.ports[1]}" if c.ports else "",
                              "protected": c.protected, "hibernate": c.hibernate}
                       for name, c in cfg.classes.items()}
-    out["containers"] = [container_row(c, tick) for c in snap.containers]
-    sections = component_sections(d, tick)
-    cpu = container_cpu_percents(tick, getattr(d, "prev_tick", None))
+    rows = [container_row(c, cfg) for c in snap.containers]
+    out["containers"] = rows
+    sections = r.sections
     idle = hibernation_rows(sections.get("hibernation"))
-    for row, c in zip(out["containers"], snap.containers):
+    cpu = container_cpu_percents(snap, r.prev_snapshot)
+    for row, c in zip(rows, snap.containers):
         row["cpu_percent"] = cpu.get(c.info.id)
         hib = idle.get(row["id"]) or idle.get(row["name"]) or {}
         row["idle_s"] = hib.get("idle_s")
         row["hibernated"] = bool(hib.get("hibernated"))
+    for pool, names in unlimited_no_room(pools, rows, sections).items():
+        pools[pool]["unlimited_no_room"] = names
     for name, section in sections.items():
         if section is not None:
             out[name] = section
-    out["actions"] = [r.to_dict() for r in list(d.actuator.recent)[-10:]]
-    return out
-
-
-def component_sections(d: "Daemon", tick) -> dict[str, Any]:
-    """Each component's status section (None: it has none)."""
-    out: dict[str, Any] = {}
-    for comp in d.components:
-        try:
-            out[comp.name] = comp.status(tick)
-        except Exception as e:  # noqa: BLE001 - one section's bug must not hide the rest
-            out[comp.name] = {"error": f"{type(e).__name__}: {e}"}
+    out["actions"] = [a.to_dict() for a in r.recent_actions]
     return out

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+from supervisor.adapters.journald import journal_send
+
 SERVICE = "resource-supervisor"
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # syslog priorities (sd-daemon(3)) by logging level
@@ -95,11 +97,9 @@ def setup(level: str = "info") -> None:
         root.removeHandler(h)
     handler: logging.Handler | None = None
     if stderr_is_journal():
-        try:
-            from systemd.journal import send  # type: ignore[import-not-found]
+        send = journal_send()
+        if send is not None:
             handler = JournalHandler(send)
-        except ImportError:
-            handler = None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())

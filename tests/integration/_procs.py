@@ -1,4 +1,6 @@
-"""The daemon and a second Docker engine as real processes, for the fault, crash and
+"""The one daemon harness of the integration tests: the daemon stepped by the test
+(``daemon_stepped``), running its own loop in a thread (``daemon_thread``) or as a real
+process (``DaemonProcess``), and a second Docker engine, for the fault, crash and
 hostile-input tests: start, ask, SIGKILL, restart, and read what they left behind."""
 
 from __future__ import annotations
@@ -24,14 +26,33 @@ CONTAINER_KINDS = {"place", "throttle", "unthrottle", "reclaim", "hibernate", "w
 
 
 @contextlib.contextmanager
-def daemon_thread(cfg, path, serve: bool = True):
+def daemon_stepped(cfg, path, *, serve: bool = False, follow: bool = True, **daemon_kw):
+    """The daemon with its passes driven by the test (``d.run_once()``): with ``follow``
+    its inventory follows the engine's events (connected before the test starts), with
+    ``serve`` its /metrics and control socket answer. Shut down on the way out (its
+    components stopped, its servers closed, its journal closed)."""
+    d = Daemon(cfg, str(path), serve=serve, **daemon_kw)
+    try:
+        if serve:
+            d.start_servers()
+        if follow:
+            d.inventory.start()
+            assert d.inventory.connected.wait(15), "the inventory did not reach the engine"
+        yield d
+    finally:
+        d.shutdown()
+
+
+@contextlib.contextmanager
+def daemon_thread(cfg, path, serve: bool = True, **daemon_kw):
     """The daemon's own loop (and, with ``serve``, its servers) in a thread of this
     process: events wake it as in production; stopped and joined on the way out."""
-    d = Daemon(cfg, str(path), serve=serve)
+    d = Daemon(cfg, str(path), serve=serve, **daemon_kw)
     t = threading.Thread(target=d.run, name="daemon-under-test")
     t.start()
     try:
-        wait_for(lambda: d.last_tick is not None, 15, what="first pass")
+        wait_for(lambda: d.report.ready or not t.is_alive(), 15, what="first pass")
+        assert t.is_alive(), "the daemon's loop ended before its first pass"
         yield d
     finally:
         d.request_stop()
@@ -42,18 +63,20 @@ def daemon_thread(cfg, path, serve: bool = True):
 class DaemonProcess:
     """``python -m supervisor -c CONFIG`` as a child process, logging to a file."""
 
-    def __init__(self, cfg, path, log_path, env_extra: dict | None = None):
+    def __init__(self, cfg, path, log_path, env_extra: dict | None = None, args=()):
         self.cfg, self.path, self.log_path = cfg, Path(path), Path(log_path)
         self.sock = cfg.settings.control.socket
         self.journal_path = os.path.join(cfg.settings.state_dir, "journal.sqlite3")
         self.env_extra = env_extra or {}
+        self.args = tuple(args)  # more command-line arguments (--dry-run)
         self.proc: subprocess.Popen | None = None
 
     def start(self, ready_timeout_s: float = 30.0) -> "DaemonProcess":
+        """Start it and wait for its first pass (GET /status says ready)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "-c", str(self.path)], cwd=ROOT,
-                env={**os.environ, **self.env_extra}, stdout=log, stderr=log)
+                [sys.executable, "-m", "supervisor", "-c", str(self.path), *self.args],
+                cwd=ROOT, env={**os.environ, **self.env_extra}, stdout=log, stderr=log)
         wait_for(lambda: self.proc.poll() is not None or self.get("/status").get("ready"),
                  ready_timeout_s, 0.05, "the daemon's first pass")
         assert self.proc.poll() is None, self.log_text()[-3000:]

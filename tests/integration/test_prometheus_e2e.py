@@ -18,6 +18,8 @@ import pytest
 from conftest import ROOT, free_port, stop_process, wait_for
 from supervisor.runtime.daemon import Daemon
 
+from ._procs import daemon_stepped
+
 PROM = ROOT / "config" / "prometheus"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 MIB = 2**20
@@ -83,12 +85,8 @@ def supctl_status(sock) -> dict:
 @pytest.fixture
 def daemon(make_config):
     cfg, path = make_config()
-    d = Daemon(cfg, str(path))
-    d.start_servers()
-    d.inventory.start()
-    assert d.inventory.connected.wait(15)
-    yield d
-    d.shutdown()
+    with daemon_stepped(cfg, path, serve=True) as d:
+        yield d
 
 
 def scraped_pass(prom: Prometheus, d: Daemon) -> None:

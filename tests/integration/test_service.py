@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, stop_process, wait_for
+from conftest import ROOT, wait_for
 from supervisor.model.actions import Action, Outcome
 from supervisor.act.component import Component
+
+from ._procs import DaemonProcess, daemon_thread
 
 MIB = 2**20
 GIB = 2**30
@@ -26,14 +28,6 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def start_daemon(cfg_path, log_path, env_extra=None, args=()):
-    env = dict(os.environ)
-    env.update(env_extra or {})
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(cfg_path), *args],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def supctl(sock, *args, as_nobody=False, timeout=60):
@@ -176,33 +170,33 @@ def test_sd_notify_ready_status_watchdog_each_pass_and_stopping(make_config, con
     containers.run()
     cfg, path = make_config()
     rx = NotifyReceiver(tmp_path / "notify.sock")
-    proc = start_daemon(path, tmp_path / "daemon.log",
-                        {"NOTIFY_SOCKET": rx.path, "WATCHDOG_USEC": "4000000"})
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log",
+                      {"NOTIFY_SOCKET": rx.path, "WATCHDOG_USEC": "4000000"}).start()
     try:
         # one WATCHDOG=1 per pass, with the pass's one-line summary in STATUS=
         per_pass = lambda ms: [m for m in pings(ms) if "STATUS" in m]  # noqa: E731
         rx.wait(lambda ms: len(per_pass(ms)) >= 8, 30, "READY=1 and eight passes' WATCHDOG=1")
         first = rx.messages[0]
-        assert first["READY"] == "1" and first["MAINPID"] == str(proc.pid)
+        assert first["READY"] == "1" and first["MAINPID"] == str(d.pid)
         assert re.fullmatch(r"engine up, \d+ running, fullest pool \w+ \d+%, pass [\d.]+ms",
                             first["STATUS"])
         after = per_pass(rx.messages)
         assert all(m["STATUS"].startswith("engine up, ") for m in after)
         assert status_json(cfg.settings.control.socket)["daemon"]["passes"] >= len(after)
     finally:
-        stop_process(proc)
+        code = d.stop()
         try:
             rx.wait(lambda ms: any(m.get("STOPPING") == "1" for m in ms), 10, "STOPPING=1")
         finally:
             rx.close()
-    assert proc.returncode == 0
+    assert code == 0
 
 
 def test_watchdog_is_fed_between_passes_when_the_tick_is_long(make_config, tmp_path):
     cfg, path = make_config({"intervals": {"tick": "60s", "reconcile": "60s"}})
     rx = NotifyReceiver(tmp_path / "notify.sock")
-    proc = start_daemon(path, tmp_path / "daemon.log",
-                        {"NOTIFY_SOCKET": rx.path, "WATCHDOG_USEC": "1000000"})
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log",
+                      {"NOTIFY_SOCKET": rx.path, "WATCHDOG_USEC": "1000000"}).start()
     try:
         rx.wait(lambda ms: len(pings(ms)) >= 6, 30, "six WATCHDOG=1 after READY=1")
         assert rx.messages[0]["READY"] == "1"
@@ -210,7 +204,7 @@ def test_watchdog_is_fed_between_passes_when_the_tick_is_long(make_config, tmp_p
         # most pings came while the loop waited out its 60 s tick
         assert passes < len(pings(rx.messages))
     finally:
-        stop_process(proc)
+        d.stop()
         rx.close()
 
 
@@ -240,24 +234,18 @@ class SlowSteps(Component):
 def test_a_slow_pass_keeps_the_watchdog_fed_and_is_reported(make_config, tmp_path, monkeypatch,
                                                             caplog):
     from supervisor.act.core_actions import CoreActions
-    from supervisor.runtime.daemon import Daemon
     from supervisor.adapters.sdnotify import Notifier
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping at least every second
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     cfg, path = make_config()
     rx = NotifyReceiver(tmp_path / "notify.sock")
-    d = Daemon(cfg, str(path), serve=False, notifier=Notifier(rx.path),
-               components=lambda ctx: [CoreActions(ctx), SlowSteps(ctx)])
     caplog.set_level("WARNING", logger="supervisor.daemon")
-    loop = threading.Thread(target=d.run, daemon=True)
-    loop.start()
     try:
-        wait_for(lambda: d.counts["passes"] >= 3, 40, what="the slow pass and one after it")
+        with daemon_thread(cfg, path, serve=False, notifier=Notifier(rx.path),
+                           components=lambda ctx: [CoreActions(ctx), SlowSteps(ctx)]) as d:
+            wait_for(lambda: d.counts["passes"] >= 3, 40, what="the slow pass and one after it")
     finally:
-        d.request_stop()
-        loop.join(timeout=20)
         rx.close()
-    assert not loop.is_alive()
     assert rx.messages[0]["READY"] == "1"
     # Each pass ends with WATCHDOG=1 + STATUS=; inside the slow pass the loop pinged
     # between its actions (WATCHDOG=1 alone), so systemd never saw it go quiet.
@@ -280,9 +268,8 @@ def test_status_agrees_with_docker_inspect_renders_and_journal_follows(make_conf
     u = containers.run(labels={"supervisor.managed": "false"})
     cfg, path = make_config()
     sock = cfg.settings.control.socket
-    proc = start_daemon(path, tmp_path / "daemon.log")
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
     try:
-        wait_for(lambda: os.path.exists(sock), 15, what="control socket")
         ours = {a.id[:12], b.id[:12], u.id[:12]}
 
         def disagreements():
@@ -310,7 +297,7 @@ def test_status_agrees_with_docker_inspect_renders_and_journal_follows(make_conf
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert all(len(ln) <= 120 for ln in lines) and "\033[" not in r.stdout
-        assert lines[0].startswith("resource-supervisor ") and "pid " + str(proc.pid) in lines[0]
+        assert lines[0].startswith("resource-supervisor ") and "pid " + str(d.pid) in lines[0]
         assert lines[1].startswith("engine: up")
         assert any(ln.startswith("host: ") and "reserve" in ln for ln in lines)
         pool_head = lines.index(next(ln for ln in lines if ln.startswith("POOL")))
@@ -348,8 +335,8 @@ def test_status_agrees_with_docker_inspect_renders_and_journal_follows(make_conf
         line = next(ln for ln in seen[before:] if late.name in ln)
         assert re.match(r"\s*\d+ \d\d:\d\d:\d\d ok\s+\w+\s+" + re.escape(late.name), line)
     finally:
-        stop_process(proc)
-    assert proc.returncode == 0
+        code = d.stop()
+    assert code == 0
 
 
 def test_plan_changes_nothing_apply_acts_and_only_root_may_mutate(make_config, containers,
@@ -358,7 +345,7 @@ def test_plan_changes_nothing_apply_acts_and_only_root_may_mutate(make_config, c
     cfg, path = make_config({"control": {"socket": str(open_dir / "control.sock"),
                                          "read_group": "nogroup"}}, dry_run=True)
     sock = cfg.settings.control.socket
-    proc = start_daemon(path, tmp_path / "daemon.log")
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
     memory = lambda: docker_client.api.inspect_container(c.id)["HostConfig"]["Memory"]  # noqa: E731
     try:
         wait_for(lambda: status_json(sock).get("ready"), 20, what="first snapshot")
@@ -389,7 +376,7 @@ def test_plan_changes_nothing_apply_acts_and_only_root_may_mutate(make_config, c
         assert memory() > 0  # root's apply acted, for real, once
         assert c.name in r.stdout
     finally:
-        stop_process(proc)
+        d.stop()
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(make_config, tmp_path):
@@ -397,21 +384,21 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(make_config,
     good = path.read_text()
     sock = cfg.settings.control.socket
     log = tmp_path / "daemon.log"
-    proc = start_daemon(path, log)
+    d = DaemonProcess(cfg, path, log).start()
     try:
         wait_for(lambda: status_json(sock).get("ready"), 20, what="first snapshot")
         budget = lambda: status_json(sock)["pools"]["standard"]["budget_bytes"]  # noqa: E731
         assert budget() == 2 * GIB
 
         path.write_text(good.replace('budget = "2GiB"', 'budget = "lots"'))
-        proc.send_signal(signal.SIGHUP)
+        d.proc.send_signal(signal.SIGHUP)
         refused = wait_for(lambda: [e for e in log_lines(log) if "reload refused" in e.get("message", "")],
                            15, what="the refusal in the log")
         assert refused[0]["level"] == "ERROR" and refused[0]["config"] == str(path)
         assert any(p.startswith("pools.infrastructure.budget: cannot parse size 'lots'")
                    for p in refused[0]["problems"])
         time.sleep(0.5)
-        assert proc.poll() is None
+        assert d.alive()
         st = status_json(sock)
         assert st["daemon"]["loop_alive"] and budget() == 2 * GIB
         assert "pools.standard.budget" in st["daemon"]["config_errors"]
@@ -419,9 +406,44 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(make_config,
         assert r.returncode == 1 and "pools.standard.budget: cannot parse size 'lots'" in r.stderr
 
         path.write_text(good.replace('[pools.standard]\nbudget = "2GiB"', '[pools.standard]\nbudget = "1GiB"'))
-        proc.send_signal(signal.SIGHUP)
+        d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: budget() == GIB, 15, what="the new budget after a good reload")
         assert status_json(sock)["daemon"]["config_errors"] == ""
     finally:
-        stop_process(proc)
-    assert proc.returncode == 0
+        code = d.stop()
+    assert code == 0
+
+
+def test_status_exits_3_while_a_container_runs_unlimited_for_want_of_room(make_config, containers,
+                                                                          docker_client, tmp_path):
+    """A pool of 16 MiB: the container holding a 16 MiB limit is admitted first and takes
+    all of it; the one without a limit is over budget and left unlimited. The pool itself
+    is fine (it uses little), yet `supctl status` exits 3 and says which container runs
+    without a limit and why; once room is made the daemon gives it one and exits 0."""
+    full = containers.run(mem_limit="16m")
+    bare = containers.run()  # no limit: wants the class's 64 MiB
+    cfg, path = make_config({"pools": {"infrastructure": {"budget": "2GiB"},
+                                       "standard": {"budget": "16MiB"}}})
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
+    memory = lambda c: docker_client.api.inspect_container(c.id)["HostConfig"]["Memory"]  # noqa: E731
+    try:
+        pool = wait_for(lambda: (lambda p: p if p.get("unlimited_no_room") else None)(
+            d.status().get("pools", {}).get("standard", {})), 20,
+            what="the unlimited container listed under its pool")
+        assert pool["unlimited_no_room"] == [bare.name]
+        assert pool["state"] == "ok" and pool["allocated_bytes"] == pool["budget_bytes"]
+        assert memory(bare) == 0 and memory(full) == 16 * MIB  # left as they are
+        r = d.supctl("status", "--width", "200")
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert (f"NO MEMORY LIMIT: {bare.name} in pool standard run without any memory limit: "
+                "the pool had no room for one") in r.stdout
+        assert d.supctl("status", "--json").returncode == 3
+        alerts = [e for e in d.journal() if e["kind"] == "alert" and e["target"] == bare.id]
+        assert alerts and "no memory limit granted" in alerts[0]["reason"]
+
+        full.remove(force=True)  # room: the daemon gives it what the pool has left
+        wait_for(lambda: memory(bare) == 16 * MIB, 20, what="a limit for the container")
+        wait_for(lambda: d.supctl("status").returncode == 0, 20, what="supctl status to exit 0")
+        assert "NO MEMORY LIMIT" not in d.supctl("status", "--width", "200").stdout
+    finally:
+        assert d.stop() == 0, d.log_text()[-3000:]

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import tempfile
 import threading
-from collections import deque
+from collections import Counter, deque
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -34,12 +34,8 @@ from supervisor.observe.history import History
 from supervisor.policy.hibernation import connection_activity
 from supervisor.policy.tick import Tick
 from supervisor.runtime.daemon import build_components
+from supervisor.runtime.passes import plan_tick
 
-
-def plan_components(components, tick):
-    for comp in components:
-        tick.overrides.update(comp.overrides(tick))
-    return [(c, a) for c in components for a in c.plan(tick)], []
 
 CLASSES = ("infrastructure", "critical", "standard", "batch")
 
@@ -138,6 +134,7 @@ class Sim:
             self.actuator.register(kind, self._executor(kind))
         self.ctx.capabilities.update(self.actuator.executors)
         self.executed_destructive: deque[float] = deque()
+        self.counts: Counter[str] = Counter()
 
     def close(self) -> None:
         self.journal.close()
@@ -199,8 +196,8 @@ def plan(sim: Sim, tick: Tick, dry_run: bool | None = None):
     if dry_run is not None:
         cfg = dataclasses.replace(cfg, settings=cfg.settings.model_copy(update={"dry_run": dry_run}))
     t = dataclasses.replace(tick, cfg=cfg, overrides={})
-    planned, held = plan_components(sim.components, t)
-    assert held == []
+    planned, held = plan_tick(sim.components, t, sim.counts)
+    assert held == [] and sim.counts["planner_errors"] == 0, "a planner raised"
     return [a for _, a in planned], planned, t
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 
+from supervisor.runtime import logs
 from supervisor.runtime.logs import JsonFormatter, JournalHandler, journal_fields, stderr_is_journal
 from supervisor.adapters.sdnotify import Notifier
 
@@ -67,3 +68,30 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch):
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     monkeypatch.setenv("WATCHDOG_USEC", "soon")
     assert Notifier("").watchdog_interval_s() is None
+
+
+def test_setup_sends_to_the_journal_only_through_the_adapter(monkeypatch):
+    """Under systemd (stderr is the journal stream) records go to the sender the journald
+    adapter gives; without systemd-python, JSON lines on stderr as anywhere else."""
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    sent = []
+    try:
+        monkeypatch.setattr(logs, "journal_send", lambda: lambda **kw: sent.append(kw))
+        logs.setup("info")
+        (h,) = root.handlers
+        assert isinstance(h, JournalHandler)
+        logging.getLogger("supervisor.daemon").info("hello", extra={"target": "web"})
+        assert sent[-1]["MESSAGE"] == "hello" and sent[-1]["TARGET"] == "web"
+        monkeypatch.setattr(logs, "journal_send", lambda: None)
+        logs.setup("info")
+        (h,) = root.handlers
+        assert isinstance(h, logging.StreamHandler) and isinstance(h.formatter, JsonFormatter)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in before[0]:
+            root.addHandler(h)
+        root.setLevel(before[1])

@@ -1,11 +1,12 @@
-"""/metrics rendered from hand-made ticks: the families and their labels, no stale series
-after a container disappears, a true cumulative tick histogram, breach onsets, and
-hostile label values that still parse as the text exposition format."""
+"""/metrics rendered from hand-made ticks through the pass's report: the families and
+their labels, no stale series after a container disappears, a true cumulative tick
+histogram, breach onsets, the pool and reserve states of the rule book, the daemon's own
+process_* figures read once per pass, and hostile label values that still parse as the
+text exposition format."""
 
 import re
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -17,12 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor.model.actions import Action, Outcome
 from supervisor.act.actuator import Actuator
 from supervisor.act.component import Component
+from supervisor.adapters.procself import ProcSelf
 from supervisor.policy.tick import Tick
 from supervisor.publish.exposition import go_float, render
 from supervisor.model.config import HostFacts, load_config
 from supervisor.observe.history import History
-from supervisor.publish.metrics import (CONTAINER_STATES, DurationHistogram, PassMetrics,
-                                breach_conditions, make_registry)
+from supervisor.publish.metrics import CONTAINER_STATES, make_registry
+from supervisor.publish.publisher import ReportBuilder
+from supervisor.publish.report import DurationHistogram, PassMetrics, breach_conditions
 from supervisor.model.pools import account, reserve_state
 from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, DiskIO,
                                  HostSample, NetIO, Pressure, Snapshot)
@@ -81,22 +84,48 @@ def make_tick(cfg, containers, host=None):
                 reserve=reserve_state(snap, cfg), history=History(3600, 1.0))
 
 
-class DaemonView(SimpleNamespace):
-    """The daemon's attributes the collector reads, without a host behind them."""
+class DaemonView:
+    """What a daemon hands the report builder after a pass, without a host behind it:
+    ``publish()`` makes the report a pass would, and scrapes read only that."""
+
+    def __init__(self, tick, components=(), engine_up=True):
+        self.tick = tick
+        self.cfg = tick.cfg
+        self.components = list(components)
+        self.engine_up = engine_up
+        self.actuator = Actuator(None)
+        self.breaches: Counter = Counter()
+        self.counts = Counter(passes=7)
+        self.builder = ReportBuilder(self.components, self.breaches, read_process=ProcSelf().read)
+        self.report = None
+        self.publish()
+
+    def publish(self):
+        self.report = self.builder.build(
+            cfg=self.cfg, seq=self.counts["passes"], stale_after_s=10.0, tick=self.tick,
+            engine_up=self.engine_up, counts=self.counts,
+            sampler_counts=Counter(cgroup_vanished=2), inventory_counts=Counter(relists=1),
+            action_counts=self.actuator.counts, recent_actions=self.actuator.recent)
+        return self.report
 
 
-def daemon_view(tick, components=(), engine_up=True):
-    breaches: Counter = Counter()
-    return DaemonView(last_tick=tick, cfg=tick.cfg, components=list(components),
-                      inventory=SimpleNamespace(engine_up=engine_up, counts=Counter(relists=1)),
-                      sampler=SimpleNamespace(counts=Counter(cgroup_vanished=2)),
-                      counts=Counter(passes=7), actuator=Actuator(None), breaches=breaches,
-                      pass_metrics=PassMetrics(breaches), last_config_error="")
+def daemon_view(tick, components=(), engine_up=True) -> DaemonView:
+    return DaemonView(tick, components, engine_up)
+
+
+def registry(view: DaemonView):
+    return make_registry(lambda: view.report)
 
 
 def scrape(view) -> str:
-    """What GET /metrics answers."""
-    return render(make_registry(view).collect()).decode("utf-8")
+    """What GET /metrics answers after a pass (the view publishes its report first)."""
+    view.publish()
+    return render(registry(view).collect()).decode("utf-8")
+
+
+def without_scrape_time(text: str) -> str:
+    return re.sub(r'^resource_supervisor_collect_duration_seconds\{component="exporter"\} .*$',
+                  "", text, flags=re.M)
 
 
 def samples(text: str) -> dict[str, list]:
@@ -222,11 +251,14 @@ def test_pool_and_reserve_families_equal_the_pool_accounting():
 def test_a_container_that_disappears_leaves_no_series():
     cfg = make_cfg()
     view = daemon_view(make_tick(cfg, [container("a", "stays"), container("b", "leaves")]))
-    reg = make_registry(view)
+    reg = registry(view)
     first = render(reg.collect()).decode()
     assert "b" * 12 in first and 'name="leaves"' in first
-    view.last_tick = make_tick(cfg, [container("a", "stays")],
-                               host=host_sample(disks={}, nets={"lo": NetIO(1, 1, 1, 1)}))
+    view.tick = make_tick(cfg, [container("a", "stays")],
+                          host=host_sample(disks={}, nets={"lo": NetIO(1, 1, 1, 1)}))
+    # Until the next pass, every scrape writes the same report (but this scrape's time).
+    assert without_scrape_time(render(reg.collect()).decode()) == without_scrape_time(first)
+    view.publish()
     second = render(reg.collect()).decode()
     assert "b" * 12 not in second and "leaves" not in second
     assert 'name="stays"' in second
@@ -236,13 +268,98 @@ def test_a_container_that_disappears_leaves_no_series():
 def test_before_the_first_pass_only_the_daemons_own_families_render():
     cfg = make_cfg()
     view = daemon_view(make_tick(cfg, []), engine_up=False)
-    view.last_tick = None
+    view.tick = None
     text = scrape(view)
     assert value(text, "resource_supervisor_docker_engine_up") == 0
     from supervisor import __version__
     assert value(text, "resource_supervisor_build_info", version=__version__) == 1
     assert "resource_supervisor_pool_budget_bytes" not in text
     assert "process_resident_memory_bytes" in text  # the daemon's own RSS
+
+
+def state_series(text, metric, **labels) -> dict[str, float]:
+    return {s.labels["state"]: s.value for fams in samples(text).values() for s in fams
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())}
+
+
+@pytest.mark.parametrize("used_mib, allocated_mib, want", [
+    (100, 100, "over"),  # exactly the budget used: full, no room left (rules.ratio_level)
+    (99, 100, "critical"),  # allocated exactly the budget is not over: admission fills it so
+    (90, 90, "warn"),
+    (10, 101, "over"),  # limits adding up past the budget
+    (10, 20, "ok"),
+])
+def test_pool_state_is_the_rule_books_with_one_series_per_state(used_mib, allocated_mib, want):
+    cfg = make_cfg(pools={"infrastructure": {"budget": "1GiB"}, "standard": {"budget": "100MiB"}})
+    cs = [container("a", "s1", limit=allocated_mib * MIB, wss=used_mib * MIB)]
+    tick = make_tick(cfg, cs)
+    assert tick.pools["standard"].state == want
+    text = scrape(daemon_view(tick))
+    assert state_series(text, "resource_supervisor_pool_state", pool="standard") == {
+        s: 1.0 if s == want else 0.0 for s in ("ok", "warn", "critical", "over")}
+    assert value(text, "resource_supervisor_pool_used_bytes", pool="standard") == used_mib * MIB
+    assert (("pool_used_over_budget", "standard") in breach_conditions(tick)) == (used_mib >= 100)
+    assert (("pool_allocated_over_budget", "standard") in breach_conditions(tick)) == (
+        allocated_mib > 100)
+
+
+@pytest.mark.parametrize("available, breached", [(GIB, True), (GIB + 1, False), (GIB - 1, True)])
+def test_the_reserve_is_breached_at_exactly_its_size(available, breached):
+    tick = make_tick(make_cfg(), [], host=host_sample(available_bytes=available))
+    assert tick.reserve.breached is breached
+    text = scrape(daemon_view(tick))
+    assert value(text, "resource_supervisor_emergency_reserve_breached") == float(breached)
+    assert state_series(text, "resource_supervisor_emergency_reserve_state")["over"] == float(breached)
+    assert (("reserve", "") in breach_conditions(tick)) is breached
+
+
+def test_a_scrape_reads_only_the_report(monkeypatch):
+    """The daemon's own process_* figures come from the report (read once per pass), the
+    components' families too: a scrape opens no file and calls no component."""
+    import builtins
+    import os
+
+    calls = []
+
+    class Counting(Component):
+        name = "counting"
+
+        def collect(self, tick):
+            calls.append(tick.now)
+            g = GaugeMetricFamily("resource_supervisor_counting", "calls")
+            g.add_metric([], len(calls))
+            return [g]
+    view = daemon_view(make_tick(make_cfg(), [container("a", "s1")]), components=[Counting(None)])
+    own = view.report.process
+    assert own is not None and own.rss_bytes > 0 and own.open_fds > 0
+    reg = registry(view)
+
+    def forbidden(*a, **kw):
+        raise AssertionError(f"file access on the scrape thread: {a}")
+    with monkeypatch.context() as m:
+        for mod, name in ((builtins, "open"), (os, "open"), (os, "listdir"), (os, "scandir"),
+                          (os, "stat")):
+            m.setattr(mod, name, forbidden)
+        texts = [render(reg.collect()).decode() for _ in range(3)]
+    assert len(calls) == 1  # once, when the pass's report was built
+    for text in texts:
+        assert value(text, "process_resident_memory_bytes") == own.rss_bytes
+        assert value(text, "process_cpu_seconds_total") == own.cpu_seconds
+        assert value(text, "process_open_fds") == own.open_fds
+        assert value(text, "resource_supervisor_counting") == 1
+    assert types(texts[0])["process_cpu_seconds_total"] == "counter"
+
+
+def test_process_figures_parse_proc_stat_as_prometheus_client_does():
+    from supervisor.adapters.procself import parse_stat
+    # The command name may hold spaces and parentheses: fields count from its last ")".
+    fields = ["S"] + [str(i) for i in range(4, 53)]
+    fields[11], fields[12], fields[17], fields[19], fields[20], fields[21] = (
+        "250", "150", "7", "1000", "123456789", "2500")
+    text = "4242 (evil) name (x) " + " ".join(fields)
+    rss, virt, user, system, threads, start = parse_stat(text, 100.0, 4096, 1_700_000_000.0)
+    assert (rss, virt, user, system, threads, start) == (
+        2500 * 4096, 123456789, 2.5, 1.5, 7, 1_700_000_010.0)
 
 
 def test_actions_counted_by_kind_and_outcome_from_the_actuator():
@@ -291,7 +408,7 @@ def test_tick_histogram_is_cumulative_with_le_buckets():
     cfg = make_cfg()
     view = daemon_view(make_tick(cfg, []))
     for v in (0.002, 0.002, 0.3):
-        view.pass_metrics.observe(v, view.last_tick)
+        view.builder.observe_pass(v, view.tick)
     text = scrape(view)
     assert types(text)["resource_supervisor_tick_duration_seconds"] == "histogram"
     assert value(text, "resource_supervisor_tick_duration_seconds_bucket", le="0.0025") == 2
@@ -323,9 +440,10 @@ def test_a_failing_or_clashing_component_loses_only_its_own_metrics():
             return [g, b, ok]
     cfg = make_cfg()
     view = daemon_view(make_tick(cfg, []), components=[Broken(None), Clashing(None)])
-    reg = make_registry(view)
+    view.publish()  # a second pass: its components' metrics are gathered once more
+    reg = registry(view)
     render(reg.collect())
-    text = render(reg.collect()).decode()
+    text = render(reg.collect()).decode()  # a scrape gathers nothing: the counts are per pass
     assert text.count("# TYPE resource_supervisor_pool_budget_bytes ") == 1
     assert text.count("# TYPE resource_supervisor_breaches_total ") == 1
     assert value(text, "resource_supervisor_ollama_compliant", name="ollama") == 0
@@ -361,7 +479,7 @@ def hostile_tick():
 
 
 def hostile_exposition() -> bytes:
-    return render(make_registry(daemon_view(hostile_tick())).collect())
+    return render(registry(daemon_view(hostile_tick())).collect())
 
 
 def test_hostile_label_values_render_as_valid_exposition_and_round_trip():
@@ -403,9 +521,10 @@ def test_the_fast_writer_writes_what_prometheus_client_writes(tick):
     t = hostile_tick() if tick == "hostile" else make_tick(cfg, [container("a", "s1"),
                                                                 container("b", "s2", state="paused")])
     view = daemon_view(t)
-    view.pass_metrics.observe(0.004, t)
+    view.builder.observe_pass(0.004, t)
     view.actuator.counts[("throttle", "ok")] += 2
-    fams = list(make_registry(view).collect())
+    view.publish()
+    fams = list(registry(view).collect())
     assert render(fams) == generate_latest(Fixed(fams))
 
 

@@ -23,7 +23,8 @@ from supervisor.observe.inventory import Inventory
 from supervisor.adapters.journal import Journal
 from supervisor.runtime.ollama import OllamaGovernor
 from supervisor.policy import psi
-from supervisor.policy.ollama_plan import ApiObs, merge_override
+from supervisor.policy.ollama_plan import ApiObs
+from supervisor.policy.tick import merge_override
 from supervisor.policy.ollama_policy import (
     ModelSeen, ModelTracker, container_api_url, cpu_activity, cpu_check, cpuset_check, env_checks, env_drift, env_map, match_container, model_activity, notices,
     ollama_idle, plan_cpu, restore_cores, unload_verdicts)
@@ -413,11 +414,11 @@ def test_the_governors_cpu_cap_combines_with_other_caps_smallest_wins(governor):
     key = "a" * 64
     t = make_tick(cfg, [ollama_sample(quota_us=0)], 1000.0)  # no limit: Rule 12.1 caps at 4
     assert governor.overrides(t)[key] == {"cpu_quota_cores": 4.0, "cpuset_cpus": "2-3"}
-    t.overrides[key] = {"cpu_quota_cores": 1.5, "memory_reservation_bytes": GIB}  # a throttle
-    assert governor.overrides(t)[key] == {"cpu_quota_cores": 1.5, "cpuset_cpus": "2-3",
-                                          "memory_reservation_bytes": GIB}
-    t.overrides[key] = {"cpu_quota_cores": 6.0}
-    assert governor.overrides(t)[key]["cpu_quota_cores"] == 4.0
+    # The loop merges each component's override over the others' (runtime.passes).
+    throttle = {"cpu_quota_cores": 1.5, "memory_reservation_bytes": GIB}
+    assert merge_override(throttle, governor.overrides(t)[key]) == {
+        "cpu_quota_cores": 1.5, "cpuset_cpus": "2-3", "memory_reservation_bytes": GIB}
+    assert merge_override({"cpu_quota_cores": 6.0}, governor.overrides(t)[key])["cpu_quota_cores"] == 4.0
     a, b = {"cpu_quota_cores": 3.0, "x": 1}, {"cpu_quota_cores": 2.0}
     assert merge_override(a, b)["cpu_quota_cores"] == merge_override(b, a)["cpu_quota_cores"] == 2.0
 

@@ -2,11 +2,20 @@
 cut to the terminal's width, coloured only when asked."""
 
 import re
+from collections import Counter
 
+import pytest
+
+from _handmade import config as handmade_config, container as handmade_container, tick as handmade_tick
+from supervisor.act.component import Component
 from supervisor.cli.supctl import EXIT_ENGINE_DOWN, EXIT_EXHAUSTED, EXIT_OK, EXIT_STALLED, health_code
 from supervisor.cli.render import (format_duration, render_findings, render_journal_entry,
                                render_plan, render_recommend, render_status)
-from supervisor.publish.status import cpu_percent, hibernation_rows
+from supervisor.policy.breaches import pool_signals
+from supervisor.publish.exposition import render
+from supervisor.publish.metrics import make_registry
+from supervisor.publish.publisher import ReportBuilder
+from supervisor.publish.status import build_status, cpu_percent, hibernation_rows
 
 MIB = 2**20
 GIB = 2**30
@@ -27,9 +36,9 @@ def status(**over) -> dict:
         "reserve": {"reserve_bytes": int(1.38 * GIB), "available_bytes": 20 * GIB, "breached": False},
         "pools": {
             "infrastructure": {"budget_bytes": 12 * GIB, "allocated_bytes": 6 * GIB,
-                               "used_bytes": 3 * GIB, "utilisation": 0.25},
+                               "used_bytes": 3 * GIB, "utilisation": 0.25, "state": "ok"},
             "standard": {"budget_bytes": 6 * GIB, "allocated_bytes": 7 * GIB,
-                         "used_bytes": int(5.8 * GIB), "utilisation": 0.9667},
+                         "used_bytes": int(5.8 * GIB), "utilisation": 0.9667, "state": "over"},
         },
         "classes": {
             "infrastructure": {"cpuset": "0-3", "pool": "infrastructure", "cores": 4,
@@ -116,8 +125,15 @@ def test_status_screen_says_what_is_wrong():
 
 
 def test_health_codes_for_a_status_check():
-    assert health_code(status(pools={"p": {"budget_bytes": 10, "allocated_bytes": 5, "used_bytes": 5}})) == EXIT_OK
-    assert health_code(status()) == EXIT_EXHAUSTED  # standard allocated 7 GiB of 6
+    assert health_code(status(pools={"p": {"budget_bytes": 10, "allocated_bytes": 5, "used_bytes": 5,
+                                           "state": "critical"}})) == EXIT_OK
+    assert health_code(status()) == EXIT_EXHAUSTED  # standard allocated 7 GiB of 6: over
+    # The state decides, as the daemon computed it: supctl compares no figures itself.
+    assert health_code(status(pools={"p": {"budget_bytes": 10, "allocated_bytes": 5, "used_bytes": 5,
+                                           "state": "over"}})) == EXIT_EXHAUSTED
+    no_room = status(pools={"p": {"budget_bytes": 10, "allocated_bytes": 10, "used_bytes": 1,
+                                  "state": "ok", "unlimited_no_room": ["web"]}})
+    assert health_code(no_room) == EXIT_EXHAUSTED
     breached = status(pools={}, reserve={"breached": True})
     assert health_code(breached) == EXIT_EXHAUSTED
     assert health_code(status(pools={}, engine={"up": False})) == EXIT_ENGINE_DOWN
@@ -195,3 +211,101 @@ def test_supctl_defaults_match_the_daemons():
     from supervisor.model import config
     assert cli.DEFAULT_CONFIG_PATH == config.DEFAULT_CONFIG_PATH
     assert cli.DEFAULT_SOCKET == config.ControlSection().socket
+
+
+def test_colours_follow_the_state_the_daemon_computed():
+    """render compares no figures: the bar's colour and the word beside it come from the
+    pool's state, whatever its ratio."""
+    pools = {"a": {"budget_bytes": 10 * GIB, "allocated_bytes": 5 * GIB, "used_bytes": 5 * GIB,
+                   "utilisation": 0.5, "state": "critical"},
+             "b": {"budget_bytes": 10 * GIB, "allocated_bytes": 9 * GIB, "used_bytes": int(9.9 * GIB),
+                   "utilisation": 0.99, "state": "ok"}}
+    text = render_status(status(pools=pools), color=True, width=140)
+    a, b = line_of(text, "a  "), line_of(text, "b  ")
+    assert "\033[31m[" in a and ANSI.sub("", a).endswith("CRITICAL")
+    assert "\033[" not in b and b.endswith("99%")
+
+
+# ---------------------------------------------------------------- one state everywhere
+
+
+def report_of(tick, components=()):
+    """The report a pass on ``tick`` publishes."""
+    return ReportBuilder(list(components), Counter()).build(
+        cfg=tick.cfg, seq=1, stale_after_s=10.0, tick=tick, engine_up=True)
+
+
+def pool_state_series(report) -> dict[str, float]:
+    text = render(make_registry(lambda: report).collect()).decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^resource_supervisor_pool_state\{pool="standard",state="(\w+)"\} (\S+)$', text, re.M)}
+
+
+@pytest.mark.parametrize("working_set, want, code", [
+    (50 * MIB, "over", EXIT_EXHAUSTED),  # 100 MiB used of a 100 MiB budget: exactly 100%
+    (50 * MIB - MIB // 2, "critical", EXIT_OK),  # 99%
+])
+def test_at_exactly_the_budget_every_surface_says_over(working_set, want, code):
+    """Ladder, /metrics, `supctl status` text and its exit code, from one hand-made tick:
+    at used == budget all say over; just below, all say critical and exit 0."""
+    cfg = handmade_config()  # pool standard: 100 MiB
+    t = handmade_tick(cfg, [handmade_container(limit=50 * MIB, working_set=working_set)
+                            for _ in range(2)])
+    assert t.pools["standard"].allocated_bytes == cfg.pools["standard"].budget_bytes
+    ladder = {s.subject: s for s in pool_signals(t)}["standard"]
+    assert ladder.level == want
+    report = report_of(t)
+    assert pool_state_series(report) == {s: float(s == want) for s in ("ok", "warn", "critical", "over")}
+    st = build_status(report)
+    assert st["pools"]["standard"]["state"] == want
+    line = line_of(render_status(st, width=120), "standard  ")
+    assert ("OVER BUDGET" in line) is (want == "over") and ("CRITICAL" in line) is (want == "critical")
+    assert health_code(st) == code
+
+
+class PlacementSection(Component):
+    """Placement's status section as the daemon publishes it: admission's verdicts."""
+
+    name = "placement"
+
+    def __init__(self, over_budget):
+        super().__init__(None)
+        self.over_budget = over_budget
+
+    def status(self, tick):
+        return {"pools": {"standard": {"granted_bytes": 0, "shrunk": [], "over_budget": [
+            {"id": c.info.id[:12], "name": c.info.name, "pool": "standard",
+             "verdict": "over-budget"} for c in self.over_budget]}}}
+
+
+def test_a_container_left_unlimited_for_want_of_room_is_exhaustion():
+    cfg = handmade_config()
+    full = handmade_container("full", limit=100 * MIB, working_set=10 * MIB)
+    bare = handmade_container("bare", working_set=5 * MIB)  # no limit: no room for one
+    kept = handmade_container("kept", limit=20 * MIB, working_set=5 * MIB, cls="infrastructure")
+    t = handmade_tick(cfg, [full, bare, kept])
+    assert t.pools["standard"].state == "ok"  # 15 MiB used, 100 MiB allocated of 100
+    st = build_status(report_of(t, [PlacementSection([bare, kept])]))
+    assert st["pools"]["standard"]["unlimited_no_room"] == ["bare"]  # kept holds a limit
+    text = render_status(st, width=160)
+    assert ("NO MEMORY LIMIT: bare in pool standard run without any memory limit: the pool "
+            "had no room for one") in text
+    assert health_code(st) == EXIT_EXHAUSTED
+    fine = build_status(report_of(t, [PlacementSection([])]))
+    assert "unlimited_no_room" not in fine["pools"]["standard"] and health_code(fine) == EXIT_OK
+
+
+def test_status_shows_cpu_percent_between_the_reports_two_snapshots():
+    from dataclasses import replace
+    cfg = handmade_config()
+    c = handmade_container("busy", limit=40 * MIB)
+    at = lambda now, cpu_s: replace(c, stats=replace(c.stats, cpu_usage_s=cpu_s))  # noqa: E731
+    first, second = handmade_tick(cfg, [at(1000.0, 1.0)], now=1000.0), handmade_tick(
+        cfg, [at(1002.0, 2.0)], now=1002.0)
+    builder = ReportBuilder([], Counter())
+    report = builder.build(cfg=cfg, seq=2, stale_after_s=10.0, tick=second, prev_tick=first,
+                           engine_up=True)
+    (row,) = build_status(report)["containers"]
+    assert row["cpu_percent"] == 50.0  # 1 CPU second in 2 s: half a core
+    alone = builder.build(cfg=cfg, seq=1, stale_after_s=10.0, tick=first, engine_up=True)
+    assert build_status(alone)["containers"][0]["cpu_percent"] is None
