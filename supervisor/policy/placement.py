@@ -152,7 +152,10 @@ def desired_resources(c: ContainerSample, cfg: Config, *, override: dict[str, An
     ov = override or {}
     cls = cfg.classes[c.class_name]
     cpuset = str(ov.get("cpuset_cpus") or class_cpuset(cls, cfg))
-    quota = ov["cpu_quota_cores"] if "cpu_quota_cores" in ov else cls.cpu_quota_cores
+    # Every CPU limit is a cap: the class's, the ladder's throttle, Rule 12.1's for Ollama.
+    # The tightest satisfies them all (an override never lifts a container above its class).
+    quota = rules.effective_cpu_cores({"class": cls.cpu_quota_cores,
+                                       "override": ov.get("cpu_quota_cores")})
     if admission is None or admission.verdict in (OVER_BUDGET, HELD) or admission.granted_bytes <= 0:
         return Desired(cpuset, quota, None, None, None, limit_source,
                        admission.verdict if admission else "")

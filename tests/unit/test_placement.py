@@ -166,6 +166,15 @@ def test_a_failed_update_backs_off_until_its_retry_time():
     assert places(plan_placement(tick(cfg, [c], now=2001.0), mem))
 
 
+def test_a_cpu_override_never_lifts_a_container_above_its_class_quota():
+    """Every CPU limit is a cap (the class's, a throttle's, Rule 12.1's): the smallest wins."""
+    cfg = config()
+    c = container(cls="infrastructure")  # class quota 2.0 cores
+    for ov, want in ((4.0, 2.0), (0.5, 0.5)):
+        d = desired_resources(c, cfg, override={"cpu_quota_cores": ov})
+        assert d.cpu_quota_cores == want
+
+
 def test_desired_resources_leaves_memory_alone_without_a_grant():
     cfg = config()
     c = container()
