@@ -59,26 +59,29 @@ def admission_order(c: Candidate) -> tuple:
 
 
 def admit_pool(pool: str, budget_bytes: int, members: Iterable[Candidate]) -> list[Admission]:
-    """Admit ``members`` of one pool in order. Each member's room is the budget less what
-    every other member holds or was granted (a member not yet admitted counts at the limit
-    it holds: over budget, it keeps it). So the limits the pool ends with sum to at most
-    the budget, or, where the limits already held pass it on their own, to no more than
-    they did: admission never pushes a pool further over (rules.py invariant 3)."""
+    """Admit ``members`` of one pool in order. The limits the pool grants, and those its
+    members keep, sum to at most the budget, except where limits held already pass it on
+    their own: admission never pushes a pool further over (rules.py invariant 3). It does
+    not shrink one owner's limit to make room for another's; a member asking for more
+    than it holds gets the rise only from room no later member holds already."""
     ordered = sorted(members, key=admission_order)
-    allocated = sum(c.current_bytes for c in ordered)
+    allocated = 0
+    pending_held = sum(c.current_bytes for c in ordered)  # held by members not yet admitted
     out = []
     for c in ordered:
-        others = allocated - c.current_bytes
-        room = max(0, budget_bytes - others)
+        pending_held -= c.current_bytes
+        room = max(0, budget_bytes - allocated)
         if not c.changeable:
+            allocated += c.current_bytes
             out.append(Admission(c.id, c.name, pool, c.wanted_bytes, c.current_bytes, HELD,
                                  room, c.floor_bytes))
             continue
-        granted, verdict = admit(PoolUsage(pool, budget_bytes, others, 0), c.wanted_bytes,
+        taken = allocated + (pending_held if c.wanted_bytes > c.current_bytes else 0)
+        granted, verdict = admit(PoolUsage(pool, budget_bytes, taken, 0), c.wanted_bytes,
                                  max(c.floor_bytes, rules.DOCKER_MIN_MEMORY_BYTES))
         # Over budget, a member keeps the limit it holds (nothing is written): that limit
-        # still counts against the pool, or its room would be handed out twice.
-        allocated = others + (granted if granted else c.current_bytes)
+        # still counts against the pool, or its room would be handed out again.
+        allocated += granted if granted else c.current_bytes
         out.append(Admission(c.id, c.name, pool, c.wanted_bytes, granted, verdict, room,
                              c.floor_bytes))
     return out
