@@ -29,7 +29,7 @@ from supervisor.adapters.hostfacts import read_host_facts
 from supervisor.adapters.journal import Journal
 from supervisor.adapters.procself import ProcSelf
 from supervisor.adapters.sdnotify import Notifier
-from supervisor.model.actions import ActionResult
+from supervisor.model.actions import Action, ActionResult
 from supervisor.model.config import DEFAULT_CONFIG_PATH, Config, load_config
 from supervisor.model.errors import ConfigError, SupervisorError
 from supervisor.observe.history import History
@@ -102,7 +102,7 @@ class Daemon:
             for kind, fn in comp.executors().items():
                 self.actuator.register(kind, fn)
         self.ctx.capabilities.update(self.actuator.executors)
-        self.ctx.execute = lambda action: self.actuator.execute_one(action, self.cfg.dry_run)
+        self.ctx.execute = self._execute_outside_pass
         self.loop = Loop(notifier=self.notifier, counts=self.counts, get_config=lambda: self.cfg,
                          get_report=lambda: self.report, run_once=self.run_once,
                          reload=self.reload, wake=self.wake,
@@ -164,6 +164,14 @@ class Daemon:
             self.reports.observe_pass(self.passes.last_pass_duration_s, tick)
             self.report = self._build_report()
             return tick, results
+
+    def _execute_outside_pass(self, action: Action) -> ActionResult:
+        """An action from the wake watcher or the control API, through the actuator; then a
+        pass at once, so the report (status, /metrics) shows its result without waiting
+        for the next tick."""
+        result = self.actuator.execute_one(action, self.cfg.dry_run)
+        self.wake.set()
+        return result
 
     def plan_tick(self, tick: Tick):
         """What the components decide on ``tick`` (run and held back), executing nothing."""

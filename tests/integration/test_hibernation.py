@@ -86,7 +86,10 @@ def test_idle_httpd_is_paused_and_a_client_in_its_namespace_wakes_it(make_config
                            10, what="the wake's journal row")
         assert wake["outcome"] == "ok" and wake["params"]["trigger"] == "connection"
         assert "127.0.0.1:8080" in wake["reason"]
-        body = metrics_text(cfg.settings.metrics.listen)
+        # /metrics shows the pass's report: the wake, made between passes, is in the next.
+        body = wait_for(lambda: (lambda b: b if 'wakes_total{trigger="connection"} 1.0' in b
+                                 else None)(metrics_text(cfg.settings.metrics.listen)),
+                        5, what="the wake in /metrics")
         assert 'resource_supervisor_hibernation_wakes_total{trigger="connection"} 1.0' in body
         assert "resource_supervisor_hibernation_wake_latency_seconds_count 1.0" in body
 
