@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import RUN_ID, wait_for
+from conftest import RUN_ID, class_table, wait_for
 from fake_ollama import FakeOllama, keep_busy
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.core_actions import CoreActions
@@ -34,8 +34,7 @@ OLLAMA = {"supervisor.ollama": "true", "supervisor.class": "critical"}
 
 def ollama_config(make_config, tmp_path, **ollama):
     extra = {
-        "classes": {"critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                                 "memory_min": "8MiB"}},
+        "classes": class_table("critical"),
         "ladder": {"min_action_interval": "1s"},
         "ollama": {"process_names": [], "cpu_cores": 1.0, "throttled_cpu_cores": 0.5,
                    "idle_for": "1s", "model_idle_for": "1s", "api_timeout_s": 1.0, **ollama},
@@ -238,8 +237,7 @@ def test_memory_pressure_unloads_the_idle_model_and_leaves_the_busy_one(
         cfg, path = make_config({
             "host": {"layout": "exact", "memory": "4096GiB"},
             "reserve": {"emergency": "4000GiB"},
-            "classes": {"critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                                     "memory_min": "8MiB"}},
+            "classes": class_table("critical"),
             "ladder": {"min_action_interval": "1s"},
             "ollama": {"process_names": [], "cpu_cores": 1.0, "throttled_cpu_cores": 0.5,
                        "api_url": fake.url, "model_idle_for": "1s"}})
@@ -283,8 +281,7 @@ def test_cpu_pressure_steps_the_quota_down_and_restores_it_when_pressure_clears(
                        environment={"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_MAX_LOADED_MODELS": "1"},
                        cpu_quota=100_000, cpu_period=100_000, cpuset_cpus="1")
     cfg, path = make_config({
-        "classes": {"critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                                 "memory_min": "8MiB"}},
+        "classes": class_table("critical"),
         "ladder": {"psi_duration": "1s", "clear_after": "1s", "min_action_interval": "1s"},
         "ollama": {"process_names": [], "cpu_cores": 1.0, "throttled_cpu_cores": 0.5}})
     host = PressureHost()

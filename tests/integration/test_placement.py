@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import RUN_ID, wait_for
+from conftest import RUN_ID, class_table, wait_for
 
 from ._procs import daemon_stepped, daemon_thread
 from supervisor.adapters.cgroups import CgroupFS
@@ -22,12 +22,8 @@ from supervisor.publish.control import request
 from supervisor.publish.status import build_status
 
 MIB = 2**20
-CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
-    "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
-                 "memory_min": "8MiB", "reservation_ratio": 0.5},
-}
+CLASSES = class_table("infrastructure", "standard",
+                      standard={"cpuset": "1", "reservation_ratio": 0.5})
 
 
 def host_config(client, c):

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import RUN_ID, wait_for
+from conftest import RUN_ID, class_table, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.model.errors import CgroupError
 from supervisor.publish.status import build_status
@@ -82,14 +82,12 @@ def test_pool_cgroups_hold_the_budgets_and_follow_a_reload(make_config, pool_par
 
 def test_two_containers_under_a_small_pool_cannot_exceed_it(make_config, containers, pool_parent):
     budget = 48 * MIB
-    classes = {
-        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "protected": True,
-                           "memory_limit": "64MiB"},
+    classes = class_table(
+        "infrastructure", "standard",
+        infrastructure={"priority": 50, "memory_limit": "64MiB", "hibernate": True},
         # 40 MiB fits the first; the second finds 8 MiB left, below its 32 MiB minimum,
         # so admission grants it no limit at all: only the pool's cgroup holds it.
-        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "40MiB",
-                     "memory_min": "32MiB"},
-    }
+        standard={"memory_limit": "40MiB", "memory_min": "32MiB"})
     cfg, path = make_config({**config_data(pool_parent, "48MiB"), "classes": classes})
     with daemon_stepped(cfg, path) as d:
         d.run_once()

@@ -14,7 +14,7 @@ import time
 import docker
 from prometheus_client import generate_latest
 
-from conftest import metric_value, wait_for
+from conftest import class_table, metric_value, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.adapters.engine import Engine
 from supervisor.observe.inventory import Inventory
@@ -22,12 +22,8 @@ from supervisor.observe.inventory import Inventory
 from ._procs import CONTAINER_KINDS, daemon_stepped, daemon_thread
 
 MIB = 2**20
-CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
-    "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
-                 "memory_min": "8MiB", "hibernate": False},
-}
+CLASSES = class_table("infrastructure", "standard",
+                      standard={"cpuset": "1", "hibernate": False})
 
 
 @contextlib.contextmanager

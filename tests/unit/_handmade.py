@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from conftest import merge_sections
+from conftest import class_table, merge_sections
 from supervisor.model.activity import ActivityView
 from supervisor.observe.activity import ActivityTracker
 from supervisor.policy.tick import Tick
@@ -25,13 +25,11 @@ def config(cores: int = 4, memory: int = 8 * GIB, **over):
         "host": {"layout": "exact"},
         "reserve": {"emergency": "512MiB"},
         "pools": {"infrastructure": {"budget": "1GiB"}, "standard": {"budget": "100MiB"}},
-        "classes": {
-            "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                               "memory_limit": "128MiB", "memory_min": "32MiB",
-                               "reservation_ratio": 0.75, "protected": True, "cpu_quota": 2.0},
-            "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "40MiB",
-                         "memory_min": "16MiB", "reservation_ratio": 0.5},
-        },
+        "classes": class_table(
+            "infrastructure", "standard",
+            infrastructure={"memory_min": "32MiB", "reservation_ratio": 0.75, "cpu_quota": 2.0,
+                            "hibernate": True},
+            standard={"memory_limit": "40MiB", "memory_min": "16MiB", "reservation_ratio": 0.5}),
         "manage": {"default_class": "standard"},
     }
     merge_sections(data, over)

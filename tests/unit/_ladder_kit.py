@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import _handmade as handmade
+from conftest import class_table
 
 from supervisor.act.actuator import Actuator, held_by
 from supervisor.adapters.journal import Journal
@@ -28,14 +29,9 @@ def make_cfg(ladder: dict | None = None, classes: dict | None = None, **top):
         "host": {"layout": "exact", "cores": 2, "memory": "4GiB"},
         "reserve": {"emergency": "256MiB"},
         "pools": {"infrastructure": {"budget": "512MiB"}, "standard": {"budget": "96MiB"}},
-        "classes": {
-            "infrastructure": {"pool": "infrastructure", "priority": 100, "protected": True,
-                               "hibernate": False, "memory_limit": "128MiB"},
-            "standard": {"pool": "standard", "priority": 50, "memory_limit": "64MiB",
-                         "memory_min": "8MiB"},
-            "batch": {"pool": "standard", "priority": 10, "memory_limit": "64MiB",
-                      "memory_min": "8MiB"},
-        },
+        "classes": class_table("infrastructure", "standard", "batch",
+                               infrastructure={"cpuset": "any"},
+                               batch={"memory_limit": "64MiB"}),
         "ladder": {"grace": "1s", "clear_after": "3s", "min_action_interval": "0.5s",
                    "max_actions_per_minute": 30, "psi_duration": "2s"},
     }
