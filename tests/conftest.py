@@ -27,6 +27,30 @@ IMAGE = "rs-test/busybox:latest"
 RUN_ID = uuid.uuid4().hex[:10]
 TEST_LABEL = "rs-test"
 
+# The tests' one table of service classes, as most tests use them: infrastructure on
+# core 0 and untouchable, critical on a core of its own, standard and batch (the lowest
+# priority) sharing the standard pool. A test that needs something else derives it with
+# class_table(), the override in sight.
+TEST_CLASSES = {
+    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
+                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
+    "critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
+                 "memory_min": "8MiB"},
+    "standard": {"pool": "standard", "cpuset": "any", "priority": 50,
+                 "memory_limit": "64MiB", "memory_min": "8MiB"},
+    "batch": {"pool": "standard", "cpuset": "any", "priority": 10,
+              "memory_limit": "48MiB", "memory_min": "8MiB"},
+}
+
+
+def class_table(*names: str, **over: dict) -> dict:
+    """Classes of TEST_CLASSES (those named, or all), each with its override in ``over``
+    laid over the table's settings: ``class_table("infrastructure", "standard",
+    standard={"cpuset": "1"})``. Fresh dicts, the test may change them."""
+    names = names or tuple(TEST_CLASSES)
+    assert set(over) <= set(names), f"an override for a class not asked for: {set(over) - set(names)}"
+    return {n: {**TEST_CLASSES[n], **over.get(n, {})} for n in names}
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -120,13 +144,7 @@ def make_config(tmp_path, request):
             "state_dir": str(tmp_path / "state"),
             "host": {"layout": "exact"},
             "pools": {"infrastructure": {"budget": "2GiB"}, "standard": {"budget": "2GiB"}},
-            "classes": {
-                "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                                   "memory_limit": "128MiB", "protected": True,
-                                   "hibernate": False},
-                "standard": {"pool": "standard", "cpuset": "any", "priority": 50,
-                             "memory_limit": "64MiB", "memory_min": "8MiB"},
-            },
+            "classes": class_table("infrastructure", "standard"),
             "manage": {"require_labels": {TEST_LABEL: RUN_ID}, "default_class": "standard"},
             "docker": {"host": os.environ.get("DOCKER_HOST", "")},
             "intervals": {"tick": "0.2s", "reconcile": "1s"},

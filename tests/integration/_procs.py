@@ -1,11 +1,11 @@
 """The one daemon harness of the integration tests: the daemon stepped by the test
-(``daemon_stepped``), running its own loop in a thread (``daemon_thread``) or as a real
-process (``DaemonProcess``), and a second Docker engine, for the fault, crash and
-hostile-input tests: start, ask, SIGKILL, restart, and read what they left behind."""
+(``daemon_stepped``), running its own loop in a thread (``daemon_thread``; both from
+tests/_harness.py, which the v2 lane shares) or as a real process (``DaemonProcess``),
+and a second Docker engine, for the fault, crash and hostile-input tests: start, ask,
+SIGKILL, restart, and read what they left behind."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -13,51 +13,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
+from _harness import daemon_stepped, daemon_thread
 from conftest import ROOT, metrics_text, stop_process, wait_for
 from supervisor.publish.control import request
-from supervisor.runtime.daemon import Daemon
+
+__all__ = ["CONTAINER_KINDS", "DaemonProcess", "SecondEngine", "daemon_stepped", "daemon_thread",
+           "journal_integrity", "journal_states"]
 
 ENGINE_SCRIPT = ROOT / "scripts" / "test-engine"
 CONTAINER_KINDS = {"place", "throttle", "unthrottle", "reclaim", "hibernate", "wake", "stop",
                    "ollama_cpu", "ollama_recreate", "ollama_unload"}
-
-
-@contextlib.contextmanager
-def daemon_stepped(cfg, path, *, serve: bool = False, follow: bool = True, **daemon_kw):
-    """The daemon with its passes driven by the test (``d.run_once()``): with ``follow``
-    its inventory follows the engine's events (connected before the test starts), with
-    ``serve`` its /metrics and control socket answer. Shut down on the way out (its
-    components stopped, its servers closed, its journal closed)."""
-    d = Daemon(cfg, str(path), serve=serve, **daemon_kw)
-    try:
-        if serve:
-            d.start_servers()
-        if follow:
-            d.inventory.start()
-            assert d.inventory.connected.wait(15), "the inventory did not reach the engine"
-        yield d
-    finally:
-        d.shutdown()
-
-
-@contextlib.contextmanager
-def daemon_thread(cfg, path, serve: bool = True, **daemon_kw):
-    """The daemon's own loop (and, with ``serve``, its servers) in a thread of this
-    process: events wake it as in production; stopped and joined on the way out."""
-    d = Daemon(cfg, str(path), serve=serve, **daemon_kw)
-    t = threading.Thread(target=d.run, name="daemon-under-test")
-    t.start()
-    try:
-        wait_for(lambda: d.report.ready or not t.is_alive(), 15, what="first pass")
-        assert t.is_alive(), "the daemon's loop ended before its first pass"
-        yield d
-    finally:
-        d.request_stop()
-        t.join(timeout=30)
-        assert not t.is_alive()
 
 
 class DaemonProcess:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import class_table, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 
 from ._procs import DaemonProcess, journal_integrity, journal_states
@@ -22,14 +22,10 @@ from ._procs import DaemonProcess, journal_integrity, journal_states
 KILLS = 5
 MIB = 2**20
 THROTTLE, RECLAIM, HIBERNATION = "ladder/throttle/", "ladder/reclaim/", "hibernation/"
-CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "64MiB", "protected": True, "hibernate": False},
-    "standard": {"pool": "standard", "cpuset": "any", "priority": 50, "cpu_quota": 0.8,
-                 "memory_limit": "96MiB", "memory_min": "8MiB", "hibernate": False},
-    "batch": {"pool": "standard", "cpuset": "any", "priority": 10,
-              "memory_limit": "48MiB", "memory_min": "8MiB", "hibernate": False},
-}
+CLASSES = class_table(
+    "infrastructure", "standard", "batch", infrastructure={"memory_limit": "64MiB"},
+    standard={"cpu_quota": 0.8, "memory_limit": "96MiB", "hibernate": False},
+    batch={"hibernate": False})
 LADDER = {"grace": "1s", "min_action_interval": "0.5s", "clear_after": "1s",
           "max_actions_per_minute": 120, "stop_timeout": "1s"}
 

@@ -11,7 +11,7 @@ import time
 import docker
 import pytest
 
-from conftest import RUN_ID, Containers, metric_value, wait_for
+from conftest import RUN_ID, Containers, class_table, metric_value, wait_for
 
 from ._procs import CONTAINER_KINDS, DaemonProcess, SecondEngine
 
@@ -43,12 +43,8 @@ def placed(client, cid, cpuset):
 
 def test_engine_stops_and_returns_under_a_running_daemon(make_config, second_engine, tmp_path,
                                                          record_property):
-    classes = {
-        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                           "memory_limit": "128MiB", "protected": True, "hibernate": False},
-        "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "cpu_quota": 0.5,
-                     "memory_limit": "64MiB", "memory_min": "8MiB", "hibernate": False},
-    }
+    classes = class_table("infrastructure", "standard",
+                          standard={"cpuset": "1", "cpu_quota": 0.5, "hibernate": False})
     cfg, path = make_config({"docker": {"host": second_engine.host}, "classes": classes})
     client = docker.DockerClient(base_url=second_engine.host, timeout=30)
     made = Containers(client)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from ._procs import DaemonProcess, daemon_thread
-from conftest import ROOT, metrics_text, wait_for
+from conftest import ROOT, class_table, metrics_text, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.publish.control import request
 from supervisor.adapters.netdiag import list_tcp, open_probe
@@ -25,14 +25,10 @@ IDLE_AFTER_S = 2.0
 
 
 def hib_config(make_config, idle_after=f"{IDLE_AFTER_S}s", **extra):
-    classes = {
-        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                           "memory_limit": "128MiB", "protected": True, "hibernate": False},
-        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "64MiB",
-                     "memory_min": "8MiB", "idle_after": idle_after},
-        "batch": {"pool": "standard", "cpuset": "any", "memory_limit": "64MiB",
-                  "memory_min": "8MiB", "idle_after": "1h", "hibernate_mode": "stop"},
-    }
+    classes = class_table(
+        "infrastructure", "standard", "batch", standard={"idle_after": idle_after},
+        batch={"priority": 50, "memory_limit": "64MiB", "idle_after": "1h",
+               "hibernate_mode": "stop"})
     return make_config({"classes": classes, **extra})
 
 
@@ -235,14 +231,11 @@ def unprotected_infrastructure_config(make_config, mode):
     """Issue 13: an infrastructure class whose config says protected = false and
     hibernate = true, with a short idle_after; a batch class to show idle hibernation
     does act meanwhile."""
-    classes = {
-        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                           "memory_limit": "128MiB", "protected": False, "hibernate": True,
-                           "idle_after": f"{IDLE_AFTER_S}s", "hibernate_mode": mode},
-        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "64MiB",
-                     "memory_min": "8MiB", "idle_after": f"{IDLE_AFTER_S}s",
-                     "hibernate_mode": mode},
-    }
+    classes = class_table(
+        "infrastructure", "standard",
+        infrastructure={"protected": False, "hibernate": True,
+                        "idle_after": f"{IDLE_AFTER_S}s", "hibernate_mode": mode},
+        standard={"idle_after": f"{IDLE_AFTER_S}s", "hibernate_mode": mode})
     return make_config({"classes": classes})
 
 

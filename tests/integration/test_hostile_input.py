@@ -22,19 +22,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, RUN_ID, wait_for
+from conftest import ROOT, RUN_ID, class_table, wait_for
 
 from ._procs import DaemonProcess
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 FUZZ_EXAMPLES = 250
 REPLY_TIMEOUT_S = 15.0  # the server gives a silent client 10 s (control.REQUEST_TIMEOUT_S)
-CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
-    "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
-                 "memory_min": "8MiB", "idle_after": "1h"},
-}
+CLASSES = class_table("infrastructure", "standard",
+                      standard={"cpuset": "1", "idle_after": "1h"})
 
 
 # ---------------------------------------------------------------- raw HTTP on the socket

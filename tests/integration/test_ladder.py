@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 from . import _procs
-from conftest import RUN_ID, metrics_text, wait_for
+from conftest import RUN_ID, class_table, metrics_text, wait_for
 from supervisor.model.actions import Action
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.component import Context
@@ -33,14 +33,9 @@ def ladder_config(make_config, classes=None, **ladder):
     infrastructure in a pool of its own; hibernation out of the way."""
     cfg = {
         "pools": {"infrastructure": {"budget": "256MiB"}, "standard": {"budget": "96MiB"}},
-        "classes": {
-            "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                               "memory_limit": "64MiB", "protected": True, "hibernate": False},
-            "standard": {"pool": "standard", "cpuset": "any", "priority": 50,
-                         "memory_limit": "96MiB", "memory_min": "8MiB", "hibernate": False},
-            "batch": {"pool": "standard", "cpuset": "any", "priority": 10,
-                      "memory_limit": "48MiB", "memory_min": "8MiB", "hibernate": False},
-        },
+        "classes": class_table(
+            "infrastructure", "standard", "batch", infrastructure={"memory_limit": "64MiB"},
+            standard={"memory_limit": "96MiB", "hibernate": False}, batch={"hibernate": False}),
         "ladder": {**LADDER, **ladder},
         "pool_cgroups": {"enabled": False},
     }

@@ -7,13 +7,14 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import yaml
 
 from ._procs import DaemonProcess
-from conftest import ROOT, wait_for
+from conftest import ROOT, class_table, wait_for
 
 PROM = ROOT / "config" / "prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -48,9 +49,7 @@ def test_live_scrape_of_a_daemon_managing_real_containers_passes_promtool(make_c
     cfg, path = make_config({
         "pools": {"infrastructure": {"budget": "2GiB"}, "standard": {"budget": "2GiB"},
                   ODD_POOL: {"budget": "256MiB"}},
-        "classes": {"infrastructure": {"pool": "infrastructure", "cpuset": "0", "protected": True,
-                                       "memory_limit": "128MiB", "hibernate": False},
-                    "standard": {"pool": "standard", "memory_limit": "64MiB", "memory_min": "8MiB"},
+        "classes": {**class_table("infrastructure", "standard", infrastructure={"priority": 50}),
                     ODD_CLASS: {"pool": ODD_POOL, "memory_limit": "16MiB", "memory_min": "8MiB"}}})
     run = containers.run(mem_limit="48m")
     odd = containers.run(mem_limit="24m", labels={"supervisor.class": ODD_CLASS})
@@ -98,8 +97,11 @@ def test_live_scrape_of_a_daemon_managing_real_containers_passes_promtool(make_c
 def _hostile_exposition() -> bytes:
     """The unit tests' hand-made tick with hostile names (quotes, newlines, unicode, a lone
     surrogate, 10k characters), rendered by the real collector."""
+    unit = ROOT / "tests" / "unit"
+    if str(unit) not in sys.path:
+        sys.path.append(str(unit))  # it builds its tick with the unit tests' factory (_handmade)
     spec = importlib.util.spec_from_file_location(
-        "metrics_render_cases", ROOT / "tests" / "unit" / "test_metrics_render.py")
+        "metrics_render_cases", unit / "test_metrics_render.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.hostile_exposition()

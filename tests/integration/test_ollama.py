@@ -4,18 +4,18 @@ containers run with --network none, so ollama.api_url points at the fake)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import ROOT, RUN_ID, metrics_text, stop_process, wait_for
+from conftest import RUN_ID, class_table, wait_for
 from fake_ollama import FakeOllama, keep_busy
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.core_actions import CoreActions
@@ -25,6 +25,8 @@ from supervisor.runtime.ollama import OllamaGovernor
 from supervisor.model.snapshot import Pressure
 from supervisor.publish.status import build_status
 
+from ._procs import DaemonProcess, daemon_stepped
+
 # Ollama exits on SIGTERM; a plain `sleep` as PID 1 would make every stop wait 10 s.
 SERVE = "trap 'exit 0' TERM; sleep 3600 & wait"
 OLLAMA = {"supervisor.ollama": "true", "supervisor.class": "critical"}
@@ -32,8 +34,7 @@ OLLAMA = {"supervisor.ollama": "true", "supervisor.class": "critical"}
 
 def ollama_config(make_config, tmp_path, **ollama):
     extra = {
-        "classes": {"critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                                 "memory_min": "8MiB"}},
+        "classes": class_table("critical"),
         "ladder": {"min_action_interval": "1s"},
         "ollama": {"process_names": [], "cpu_cores": 1.0, "throttled_cpu_cores": 0.5,
                    "idle_for": "1s", "model_idle_for": "1s", "api_timeout_s": 1.0, **ollama},
@@ -45,19 +46,13 @@ def ollama_config(make_config, tmp_path, **ollama):
 def governed():
     """Make a daemon whose only capability is the governor (and the core alert/stop),
     with its inventory following the engine; stopped afterwards."""
-    made = []
-
-    def make(cfg, path, host=None) -> tuple[Daemon, OllamaGovernor]:
-        d = Daemon(cfg, str(path), serve=False, host=host,
-                   components=lambda ctx: [CoreActions(ctx), OllamaGovernor(ctx)])
-        made.append(d)
-        d.inventory.start()
-        assert d.inventory.connected.wait(10)
-        return d, d.components[1]
-    yield make
-    for d in made:
-        d.inventory.stop()
-        d.journal.close()
+    with contextlib.ExitStack() as made:
+        def make(cfg, path, host=None) -> tuple[Daemon, OllamaGovernor]:
+            d = made.enter_context(daemon_stepped(
+                cfg, path, connect_timeout_s=10, host=host,
+                components=lambda ctx: [CoreActions(ctx), OllamaGovernor(ctx)]))
+            return d, d.components[1]
+        yield make
 
 
 def step(d: Daemon, gov: OllamaGovernor):
@@ -85,14 +80,10 @@ def test_report_policy_shows_drift_in_status_metrics_and_journal_and_changes_not
                        environment={"OLLAMA_NUM_PARALLEL": "8", "OLLAMA_CPU_LIMIT": "4"})
     cfg, path = ollama_config(make_config, tmp_path)
     assert cfg.settings.ollama.policy == "report"
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sock = cfg.settings.control.socket
+    d = DaemonProcess(cfg, path, tmp_path / "daemon.log").start()
     try:
         def target():
-            r = subprocess.run([sys.executable, "-m", "supervisor.cli", "--socket", sock,
-                                "status", "--json"], capture_output=True, text=True, timeout=30)
-            st = json.loads(r.stdout or "{}")
+            st = d.status()
             return [t for t in st.get("ollama", {}).get("instances", []) if t["name"] == name]
         (t,) = wait_for(target, 20, 0.2, what="the Ollama container in supctl status")
         assert t["compliant"] is False and t["found_by"] == "label"
@@ -100,26 +91,23 @@ def test_report_policy_shows_drift_in_status_metrics_and_journal_and_changes_not
         assert checks["num_parallel"]["actual"] == "OLLAMA_NUM_PARALLEL=8"
         assert checks["num_parallel"]["ok"] is False and checks["cpu_limit"]["ok"] is False
         assert any("OLLAMA_CPU_LIMIT=4 has no effect" in n for n in t["notices"])
-        text = subprocess.run([sys.executable, "-m", "supervisor.cli", "--socket", sock, "status",
-                               "--width", "400"], capture_output=True, text=True, timeout=30).stdout
+        text = d.supctl("status", "--width", "400").stdout
         (line,) = [x for x in text.splitlines() if x.strip().startswith(f"{name}:")]
         assert "NOT COMPLIANT" in line and "OLLAMA_NUM_PARALLEL=8" in line
-        metrics = metrics_text(cfg.settings.metrics.listen)
+        metrics = d.metrics()
         assert f'resource_supervisor_ollama_compliant{{name="{name}"}} 0.0' in metrics
         assert (f'resource_supervisor_ollama_check{{check="num_parallel",name="{name}"}} 0.0'
                 in metrics)
 
         def alert():
-            r = subprocess.run([sys.executable, "-m", "supervisor.cli", "--socket", sock,
-                                "journal", "--json", "-n", "200"], capture_output=True,
-                               text=True, timeout=30)
+            r = d.supctl("journal", "--json", "-n", "200")
             rows = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
             return [x for x in rows if x["kind"] == "alert" and x["name"] == name]
         rows = wait_for(alert, 10, 0.2, what="the drift alert in the journal")
         assert "OLLAMA_NUM_PARALLEL=8" in rows[0]["reason"]
         assert "has no effect" in rows[0]["reason"]
     finally:
-        stop_process(proc, 15)
+        d.stop()
     after = inspect(docker_client, c.id)  # report: the environment is left as it was
     assert "OLLAMA_NUM_PARALLEL=8" in after["Config"]["Env"]
     assert after["State"]["Running"]
@@ -249,8 +237,7 @@ def test_memory_pressure_unloads_the_idle_model_and_leaves_the_busy_one(
         cfg, path = make_config({
             "host": {"layout": "exact", "memory": "4096GiB"},
             "reserve": {"emergency": "4000GiB"},
-            "classes": {"critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                                     "memory_min": "8MiB"}},
+            "classes": class_table("critical"),
             "ladder": {"min_action_interval": "1s"},
             "ollama": {"process_names": [], "cpu_cores": 1.0, "throttled_cpu_cores": 0.5,
                        "api_url": fake.url, "model_idle_for": "1s"}})
@@ -294,8 +281,7 @@ def test_cpu_pressure_steps_the_quota_down_and_restores_it_when_pressure_clears(
                        environment={"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_MAX_LOADED_MODELS": "1"},
                        cpu_quota=100_000, cpu_period=100_000, cpuset_cpus="1")
     cfg, path = make_config({
-        "classes": {"critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                                 "memory_min": "8MiB"}},
+        "classes": class_table("critical"),
         "ladder": {"psi_duration": "1s", "clear_after": "1s", "min_action_interval": "1s"},
         "ollama": {"process_names": [], "cpu_cores": 1.0, "throttled_cpu_cores": 0.5}})
     host = PressureHost()

@@ -6,43 +6,24 @@ more than its class default gets its use plus headroom (and survives a restart);
 refused update leaves the cpuset whole and status, the inventory, `docker inspect` and
 the cgroup files in agreement, even when an event is read in the refusal's window."""
 
-import contextlib
 import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import RUN_ID, wait_for
+from conftest import RUN_ID, class_table, wait_for
 
-from ._procs import daemon_thread
+from ._procs import daemon_stepped, daemon_thread
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.adapters.engine import Engine
 from supervisor.model.errors import CgroupError
 from supervisor.publish.control import request
-from supervisor.runtime.daemon import Daemon
 from supervisor.publish.status import build_status
 
 MIB = 2**20
-CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
-    "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
-                 "memory_min": "8MiB", "reservation_ratio": 0.5},
-}
-
-
-@contextlib.contextmanager
-def daemon_stepped(cfg, path, **adapters):
-    """The daemon with its event thread but passes driven by the test (run_once)."""
-    d = Daemon(cfg, str(path), serve=False, **adapters)
-    d.inventory.start()
-    try:
-        assert d.inventory.connected.wait(15)
-        yield d
-    finally:
-        d.inventory.stop()
-        d.journal.close()
+CLASSES = class_table("infrastructure", "standard",
+                      standard={"cpuset": "1", "reservation_ratio": 0.5})
 
 
 def host_config(client, c):

@@ -7,11 +7,12 @@ import uuid
 
 import pytest
 
-from conftest import RUN_ID, wait_for
+from conftest import RUN_ID, class_table, wait_for
 from supervisor.adapters.cgroups import CgroupFS
-from supervisor.runtime.daemon import Daemon
 from supervisor.model.errors import CgroupError
 from supervisor.publish.status import build_status
+
+from ._procs import daemon_stepped
 
 MIB = 2**20
 
@@ -39,8 +40,7 @@ def config_data(parent, budget):
 
 def test_pool_cgroups_hold_the_budgets_and_follow_a_reload(make_config, pool_parent):
     cfg, path = make_config(config_data(pool_parent, "48MiB"))
-    d = Daemon(cfg, str(path), serve=False)
-    try:
+    with daemon_stepped(cfg, path, follow=False) as d:
         d.run_once()  # made on the first pass, engine or not
         fs = CgroupFS()
         loc = fs.location(f"/{pool_parent}/standard")
@@ -78,25 +78,18 @@ def test_pool_cgroups_hold_the_budgets_and_follow_a_reload(make_config, pool_par
         st = build_status(d)["pool_cgroups"]
         assert st["pools"]["standard"]["limit_bytes"] == 64 * MIB
         assert st["pools"]["standard"]["cgroup_parent"] == f"/{pool_parent}/standard"
-    finally:
-        d.journal.close()
 
 
 def test_two_containers_under_a_small_pool_cannot_exceed_it(make_config, containers, pool_parent):
     budget = 48 * MIB
-    classes = {
-        "infrastructure": {"pool": "infrastructure", "cpuset": "0", "protected": True,
-                           "memory_limit": "64MiB"},
+    classes = class_table(
+        "infrastructure", "standard",
+        infrastructure={"priority": 50, "memory_limit": "64MiB", "hibernate": True},
         # 40 MiB fits the first; the second finds 8 MiB left, below its 32 MiB minimum,
         # so admission grants it no limit at all: only the pool's cgroup holds it.
-        "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "40MiB",
-                     "memory_min": "32MiB"},
-    }
+        standard={"memory_limit": "40MiB", "memory_min": "32MiB"})
     cfg, path = make_config({**config_data(pool_parent, "48MiB"), "classes": classes})
-    d = Daemon(cfg, str(path), serve=False)
-    d.inventory.start()
-    try:
-        assert d.inventory.connected.wait(15)
+    with daemon_stepped(cfg, path) as d:
         d.run_once()
         fs = CgroupFS()
         pool = fs.location(f"/{pool_parent}/standard")
@@ -129,6 +122,3 @@ def test_two_containers_under_a_small_pool_cannot_exceed_it(make_config, contain
         print(f"pool {budget // MIB} MiB: usage {g['usage_bytes'] / MIB:.1f} MiB, peak "
               f"{g['peak_bytes'] / MIB:.1f} MiB, limit hits {g['limit_hits']}, oom kills "
               f"{g['oom_kills']}; containers {({k: round(v / MIB, 1) for k, v in used.items()})}")
-    finally:
-        d.inventory.stop()
-        d.journal.close()

@@ -14,38 +14,25 @@ import time
 import docker
 from prometheus_client import generate_latest
 
-from conftest import metric_value, wait_for
+from conftest import class_table, metric_value, wait_for
 from supervisor.adapters.cgroups import CgroupFS
-from supervisor.runtime.daemon import Daemon
 from supervisor.adapters.engine import Engine
 from supervisor.observe.inventory import Inventory
 
-from ._procs import CONTAINER_KINDS, daemon_thread
+from ._procs import CONTAINER_KINDS, daemon_stepped, daemon_thread
 
 MIB = 2**20
-CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
-    "standard": {"pool": "standard", "cpuset": "1", "priority": 50, "memory_limit": "64MiB",
-                 "memory_min": "8MiB", "hibernate": False},
-}
+CLASSES = class_table("infrastructure", "standard",
+                      standard={"cpuset": "1", "hibernate": False})
 
 
 @contextlib.contextmanager
 def frozen_view_daemon(cfg, path, **adapters):
     """A daemon whose inventory listed the engine once and then stopped following it."""
-    d = Daemon(cfg, str(path), serve=False, **adapters)
-    d.inventory.start()
-    try:
-        assert d.inventory.connected.wait(15)
+    with daemon_stepped(cfg, path, **adapters) as d:
         d.inventory.stop()  # no more events: the view is frozen, the engine still "up"
         assert d.inventory.engine_up
         yield d
-    finally:
-        d.inventory.stop()
-        for comp in d.components:
-            comp.stop()
-        d.journal.close()
 
 
 def scrape(d) -> str:

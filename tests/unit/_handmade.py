@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from conftest import merge_sections
+from conftest import class_table, merge_sections
 from supervisor.model.activity import ActivityView
 from supervisor.observe.activity import ActivityTracker
 from supervisor.policy.tick import Tick
@@ -25,13 +25,11 @@ def config(cores: int = 4, memory: int = 8 * GIB, **over):
         "host": {"layout": "exact"},
         "reserve": {"emergency": "512MiB"},
         "pools": {"infrastructure": {"budget": "1GiB"}, "standard": {"budget": "100MiB"}},
-        "classes": {
-            "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                               "memory_limit": "128MiB", "memory_min": "32MiB",
-                               "reservation_ratio": 0.75, "protected": True, "cpu_quota": 2.0},
-            "standard": {"pool": "standard", "cpuset": "any", "memory_limit": "40MiB",
-                         "memory_min": "16MiB", "reservation_ratio": 0.5},
-        },
+        "classes": class_table(
+            "infrastructure", "standard",
+            infrastructure={"memory_min": "32MiB", "reservation_ratio": 0.75, "cpu_quota": 2.0,
+                            "hibernate": True},
+            standard={"memory_limit": "40MiB", "memory_min": "16MiB", "reservation_ratio": 0.5}),
         "manage": {"default_class": "standard"},
     }
     merge_sections(data, over)
@@ -59,21 +57,42 @@ def container(name: str | None = None, *, cls: str = "standard", state: str = "r
                            stats=stats if state in ("running", "paused", "restarting") else None)
 
 
-def host(cores: int = 4, available: int = 6 * GIB) -> HostSample:
-    return HostSample(time_s=1000.0, cores=cores, cpu_seconds=(), cpu_busy_ratio=(),
-                      memory_total_bytes=8 * GIB, memory_available_bytes=available,
-                      disks={}, nets={}, pressure={})
+def host(cores: int = 4, available: int = 6 * GIB, *, time_s: float = 1000.0,
+         total: int = 8 * GIB, pressure: dict | None = None, cpu_seconds=(),
+         cpu_busy_ratio=(), disks: dict | None = None, nets: dict | None = None) -> HostSample:
+    """The host's side of a snapshot: ``available`` of ``total`` memory free, and no
+    pressure, disks or networks unless given."""
+    return HostSample(time_s=time_s, cores=cores, cpu_seconds=tuple(cpu_seconds),
+                      cpu_busy_ratio=tuple(cpu_busy_ratio), memory_total_bytes=total,
+                      memory_available_bytes=available, disks=dict(disks or {}),
+                      nets=dict(nets or {}), pressure=dict(pressure or {}))
+
+
+def snapshot(cfg, containers, *, now: float = 1000.0, host_sample: HostSample | None = None,
+             cores: int | None = None, available: int = 6 * GIB, total: int = 8 * GIB,
+             pressure: dict | None = None, engine_up: bool = True,
+             cgroup_version: int = 1) -> Snapshot:
+    """A snapshot of ``containers`` at ``now``: on ``host_sample`` as given, or on a host of
+    ``cores`` (the config's unless given) with ``available`` of ``total`` memory free."""
+    hs = host_sample or host(cfg.host.cores if cores is None else cores, available,
+                             time_s=now, total=total, pressure=pressure)
+    return Snapshot(time_s=now, host=hs, containers=tuple(containers), engine_up=engine_up,
+                    cgroup_version=cgroup_version)
 
 
 def tick(cfg, containers, *, reconcile: bool = True, events=(), overrides=None,
          history: History | None = None, now: float = 1000.0, available: int = 6 * GIB,
-         activity: ActivityView | None = None, tracker: ActivityTracker | None = None) -> Tick:
-    """A tick of ``containers`` at ``now``. No activity is known (an empty view) unless
-    given: ``activity`` as is, or ``tracker``'s view of this tick's snapshot (as the
-    daemon takes it once per pass: feed one tracker tick after tick)."""
-    snap = Snapshot(time_s=now, host=host(cfg.host.cores, available),
-                    containers=tuple(containers), engine_up=True, cgroup_version=1)
-    return Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
-                reserve=reserve_state(snap, cfg), history=history or History(3600, 1.0),
+         activity: ActivityView | None = None, tracker: ActivityTracker | None = None,
+         **snap) -> Tick:
+    """A tick of ``containers`` at ``now`` (the snapshot as ``snapshot()`` makes it, with
+    ``snap``'s host, pressure, engine and cgroup version). No activity is known (an empty
+    view) unless given: ``activity`` as is, or ``tracker``'s view of this tick's snapshot
+    (as the daemon takes it once per pass: feed one tracker tick after tick)."""
+    s = snapshot(cfg, containers, now=now, available=available, **snap)
+    if activity is None:
+        activity = tracker.view(s) if tracker is not None else ActivityView()
+    return Tick(snapshot=s, cfg=cfg, now=now, pools=account(s, cfg),
+                reserve=reserve_state(s, cfg),
+                history=history if history is not None else History(3600, 1.0),
                 overrides=dict(overrides or {}), reconcile=reconcile, events=tuple(events),
-                activity=activity or (tracker.view(snap) if tracker else ActivityView()))
+                activity=activity)

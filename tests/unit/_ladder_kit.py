@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import _handmade as handmade
+from conftest import class_table
+
 from supervisor.act.actuator import Actuator, held_by
 from supervisor.adapters.journal import Journal
 from supervisor.model.actions import Outcome
 from supervisor.model.config import HostFacts, load_config
-from supervisor.model.pools import account, reserve_state
-from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, HostSample,
-                                       Pressure, Snapshot)
+from supervisor.model.snapshot import CgroupStats, ContainerInfo, ContainerSample, Pressure
 from supervisor.observe.activity import ActivityTracker
 from supervisor.observe.history import History
 from supervisor.policy.ladder import plan_breach_actions, settle
@@ -28,14 +29,9 @@ def make_cfg(ladder: dict | None = None, classes: dict | None = None, **top):
         "host": {"layout": "exact", "cores": 2, "memory": "4GiB"},
         "reserve": {"emergency": "256MiB"},
         "pools": {"infrastructure": {"budget": "512MiB"}, "standard": {"budget": "96MiB"}},
-        "classes": {
-            "infrastructure": {"pool": "infrastructure", "priority": 100, "protected": True,
-                               "hibernate": False, "memory_limit": "128MiB"},
-            "standard": {"pool": "standard", "priority": 50, "memory_limit": "64MiB",
-                         "memory_min": "8MiB"},
-            "batch": {"pool": "standard", "priority": 10, "memory_limit": "64MiB",
-                      "memory_min": "8MiB"},
-        },
+        "classes": class_table("infrastructure", "standard", "batch",
+                               infrastructure={"cpuset": "any"},
+                               batch={"memory_limit": "64MiB"}),
         "ladder": {"grace": "1s", "clear_after": "3s", "min_action_interval": "0.5s",
                    "max_actions_per_minute": 30, "psi_duration": "2s"},
     }
@@ -78,20 +74,15 @@ def container(name: str, cls: str = "standard", ws_mib: float = 10, resv_mib: fl
 def make_tick(cfg, containers, now: float, available_mib: float = 2048,
               psi: dict | None = None, engine_up: bool = True, version: int = 1,
               tracker: ActivityTracker | None = None) -> Tick:
-    """A tick at ``now``; its activity is ``tracker``'s view of its snapshot (as the
-    daemon takes it once per pass), or none known."""
-    host = HostSample(time_s=now, cores=2, cpu_seconds=(), cpu_busy_ratio=(),
-                      memory_total_bytes=4 * GIB, memory_available_bytes=int(available_mib * MIB),
-                      disks={}, nets={},
-                      pressure=psi if psi is not None else {"memory": Pressure(), "cpu": Pressure(),
-                                                            "io": Pressure()})
-    snap = Snapshot(time_s=now, host=host, containers=tuple(containers), engine_up=engine_up,
-                    cgroup_version=version)
-    tick = Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
-                reserve=reserve_state(snap, cfg), history=History(60, 1))
-    if tracker is not None:
-        tick.activity = tracker.view(snap)
-    return tick
+    """The factory's tick on the ladder's host (2 cores, 4 GiB, zero pressure unless
+    ``psi``; no reconcile, a one-minute history); its activity is ``tracker``'s view of
+    its snapshot (as the daemon takes it once per pass), or none known."""
+    return handmade.tick(
+        cfg, containers, now=now, cores=2, total=4 * GIB, available=int(available_mib * MIB),
+        pressure=psi if psi is not None else {"memory": Pressure(), "cpu": Pressure(),
+                                              "io": Pressure()},
+        engine_up=engine_up, cgroup_version=version, reconcile=False,
+        history=History(60, 1), tracker=tracker)
 
 
 LADDER_KINDS = ("alert", "throttle", "unthrottle", "reclaim", "hibernate", "stop")

@@ -20,14 +20,14 @@ from collections import Counter, deque
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import _handmade as handmade
 from _handmade import GIB, MIB, config, container
 from supervisor.act.actuator import Actuator
 from supervisor.act.component import Context
 from supervisor.adapters.journal import Journal
 from supervisor.model import rules
 from supervisor.model.actions import Outcome
-from supervisor.model.pools import account, reserve_state
-from supervisor.model.snapshot import HostSample, Pressure, Snapshot
+from supervisor.model.snapshot import Pressure
 from supervisor.model.sockets import TCP_STATES, TcpSocket
 from supervisor.observe.activity import ActivityTracker
 from supervisor.observe.history import History
@@ -167,19 +167,14 @@ class Sim:
         return run
 
     def tick(self, available_bytes: int, psi_mem: float, psi_cpu: float) -> Tick:
-        host = HostSample(time_s=self.now, cores=self.cfg.host.cores, cpu_seconds=(),
-                          cpu_busy_ratio=(), memory_total_bytes=8 * GIB,
-                          memory_available_bytes=available_bytes, disks={}, nets={},
-                          pressure={"memory": Pressure(some_avg10=psi_mem, full_avg10=psi_mem),
-                                    "cpu": Pressure(some_avg10=psi_cpu)})
-        snap = Snapshot(time_s=self.now, host=host, containers=tuple(self.world.values()),
-                        engine_up=True, cgroup_version=1)
-        for c in snap.containers:
+        for c in self.world.values():
             if c.stats is not None:
                 self.ctx.history.record(c.info.id, c.stats.memory_working_set_bytes)
-        return Tick(snapshot=snap, cfg=self.cfg, now=self.now, pools=account(snap, self.cfg),
-                    reserve=reserve_state(snap, self.cfg), history=self.ctx.history,
-                    reconcile=True, events=())
+        return handmade.tick(
+            self.cfg, self.world.values(), now=self.now, available=available_bytes,
+            pressure={"memory": Pressure(some_avg10=psi_mem, full_avg10=psi_mem),
+                      "cpu": Pressure(some_avg10=psi_cpu)},
+            history=self.ctx.history)
 
     def grow(self, factor: float) -> None:
         for cid, c in self.world.items():

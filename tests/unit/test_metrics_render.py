@@ -15,20 +15,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.parser import text_string_to_metric_families
 
+import _handmade as handmade
 from supervisor.model.actions import Action, Outcome
 from supervisor.act.actuator import Actuator
 from supervisor.act.component import Component
 from supervisor.adapters.procself import ProcSelf
-from supervisor.policy.tick import Tick
 from supervisor.publish.exposition import go_float, render
 from supervisor.model.config import HostFacts, load_config
-from supervisor.observe.history import History
 from supervisor.publish.metrics import CONTAINER_STATES, make_registry
 from supervisor.publish.publisher import ReportBuilder
 from supervisor.publish.report import DurationHistogram, PassMetrics, breach_conditions
-from supervisor.model.pools import account, reserve_state
-from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, DiskIO,
-                                 HostSample, NetIO, Pressure, Snapshot)
+from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, DiskIO, NetIO,
+                                       Pressure)
 
 MIB = 2**20
 GIB = 2**30
@@ -48,12 +46,12 @@ def make_cfg(pools=None, classes=None):
 
 
 def host_sample(available_bytes=6 * GIB, disks=None, nets=None):
+    """The factory's host with CPU, disk, network and pressure figures to render."""
     modes = {"user": 10.5, "nice": 0.0, "system": 4.25, "idle": 100.0, "iowait": 1.0,
              "irq": 0.0, "softirq": 0.5, "steal": 0.0}
-    return HostSample(
-        time_s=1000.0, cores=2, cpu_seconds=(modes, {k: v * 2 for k, v in modes.items()}),
-        cpu_busy_ratio=(0.1, 0.2), memory_total_bytes=8 * GIB,
-        memory_available_bytes=available_bytes,
+    return handmade.host(
+        2, available_bytes, cpu_seconds=(modes, {k: v * 2 for k, v in modes.items()}),
+        cpu_busy_ratio=(0.1, 0.2),
         disks=disks if disks is not None else {"vda": DiskIO(4096, 8192, 3, 5)},
         nets=nets if nets is not None else {"eth0": NetIO(1000, 2000, 10, 20)},
         pressure={"cpu": Pressure(some_avg10=12.5, some_total_us=3_000_000),
@@ -78,10 +76,7 @@ def container(cid, name, state="running", limit=64 * MIB, wss=10 * MIB, class_la
 
 
 def make_tick(cfg, containers, host=None):
-    snap = Snapshot(time_s=1000.0, host=host or host_sample(), containers=tuple(containers),
-                    engine_up=True)
-    return Tick(snapshot=snap, cfg=cfg, now=1000.0, pools=account(snap, cfg),
-                reserve=reserve_state(snap, cfg), history=History(3600, 1.0))
+    return handmade.tick(cfg, containers, host_sample=host or host_sample(), reconcile=False)
 
 
 class DaemonView:

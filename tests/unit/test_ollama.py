@@ -12,6 +12,7 @@ import pytest
 
 from conftest import wait_for
 from fake_ollama import FakeOllama
+import _handmade as handmade
 from supervisor.model.actions import ActionResult
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.component import Context
@@ -34,10 +35,9 @@ from supervisor.adapters.ollama_api import (
 from supervisor.adapters.ollama_host import cgroup_verdict, in_container
 from supervisor.act.ollama_recreate import create_body, with_env
 from supervisor.model.activity import cpu_rate_since, cpu_step
-from supervisor.model.pools import account, reserve_state
 from supervisor.observe.activity import ActivityTracker
 from supervisor.model.snapshot import (
-    CgroupStats, ContainerInfo, ContainerSample, HostSample, Pressure, Snapshot)
+    CgroupStats, ContainerInfo, ContainerSample, Pressure)
 
 GIB = 2**30
 HOST = HostFacts(cores=4, memory_bytes=16 * GIB)
@@ -256,18 +256,14 @@ def ollama_sample(cid="a" * 64, *, env=("OLLAMA_NUM_PARALLEL=2", "OLLAMA_MAX_LOA
 
 def make_tick(cfg, containers, now, cpu_psi=0.0, mem_full=0.0, available=8 * GIB,
               tracker: ActivityTracker | None = None) -> Tick:
-    """A tick at ``now``; its activity is ``tracker``'s view (fed tick after tick, as the
-    daemon does once per pass), or none known."""
-    host = HostSample(time_s=now, cores=4, cpu_seconds=(), cpu_busy_ratio=(),
-                      memory_total_bytes=16 * GIB, memory_available_bytes=available, disks={},
-                      nets={}, pressure={"cpu": Pressure(some_avg10=cpu_psi),
-                                         "memory": Pressure(full_avg10=mem_full)})
-    snap = Snapshot(time_s=now, host=host, containers=tuple(containers), engine_up=True)
-    tick = Tick(snapshot=snap, cfg=cfg, now=now, pools=account(snap, cfg),
-                reserve=reserve_state(snap, cfg), history=History(60, 1))
-    if tracker is not None:
-        tick.activity = tracker.view(snap)
-    return tick
+    """The factory's tick on the governor's host (4 cores, 16 GiB; CPU and memory
+    pressure as given; no reconcile, a one-minute history); its activity is
+    ``tracker``'s view (fed tick after tick, as the daemon does once per pass), or none
+    known."""
+    return handmade.tick(cfg, containers, now=now, cores=4, total=16 * GIB, available=available,
+                         pressure={"cpu": Pressure(some_avg10=cpu_psi),
+                                   "memory": Pressure(full_avg10=mem_full)},
+                         reconcile=False, history=History(60, 1), tracker=tracker)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import tarfile
 import time
 import uuid
@@ -21,6 +22,16 @@ TEST_IMAGE = "rs-test/busybox:latest"
 TEST_LABEL = {"rs-test": "1"}
 V2_DIR = Path(__file__).parent
 _MiB = 1024 * 1024
+
+# The daemon harness is the integration tests' own (tests/_harness.py), loaded from the
+# tests folder whether or not the lane's pytest put it on the path.
+if str(V2_DIR.parent) not in sys.path:
+    sys.path.append(str(V2_DIR.parent))
+from _harness import daemon_stepped, daemon_thread  # noqa: E402
+
+__all__ = ["CGROUP_ROOT", "IN_LANE", "IS_V2", "SKIP_REASON", "TEST_IMAGE", "TEST_LABEL", "V2_DIR",
+           "Containers", "cgroup_of_pid", "daemon_stepped", "daemon_thread", "kv",
+           "page_cache_container", "parse_pressure", "read", "wait_for", "write"]
 
 SKIP_REASON = (
     "not a cgroup v2 host (/sys/fs/cgroup/cgroup.controllers missing): "

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 
-from _v2lib import kv, read, wait_for
+from _v2lib import daemon_stepped, daemon_thread, kv, read, wait_for
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.cgroup_v2
@@ -40,17 +39,12 @@ def config(tmp_path, **standard):
 
 
 def test_placement_writes_class_limits_into_the_v2_files(tmp_path, containers):
-    from supervisor.runtime.daemon import Daemon
-
     c = containers.run("sleep 3600")  # no limits at all
     cg = containers.cgroup(c)
     assert read(cg / "memory.max") == "max" and read(cg / "cpu.max").startswith("max")
-    d = Daemon(config(tmp_path), serve=False)
     # The inventory's own thread lists, follows events and says the engine is up; the
     # daemon takes no container action while it does not.
-    d.inventory.start()
-    assert d.inventory.connected.wait(60)
-    try:
+    with daemon_stepped(config(tmp_path), connect_timeout_s=60) as d:
         def placed():
             d.run_once(reconcile=True)
             return read(cg / "memory.max") == str(64 * MiB)
@@ -62,20 +56,13 @@ def test_placement_writes_class_limits_into_the_v2_files(tmp_path, containers):
         assert c.attrs["HostConfig"]["Memory"] == 64 * MiB  # docker inspect agrees
         rows = [r for r in d.journal.recent(50) if r["kind"] == "place" and r["outcome"] == "ok"]
         assert rows, "the placement is journaled"
-    finally:
-        d.inventory.stop()
-        d.journal.close()
 
 
 def test_hibernation_freezes_and_a_connection_thaws(tmp_path, containers):
-    from supervisor.runtime.daemon import Daemon
-
     web = containers.run(HTTPD)
     cg = containers.cgroup(web)
-    d = Daemon(config(tmp_path, idle_after="2s"), serve=False)
-    loop = threading.Thread(target=d.run, name="daemon-under-test")
-    loop.start()
-    try:
+    with daemon_thread(config(tmp_path, idle_after="2s"), serve=False, ready_timeout_s=120,
+                       join_timeout_s=60):
         wait_for(lambda: kv(cg / "cgroup.events").get("frozen") == 1, 120, 0.2,
                  "the idle httpd frozen (cgroup.events)")
         web.reload()
@@ -89,6 +76,3 @@ def test_hibernation_freezes_and_a_connection_thaws(tmp_path, containers):
         assert kv(cg / "cgroup.events").get("frozen") == 0
         web.reload()
         assert web.attrs["State"]["Status"] == "running"
-    finally:
-        d.request_stop()
-        loop.join(60)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _v2lib import kv, read, wait_for
+from _v2lib import daemon_stepped, kv, read, wait_for
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.cgroup_v2
@@ -74,16 +74,11 @@ def alive(c) -> dict:
 
 
 def test_an_unlimited_container_above_its_class_default_is_not_oom_killed(tmp_path, containers):
-    from supervisor.runtime.daemon import Daemon
-
     c = containers.run(HOLD_40)  # no limit of its own
     cg = containers.cgroup(c)
     assert read(cg / "memory.max") == "max"
     used = settled_use(cg)
-    d = Daemon(config(tmp_path), serve=False)
-    d.inventory.start()
-    assert d.inventory.connected.wait(60)
-    try:
+    with daemon_stepped(config(tmp_path), connect_timeout_s=60) as d:
         def placed():
             d.run_once(reconcile=True)
             alive(c)
@@ -120,6 +115,3 @@ def test_an_unlimited_container_above_its_class_default_is_not_oom_killed(tmp_pa
         assert read(cg / "memory.max") == str(limit)
         assert kv(cg / "memory.events")["oom_kill"] == 0
         assert memory_current(cg) <= limit
-    finally:
-        d.inventory.stop()
-        d.journal.close()

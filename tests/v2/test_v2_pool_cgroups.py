@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from _v2lib import CGROUP_ROOT, kv, read, wait_for
+from _v2lib import CGROUP_ROOT, daemon_stepped, kv, read, wait_for
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.cgroup_v2
@@ -21,7 +21,6 @@ pytestmark = pytest.mark.cgroup_v2
 def daemon(docker_client, tmp_path):
     from supervisor.adapters.cgroups import CgroupFS
     from supervisor.model.config import load_config
-    from supervisor.runtime.daemon import Daemon
 
     parent = f"rs-test-pools-{uuid.uuid4().hex[:6]}"
     cfg = load_config(data={
@@ -41,16 +40,12 @@ def daemon(docker_client, tmp_path):
         "pool_cgroups": {"enabled": True, "parent": parent},
         "control": {"socket": str(tmp_path / "control.sock")},
     })
-    d = Daemon(cfg, "", serve=False)
-    d.inventory.start()
-    assert d.inventory.connected.wait(30)
-    d.pool_parent = parent
     try:
-        yield d
+        with daemon_stepped(cfg, connect_timeout_s=30) as d:
+            d.pool_parent = parent
+            yield d
     finally:
-        d.inventory.stop()
-        d.journal.close()
-        for c in d.engine.client.containers.list(all=True, filters={"label": "rs-test=1"}):
+        for c in docker_client.containers.list(all=True, filters={"label": "rs-test=1"}):
             c.remove(force=True)
         for _ in range(100):
             try:
