@@ -59,8 +59,7 @@ def plan_status(p: PlacementPlan, tick: Tick, memory: PlacementMemory,
             "pools": pools, "containers": rows}
 
 
-def plan_metrics(p: PlacementPlan, tick: Tick, counts: Counter,
-                 recommended: list[dict[str, Any]]) -> Iterable[Any]:
+def plan_metrics(p: PlacementPlan, tick: Tick, counts: Counter) -> Iterable[Any]:
     done = CounterMetricFamily("resource_supervisor_placement_updates_total",
                                "Placement outcomes: placed, drift_repairs, failed, would_place",
                                labels=["outcome"])
@@ -84,13 +83,16 @@ def plan_metrics(p: PlacementPlan, tick: Tick, counts: Counter,
         granted.add_metric([pool], sum(a.granted_bytes for a in members))
     yield over
     yield granted
+
+
+def recommended_family(recommended: list[dict[str, Any]]) -> GaugeMetricFamily:
     rec = GaugeMetricFamily("resource_supervisor_container_recommended_memory_limit_bytes",
                             "Working-set percentile over the history window plus headroom "
                             "(Rule 1.1)", labels=["name", "id", "class", "pool"])
     for r in recommended:
         if r["recommended_limit_bytes"] is not None:
             rec.add_metric([r["name"], r["id"], r["class"], r["pool"]], r["recommended_limit_bytes"])
-    yield rec
+    return rec
 
 
 class Placement(Component):
@@ -109,6 +111,7 @@ class Placement(Component):
         # Recommendations are computed once per pass on the loop thread, so neither the
         # scrape nor GET /recommend runs numpy over the history (which the loop writes).
         self.last_recommendations: list[dict[str, Any]] = []
+        self._rec_family: tuple[list, GaugeMetricFamily] | None = None
         self._recommended_for: frozenset[tuple] = frozenset()
         self._recommended_at = float("-inf")
 
@@ -190,7 +193,12 @@ class Placement(Component):
     def collect(self, tick: Tick) -> Iterable[Any]:
         if self.last_plan is None:
             return ()
-        return plan_metrics(self.last_plan, tick, self.counts, self.last_recommendations)
+        # Recommendations change every RECOMMEND_EVERY_S at most: their family (a series per
+        # container) is built when they change, not on every pass's report.
+        recs = self.last_recommendations
+        if self._rec_family is None or self._rec_family[0] is not recs:
+            self._rec_family = (recs, recommended_family(recs))
+        return (*plan_metrics(self.last_plan, tick, self.counts), self._rec_family[1])
 
     def routes(self):
         return {("GET", "/recommend"): (self._recommend, {"container": Param(str, default="")})}

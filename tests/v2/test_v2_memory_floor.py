@@ -86,7 +86,9 @@ def test_an_unlimited_container_above_its_class_default_is_not_oom_killed(tmp_pa
         wait_for(placed, 60, 0.5, "placement's memory limit in memory.max")
         limit = int(read(cg / "memory.max"))
         # Not the 24 MiB default: what it uses plus 20% (Rule 1.1), and nobody was killed.
-        assert limit >= used * 1.2, (limit, used)
+        # The daemon sampled the working set a moment apart from this test (the page cache
+        # of the finished dd settles in between): 1 MiB of slack for that.
+        assert limit >= used * 1.2 - MiB, (limit, used)
         assert kv(cg / "memory.events")["oom_kill"] == 0
         state = alive(c)
         assert c.attrs["HostConfig"]["Memory"] == limit  # docker inspect agrees
