@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from _testkit import class_table, merge_sections
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "rs-test/busybox:latest"
 RUN_ID = uuid.uuid4().hex[:10]
@@ -31,25 +33,7 @@ TEST_LABEL = "rs-test"
 # core 0 and untouchable, critical on a core of its own, standard and batch (the lowest
 # priority) sharing the standard pool. A test that needs something else derives it with
 # class_table(), the override in sight.
-TEST_CLASSES = {
-    "infrastructure": {"pool": "infrastructure", "cpuset": "0", "priority": 100,
-                       "memory_limit": "128MiB", "protected": True, "hibernate": False},
-    "critical": {"pool": "standard", "cpuset": "1", "memory_limit": "64MiB",
-                 "memory_min": "8MiB"},
-    "standard": {"pool": "standard", "cpuset": "any", "priority": 50,
-                 "memory_limit": "64MiB", "memory_min": "8MiB"},
-    "batch": {"pool": "standard", "cpuset": "any", "priority": 10,
-              "memory_limit": "48MiB", "memory_min": "8MiB"},
-}
 
-
-def class_table(*names: str, **over: dict) -> dict:
-    """Classes of TEST_CLASSES (those named, or all), each with its override in ``over``
-    laid over the table's settings: ``class_table("infrastructure", "standard",
-    standard={"cpuset": "1"})``. Fresh dicts, the test may change them."""
-    names = names or tuple(TEST_CLASSES)
-    assert set(over) <= set(names), f"an override for a class not asked for: {set(over) - set(names)}"
-    return {n: {**TEST_CLASSES[n], **over.get(n, {})} for n in names}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -162,17 +146,7 @@ def make_config(tmp_path, request):
     return make
 
 
-def merge_sections(data: dict, over: dict) -> dict:
-    """Merge ``over`` into ``data`` in place: a section given as a dict is merged over the
-    one in ``data`` (one level deep); anything else replaces it."""
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            merged = dict(data[k])
-            merged.update(v)
-            data[k] = merged
-        else:
-            data[k] = v
-    return data
+
 
 
 def to_toml(data: dict, prefix: str = "") -> str:

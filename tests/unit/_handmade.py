@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from conftest import class_table, merge_sections
+from _testkit import class_table, merge_sections
 from supervisor.model.activity import ActivityView
 from supervisor.observe.activity import ActivityTracker
 from supervisor.policy.tick import Tick

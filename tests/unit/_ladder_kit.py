@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import _handmade as handmade
-from conftest import class_table
+from _testkit import class_table
 
 from supervisor.act.actuator import Actuator, held_by
 from supervisor.adapters.journal import Journal
