@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import textwrap
 import time
 from typing import Any
 
@@ -61,6 +62,24 @@ def _cut_visible(line: str, width: int) -> str:
         pos = m.end()
     out.append(line[pos:][: max(0, width - cols)])
     return "".join(out)
+
+
+def one_line(text: Any) -> str:
+    """Text on one line: newlines and runs of blanks (a multi-line engine error) folded
+    into single spaces, so one journal row stays one line."""
+    return " ".join(str(text or "").split())
+
+
+def _wrap(prefix: str, text: str, width: int) -> list[str]:
+    """``prefix`` then ``text``, wrapped under the text's first column rather than cut at
+    ``width`` (escape codes in the prefix take no columns)."""
+    indent = len(_ANSI.sub("", prefix))
+    room = width - indent
+    text = one_line(text)
+    if room < 20 or len(text) <= room:
+        return [prefix + text]
+    lines = textwrap.wrap(text, room, break_long_words=True, break_on_hyphens=False) or [""]
+    return [prefix + lines[0]] + [" " * indent + ln for ln in lines[1:]]
 
 
 def _cut(lines: list[str], width: int, color: bool) -> str:
@@ -179,6 +198,10 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
     out.append(f"{'CONTAINER':<{name_w}}{'CLASS':<15}{'STATE':<11}{'CPUSET':<10}"
                f"{'MEM USED/LIMIT':>21} {'CPU%':>6} {'IDLE':>7}")
     containers = st.get("containers", [])
+    # Why a container is not idle: hibernation's rows carry what last made it busy.
+    hib = st.get("hibernation") if isinstance(st.get("hibernation"), dict) else {}
+    busy = {r.get("id"): r for r in hib.get("containers", [])
+            if isinstance(r, dict) and not r.get("hibernated") and r.get("last_busy")}
     for c in containers:
         used = format_bytes(c["memory_working_set_bytes"]) if c.get("memory_working_set_bytes") is not None else "-"
         limit = format_bytes(c["memory_limit_bytes"]) if c.get("memory_limit_bytes") else "none"
@@ -191,9 +214,15 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         mem = " " * max(0, 21 - len(mem_text)) + _c(
             mem_text, RED if limit == "none" and c.get("managed", True) else "", color)
         state_text = _c(f"{_fit(state, 10):<11}", state_col, color)
+        why = busy.get(c.get("id"))
+        because = ""
+        if why:
+            ago = why.get("last_busy_ago_s")
+            because = f"  busy: {one_line(why['last_busy'])}" + (
+                f", {format_duration(ago)} ago" if ago is not None else "")
         out.append(f"{_fit(name, name_w - 1):<{name_w}}{_fit(c.get('class', ''), 14):<15}"
                    f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{mem} {cpu:>6} "
-                   f"{format_duration(c.get('idle_s')):>7}")
+                   f"{format_duration(c.get('idle_s')):>7}{because}")
     if not containers:
         out.append("(no containers)")
 
@@ -225,8 +254,8 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
     for a in actions[-5:]:
         col = {"ok": GREEN, "failed": RED, "dry_run": YELLOW}.get(a.get("outcome", ""), "")
         outcome = _c(f"{a.get('outcome', ''):<8}", col, color)
-        out.append(f"  {_clock(a.get('time_s'))} {outcome} {a.get('kind', ''):<10} "
-                   f"{_fit(a.get('name', ''), 24):<24} {a.get('reason', '')}")
+        out += _wrap(f"  {_clock(a.get('time_s'))} {outcome} {a.get('kind', ''):<10} "
+                     f"{_fit(a.get('name', ''), 24):<24} ", a.get("reason", ""), width)
     return _cut(out, width, color)
 
 
@@ -235,9 +264,10 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
 
 def render_journal_entry(e: dict) -> str:
     seq = f"{e['seq']:>6} " if "seq" in e else ""
-    extra = f" [{e['detail']}]" if e.get("detail") and e.get("outcome") in ("failed", "skipped") else ""
+    extra = (f" [{one_line(e['detail'])}]"
+             if e.get("detail") and e.get("outcome") in ("failed", "skipped") else "")
     return (f"{seq}{_clock(e.get('time_s'))} {e.get('outcome', ''):<8} {e.get('kind', ''):<10} "
-            f"{_fit(e.get('name', ''), 24):<24} {e.get('reason', '')}{extra}")
+            f"{_fit(one_line(e.get('name', '')), 24):<24} {one_line(e.get('reason', ''))}{extra}")
 
 
 def _describe(a: dict) -> str:

@@ -4,11 +4,18 @@ inspected container or a parsed compose document and the config.
 What a container or a compose service must meet, each finding with its rule number
 (seeds/architecture-rules.md) and a severity (critical > high > medium > low):
 
-- 1.1 a memory limit (critical), a reservation of 50-75 % of it (medium; low if absent);
+- 1.1 a memory limit (critical), a reservation of 50-75 % of it (medium; low if absent).
+  A running container's limit that resource-supervisor gave (the placement component
+  publishes which) is a mitigation, not compliance: judged on what the owner declared;
 - 1.3 (running containers, when pool cgroups are on) it lives under its pool's cgroup;
-- 2.2 a health check (high);
-- 2.3 a restart policy that cannot loop: not ``always``, and a deploy restart_policy
-  bounded by ``max_attempts`` (high / medium);
+- 2.2 a health check (high), with Rule 2.2's interval 30s, timeout 10s, retries 3 and
+  start period 60s (compose; an omitted value is Docker's default): a value that delays
+  detecting a failure is medium, another difference low;
+- 2.3 a restart policy that cannot loop: ``on-failure`` with a maximum (``on-failure:N``,
+  or a deploy restart_policy with ``max_attempts``, which compose applies over
+  ``restart``); ``always`` is high, ``unless-stopped`` or ``on-failure`` without a
+  maximum medium: both restart a service that dies at every start (an OOM loop) without
+  end;
 - 5.2 no host port among 80, 443, 8080, 8000, 3000, 5000 (critical), except on a
   gateway (label ``supervisor.gateway=true``; Rule 5.2's "gateway services only");
 - 5.1 host ports inside its class's range (medium). The class comes from the label,
@@ -31,11 +38,17 @@ from supervisor.model.config import Config
 from supervisor.model.errors import SupervisorError
 from supervisor.policy.ollama_policy import match_container
 from supervisor.model.snapshot import ContainerInfo
+from supervisor.model.units import format_bytes
 
 FORBIDDEN_HOST_PORTS = (80, 443, 8080, 8000, 3000, 5000)
 GATEWAY_LABEL = "supervisor.gateway"
 SEVERITIES = ("critical", "high", "medium", "low")
 _MAX_RANGE_PORTS = 1024  # a published range wider than this is checked at its ends only
+# Rule 2.2's health check, and Docker's values when the compose file omits one.
+RULE_HEALTHCHECK = {"interval": 30.0, "timeout": 10.0, "retries": 3, "start_period": 60.0}
+DOCKER_HEALTHCHECK_DEFAULTS = {"interval": 30.0, "timeout": 30.0, "retries": 3, "start_period": 0.0}
+BOUNDED_RESTART_ADVICE = ("use on-failure with a maximum (restart: on-failure:3, or "
+                          "deploy.restart_policy: {condition: on-failure, max_attempts: 3})")
 
 
 class AuditError(SupervisorError):
@@ -70,6 +83,14 @@ class ServiceSpec:
     restart: str = ""
     restart_bounded: bool | None = None  # deploy.restart_policy: max_attempts given?
     restart_condition: str = ""
+    # A running container's ``on-failure`` carries no count in what the daemon inspects.
+    restart_count_known: bool = True
+    # compose healthcheck values as written (None: omitted) and those that cannot be read
+    healthcheck_values: dict[str, float | None] = field(default_factory=dict)
+    # The memory limit resource-supervisor gave (a running container), and what the
+    # owner had declared before it (0: nothing).
+    limit_given_bytes: int | None = None
+    declared_limit_bytes: int = 0
     user: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     cpu_limit_cores: float | None = None
@@ -119,6 +140,15 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
     limit, res = spec.memory_limit_bytes, spec.memory_reservation_bytes
     if any(rule == "1.1" for rule, _, _ in spec.problems):
         pass  # a size that cannot be read is reported as such, not as a missing one
+    elif spec.limit_given_bytes and not spec.declared_limit_bytes:
+        add("1.1", "high", f"no memory limit declared: the limit of "
+                           f"{format_bytes(spec.limit_given_bytes)} was given by "
+                           "resource-supervisor, not declared (a mitigation, not compliance: "
+                           "declare deploy.resources.limits.memory or mem_limit)")
+    elif spec.limit_given_bytes:
+        add("1.1", "low", f"memory limit {format_bytes(spec.limit_given_bytes)} given by "
+                          "resource-supervisor in place of the declared "
+                          f"{format_bytes(spec.declared_limit_bytes)}")
     elif not limit:
         add("1.1", "critical", "no memory limit")
     elif not res:
@@ -142,17 +172,27 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
         add("2.2", "high", "no health check")
     elif spec.healthcheck == "disabled":
         add("2.2", "high", "health check disabled")
+    else:
+        for sev, msg in healthcheck_findings(spec.healthcheck_values):
+            add("2.2", sev, msg)
 
-    # Rule 2.3
+    # Rule 2.3 (deploy.restart_policy, when given, is what compose applies)
     r = spec.restart.strip().lower()
-    if r == "always":
-        add("2.3", "high", "restart policy 'always' restarts it without end, also after a "
-                           "clean exit: use unless-stopped or on-failure with max_attempts")
-    elif r and r not in ("no", "unless-stopped", "on-failure") and not re.fullmatch(r"on-failure:\d+", r):
-        add("2.3", "high", f"unknown restart policy {spec.restart!r}")
     if spec.restart_bounded is False and spec.restart_condition != "none":
         add("2.3", "medium", f"deploy.restart_policy (condition {spec.restart_condition}) has "
-                             "no max_attempts: a failing service is restarted without end")
+                             "no max_attempts: a failing service is restarted without end; "
+                             + BOUNDED_RESTART_ADVICE)
+    elif spec.restart_bounded:
+        pass
+    elif r == "always":
+        add("2.3", "high", "restart policy 'always' restarts it without end, also after a "
+                           "clean exit: " + BOUNDED_RESTART_ADVICE)
+    elif r == "unless-stopped" or (r == "on-failure" and spec.restart_count_known):
+        add("2.3", "medium", f"restart policy {r!r} has no maximum: a service that dies at "
+                             "every start (an OOM kill) is restarted without end; "
+                             + BOUNDED_RESTART_ADVICE)
+    elif r and r not in ("no", "on-failure") and not re.fullmatch(r"on-failure:\d+", r):
+        add("2.3", "high", f"unknown restart policy {spec.restart!r}")
 
     # Rules 5.2 and 5.1
     gateway = label_is_true(spec.labels, GATEWAY_LABEL)
@@ -200,6 +240,51 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
     return out
 
 
+def _fmt_s(v: float) -> str:
+    return f"{v:g}s"
+
+
+def healthcheck_findings(values: dict[str, float | None]) -> list[tuple[str, str]]:
+    """Rule 2.2's values against a compose health check's (None: omitted, Docker's
+    default applies; a key absent: not known, not checked)."""
+    out = []
+    for key, want in RULE_HEALTHCHECK.items():
+        if key not in values:
+            continue
+        have = values[key]
+        shown = (str(int(want)) if key == "retries" else _fmt_s(want))
+        if have is None:
+            have = DOCKER_HEALTHCHECK_DEFAULTS[key]
+            said = f"not set (Docker's default {int(have) if key == 'retries' else _fmt_s(have)})"
+        else:
+            said = str(int(have)) if key == "retries" else _fmt_s(have)
+        if abs(have - want) < 1e-9:
+            continue
+        name = key.replace("_", " ")
+        # A longer interval or timeout, or more retries, delays seeing a failure.
+        delays = have > want and key != "start_period"
+        out.append(("medium" if delays else "low",
+                    f"health check {name} {said}: Rule 2.2 says {shown}"))
+    return out
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_compose_duration(v: Any) -> float:
+    """Seconds from a compose duration ("30s", "1m30s", "500ms"; Go's syntax)."""
+    if isinstance(v, bool):
+        raise ValueError(f"not a duration: {v!r}")
+    if isinstance(v, (int, float)):
+        return float(v)
+    text = str(v).strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {v!r}")
+    return sum(float(n) * _DURATION_UNIT_S[u] for n, u in parts)
+
+
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     def key(f: Finding):
         rule = tuple(int(x) for x in f.rule.split(".") if x.isdigit())
@@ -210,23 +295,30 @@ def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
 # ---------------------------------------------------------------- running containers
 
 
-def spec_from_container(info: ContainerInfo) -> ServiceSpec:
+def spec_from_container(info: ContainerInfo, given: dict[str, int] | None = None) -> ServiceSpec:
+    """``given``: the limit resource-supervisor wrote, if it did ({"given_bytes",
+    "declared_bytes"}); it counts only while the container still has it."""
     env = {}
     for item in info.env:
         k, _, v = item.partition("=")
         env[k] = v
-    return ServiceSpec(
+    spec = ServiceSpec(
         name=info.name, image=info.image, labels=dict(info.labels),
         memory_limit_bytes=info.memory_limit_bytes or None,
         memory_reservation_bytes=info.memory_reservation_bytes or None,
         healthcheck="yes" if info.has_healthcheck else "none",
         host_ports=[(hp, f"{hip + ':' if hip else ''}{hp}->{cp}") for cp, hip, hp in info.ports if hp],
-        restart=info.restart_policy, user=info.user, env=env,
+        restart=info.restart_policy, restart_count_known=False, user=info.user, env=env,
         cpu_limit_cores=info.cpu_limit_cores, cgroup_parent=info.cgroup_parent)
+    if given and given.get("given_bytes") and info.memory_limit_bytes == given["given_bytes"]:
+        spec.limit_given_bytes = int(given["given_bytes"])
+        spec.declared_limit_bytes = int(given.get("declared_bytes") or 0)
+    return spec
 
 
-def audit_container(info: ContainerInfo, cfg: Config) -> list[Finding]:
-    return check(spec_from_container(info), cfg, "container")
+def audit_container(info: ContainerInfo, cfg: Config,
+                    given: dict[str, int] | None = None) -> list[Finding]:
+    return check(spec_from_container(info, given), cfg, "container")
 
 
 # ---------------------------------------------------------------- compose files
@@ -368,6 +460,13 @@ def spec_from_compose(name: str, svc: dict) -> ServiceSpec:
             spec.healthcheck = "disabled"
         elif test:
             spec.healthcheck = "yes"
+            for key in RULE_HEALTHCHECK:
+                v = hc.get(key)
+                try:
+                    spec.healthcheck_values[key] = None if v is None else (
+                        float(int(v)) if key == "retries" else parse_compose_duration(v))
+                except (TypeError, ValueError):
+                    spec.problems.append(("2.2", "low", f"health check {key} {v!r} cannot be read"))
         else:
             spec.healthcheck = "none"
 

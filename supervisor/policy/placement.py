@@ -16,7 +16,6 @@ reported over budget.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,8 +92,11 @@ def class_cpuset(cls: ClassConfig, cfg: Config) -> str:
 
 
 def adaptive_ready(history: History, cid: str, cfg: Config) -> bool:
-    need = min(history.size, math.ceil(ADAPTIVE_MIN_HISTORY_S / max(cfg.tick_s, 1e-3)))
-    return history.samples(cid) >= need
+    """Whether the container's history spans ADAPTIVE_MIN_HISTORY_S: samples kept
+    across daemon restarts count (the history is persisted), and a window shorter than
+    the minimum never makes a short history enough."""
+    del cfg  # the history knows its own sample step (restored samples are resampled to it)
+    return history.covered_s(cid) >= ADAPTIVE_MIN_HISTORY_S - 1e-6
 
 
 def recommended_limit(history: History, cid: str, cls: ClassConfig, cfg: Config) -> int | None:

@@ -30,11 +30,13 @@ def audit_report(r: Report) -> dict[str, Any]:
         raise ApiError(503, "no snapshot yet: the daemon is starting")
     findings = []
     audited = []
+    # The memory limits placement gave (Rule 1.1 judges what the owner declared).
+    given = (r.sections.get("placement") or {}).get("limits_given") or {}
     for c in r.snapshot.containers:
         if not c.managed or c.info.state not in LIVE_STATES:
             continue
         audited.append(c.info.name)
-        findings += audit_container(c.info, r.cfg)
+        findings += audit_container(c.info, r.cfg, given.get(c.info.id))
     return {"audited": sorted(audited),
             "findings": [f.to_dict() for f in sort_findings(findings)]}
 

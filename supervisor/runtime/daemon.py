@@ -42,6 +42,7 @@ from supervisor.publish.report import PassMetrics, Report
 from supervisor.publish.status import build_health
 from supervisor.runtime import logs
 from supervisor.runtime.hibernation import Hibernation
+from supervisor.runtime.history_keeper import HistoryKeeper
 from supervisor.runtime.ladder import Ladder
 from supervisor.runtime.loop import Loop, status_line
 from supervisor.runtime.ollama import OllamaGovernor
@@ -90,6 +91,9 @@ class Daemon:
         self.sampler = Sampler(self.cgroups, self.host, proc=s.docker.proc_root, clock=clock,
                                full_every_s=15.0, container_pressure=False)
         self.history = History(s.history.window, cfg.tick_s)
+        # Recommendation history survives restarts: read here, written after passes.
+        self.history_keeper = HistoryKeeper(self.history, s.state_dir, clock)
+        self.history_keeper.load()
         self.actuator = Actuator(self.journal, clock, s.ladder.max_actions_per_minute,
                                  get_config=lambda: self.cfg)
         self.wake = threading.Event()
@@ -162,6 +166,7 @@ class Daemon:
         with self.passes.lock:
             tick, results = self.passes.run(reconcile, dry_run)
             self.reports.observe_pass(self.passes.last_pass_duration_s, tick)
+            self.history_keeper.after_pass()
             self.report = self._build_report()
             return tick, results
 
@@ -273,6 +278,7 @@ class Daemon:
                 log.exception("stopping %s failed", comp.name)
         self.inventory.stop()
         self.servers.close()
+        self.history_keeper.close()
         self.journal.close()
         log.info("stopped; containers left as they are")
 

@@ -32,6 +32,9 @@ RETRY_MAX_S = 300.0
 # when a container comes, goes or changes its limits, and at least this often: not every
 # tick, where they cost ~0.2 ms per container (issue 9 soak: 24 ms a pass at 110).
 RECOMMEND_EVERY_S = 30.0
+# Journal state key prefix of the memory limits placement gave, kept across restarts so
+# the audit tells a given limit from a declared one (Rule 1.1).
+GIVEN_STATE_PREFIX = "placement.limit_given."
 
 
 def plan_status(p: PlacementPlan, tick: Tick, memory: PlacementMemory,
@@ -114,6 +117,27 @@ class Placement(Component):
         self._rec_family: tuple[list, GaugeMetricFamily] | None = None
         self._recommended_for: frozenset[tuple] = frozenset()
         self._recommended_at = float("-inf")
+        # Per container id: the memory limit placement wrote and what the owner had
+        # declared before the first write ({"given_bytes", "declared_bytes"}).
+        self.limits_given: dict[str, dict[str, int]] = {}
+        try:
+            self.limits_given = {key[len(GIVEN_STATE_PREFIX):]: dict(v) for key, v in
+                                 ctx.journal.states(GIVEN_STATE_PREFIX).items()
+                                 if key.startswith(GIVEN_STATE_PREFIX) and isinstance(v, dict)}
+        except Exception:  # noqa: BLE001 - a journal that cannot answer: nothing known
+            self.limits_given = {}
+
+    def _note_given(self, cid: str, before: dict, after: dict) -> None:
+        """After a placement write: remember the memory limit the owner did not set."""
+        old = int(before.get("memory_limit_bytes") or 0)
+        new = int(after.get("memory_limit_bytes") or 0)
+        if not new or new == old:
+            return
+        prev = self.limits_given.get(cid)
+        declared = prev["declared_bytes"] if prev and prev.get("given_bytes") == old else old
+        row = {"given_bytes": new, "declared_bytes": int(declared)}
+        self.limits_given[cid] = row
+        self.ctx.journal.put_state(GIVEN_STATE_PREFIX + cid, row)
 
     def plan(self, tick: Tick) -> list[Action]:
         # Published in observe(), as the ladder does: a plan nobody executes (GET /plan,
@@ -154,6 +178,7 @@ class Placement(Component):
                 elif r.ok:
                     if not r.skipped:
                         self.counts["drift_repairs" if a.target in m.placed else "placed"] += 1
+                        self._note_given(a.target, r.before, r.after)
                     m.placed.add(a.target)
                     m.failures.pop(a.target, None)
                     m.retry_at.pop(a.target, None)
@@ -182,13 +207,19 @@ class Placement(Component):
         for d in (m.dry_reported, m.retry_at, m.failures):
             for cid in set(d) - live:
                 d.pop(cid, None)
+        for cid in set(self.limits_given) - live:
+            self.limits_given.pop(cid, None)
+            self.ctx.journal.del_state(GIVEN_STATE_PREFIX + cid)
 
     # ------------------------------------------------------------ publishing
 
     def status(self, tick: Tick) -> dict[str, Any] | None:
         if self.last_plan is None:
             return None
-        return plan_status(self.last_plan, tick, self.memory, self.counts)
+        out = plan_status(self.last_plan, tick, self.memory, self.counts)
+        # What the audit judges Rule 1.1 on (publish.api): limits given, not declared.
+        out["limits_given"] = {cid: dict(v) for cid, v in self.limits_given.items()}
+        return out
 
     def collect(self, tick: Tick) -> Iterable[Any]:
         if self.last_plan is None:

@@ -51,7 +51,9 @@ def test_each_kind_of_violation_is_reported_once_with_its_rule(cfg):
 def svc(**over):
     base = {"image": "example/agent:1",
             "deploy": {"resources": {"limits": {"memory": "512m"}, "reservations": {"memory": "256m"}}},
-            "healthcheck": {"test": ["CMD", "true"]}, "restart": "unless-stopped",
+            "healthcheck": {"test": ["CMD", "true"], "interval": "30s", "timeout": "10s",
+                            "retries": 3, "start_period": "60s"},
+            "restart": "on-failure:3",
             "user": "1000", "ports": ["10250:10250"]}
     base.update(over)
     return {"services": {"s": base}}
@@ -64,6 +66,8 @@ def svc(**over):
     ({"deploy": {}, "mem_limit": "lots"}, "1.1", "high", "cannot be read"),
     ({"healthcheck": {"test": ["NONE"]}}, "2.2", "high", "disabled"),
     ({"restart": "sometimes"}, "2.3", "high", "unknown restart policy"),
+    ({"restart": "unless-stopped"}, "2.3", "medium", "on-failure with a maximum"),
+    ({"restart": "always"}, "2.3", "high", "restart: on-failure:3"),
     ({"deploy": {"resources": {"limits": {"memory": "512m"}, "reservations": {"memory": "256m"}},
                  "restart_policy": {"condition": "on-failure"}}}, "2.3", "medium", "no max_attempts"),
     ({"ports": [{"target": 80, "published": "3000"}]}, "5.2", "critical", "3000"),
@@ -80,6 +84,7 @@ def test_single_violations(cfg, over, rule, severity, words):
 def test_missing_keys_are_violations_too(cfg):
     doc = {"services": {"bare": {"image": "x"}}}
     assert {f.rule for f in audit_compose(doc, cfg)} == {"1.1", "2.2", "9.3"}
+    # no restart at all: Docker's "no" restarts nothing, so it cannot loop
 
 
 def test_bounded_restarts_and_gateway_ports_pass(cfg):
@@ -156,7 +161,7 @@ def test_running_container_audit(cfg):
                                                  ("1.1", "2.2", "2.3", "5.2", "9.3", "12.1")}
     good = ContainerInfo(id="e" * 64, name="web", image="busybox", labels={}, state="running",
                          pid=1, memory_limit_bytes=512 * MIB, memory_reservation_bytes=256 * MIB,
-                         ports=(("10250/tcp", "127.0.0.1", 10250),), restart_policy="unless-stopped",
+                         ports=(("10250/tcp", "127.0.0.1", 10250),), restart_policy="on-failure",
                          user="1000", has_healthcheck=True,
                          cgroup_parent="/resource-supervisor/standard")
     assert audit_container(good, cfg) == []
@@ -164,6 +169,56 @@ def test_running_container_audit(cfg):
                             pid=1, memory_limit_bytes=512 * MIB, memory_reservation_bytes=256 * MIB,
                             user="1000", has_healthcheck=True, cgroup_parent="")
     assert [(f.rule, f.severity) for f in audit_container(outside, cfg)] == [("1.3", "low")]
+
+
+def test_a_limit_the_supervisor_gave_is_a_mitigation_not_compliance(cfg):
+    def info(limit, reservation):
+        return ContainerInfo(id="c" * 64, name="redis", image="lab/redis", labels={},
+                             state="running", pid=1, memory_limit_bytes=limit,
+                             memory_reservation_bytes=reservation, restart_policy="on-failure",
+                             user="1000", has_healthcheck=True,
+                             cgroup_parent="/resource-supervisor/infrastructure")
+    given = {"given_bytes": 256 * MIB, "declared_bytes": 0}
+    findings = audit_container(info(256 * MIB, 128 * MIB), cfg, given)
+    assert [(f.rule, f.severity) for f in findings] == [("1.1", "high")]
+    assert "given by resource-supervisor, not declared" in findings[0].message
+    assert "256.0MiB" in findings[0].message
+    # Without the record the same container reads as compliant: the record is what tells.
+    assert audit_container(info(256 * MIB, 128 * MIB), cfg) == []
+    # The owner has since set a limit of their own (docker update): judged as declared.
+    assert audit_container(info(512 * MIB, 256 * MIB), cfg, given) == []
+    # A declared limit the supervisor replaced (raised to the floor): a note, not a breach.
+    raised = audit_container(info(320 * MIB, 160 * MIB), cfg,
+                             {"given_bytes": 320 * MIB, "declared_bytes": 128 * MIB})
+    assert [(f.rule, f.severity) for f in raised] == [("1.1", "low")]
+    assert "in place of the declared 128.0MiB" in raised[0].message
+
+
+def test_rule_2_2_values_and_rule_2_3_loops_on_a_compose_file(cfg):
+    path = COMPOSE / "healthcheck-values-and-restart-loops.yml"
+    findings = audit_compose(load_compose(str(path)), cfg, path.name)
+    got = sorted((f.target, f.rule, f.severity, f.message) for f in findings)
+    assert [(t, r, s) for t, r, s, _ in got] == [
+        ("docker-defaults", "2.2", "low", ),
+        ("docker-defaults", "2.2", "medium"),
+        ("long-timeout-many-retries", "2.2", "medium"),
+        ("long-timeout-many-retries", "2.2", "medium"),
+        ("on-failure-without-maximum", "2.3", "medium"),
+        ("slow-interval", "2.2", "medium"),
+        ("unless-stopped-alone", "2.3", "medium"),
+        ("unreadable-interval", "2.2", "low"),
+    ]
+    msgs = {(t, m) for t, _, _, m in got}
+    assert ("slow-interval", "health check interval 120s: Rule 2.2 says 30s") in msgs
+    assert ("docker-defaults", "health check timeout not set (Docker's default 30s): "
+                               "Rule 2.2 says 10s") in msgs
+    assert ("docker-defaults", "health check start period not set (Docker's default 0s): "
+                               "Rule 2.2 says 60s") in msgs
+    assert ("long-timeout-many-retries", "health check retries 10: Rule 2.2 says 3") in msgs
+    assert ("unreadable-interval", "health check interval 'soon' cannot be read") in msgs
+    loop = next(m for t, _, _, m in got if t == "unless-stopped-alone")
+    # The advice cannot loop: on-failure with a maximum, never unless-stopped.
+    assert "on-failure with a maximum" in loop and "use unless-stopped" not in loop
 
 
 def supctl(*args):

@@ -309,3 +309,38 @@ def test_status_shows_cpu_percent_between_the_reports_two_snapshots():
     assert row["cpu_percent"] == 50.0  # 1 CPU second in 2 s: half a core
     alone = builder.build(cfg=cfg, seq=1, stale_after_s=10.0, tick=first, engine_up=True)
     assert build_status(alone)["containers"][0]["cpu_percent"] is None
+
+
+def test_idle_column_says_why_a_container_is_not_idle():
+    hib = {"containers": [
+        {"id": "c" * 12, "name": "scratch", "hibernated": False, "idle_s": 0.0,
+         "last_busy": "2 new connections", "last_busy_ago_s": 4.0},
+        {"id": "b" * 12, "name": "agent-summarise", "hibernated": True, "idle_s": 421.0}]}
+    text = render_status(status(hibernation=hib), color=False, width=140)
+    scratch = line_of(text, "scratch")
+    assert re.search(r"30s  busy: 2 new connections, 4s ago$", scratch), scratch
+    assert "busy:" not in line_of(text, "agent-summarise")  # hibernated: nothing to explain
+
+
+def test_last_actions_wrap_under_their_reason_instead_of_being_cut():
+    reason = ("memory limit raised from 256.0MiB to 544.0MiB after 2 OOM kills in 120s: "
+              "the limit resource-supervisor gave was below what the container needs")
+    st = status(actions=[{"time_s": 1700000000.0, "outcome": "ok", "kind": "place",
+                          "name": "shop-redis-1", "reason": reason}])
+    text = render_status(st, color=True, width=100)
+    plain = ANSI.sub("", text).splitlines()
+    start = next(i for i, ln in enumerate(plain) if "shop-redis-1" in ln)
+    col = plain[start].index("memory limit")
+    block = [plain[start][col:]] + [ln[col:] for ln in plain[start + 1:] if ln[:col].strip() == ""]
+    assert all(len(ln) <= 100 for ln in plain)
+    assert len(block) >= 2 and " ".join(block) == reason  # every word, none cut
+
+
+def test_a_journal_row_is_one_line_even_for_a_multi_line_engine_error():
+    e = {"seq": 8, "time_s": 1700000000.0, "outcome": "failed", "kind": "place", "name": "pg",
+         "reason": "class default\nafter restart",
+         "detail": "refused: 500 Server Error\nfailed to write\n  memory.limit_in_bytes: device busy"}
+    line = render_journal_entry(e)
+    assert "\n" not in line
+    assert line.endswith("class default after restart [refused: 500 Server Error failed to write "
+                         "memory.limit_in_bytes: device busy]")
