@@ -111,6 +111,20 @@ def _ollama_lines(section: Any) -> list[str]:
     return out
 
 
+# How a row's class was chosen, in a few columns (the whole sentence is the row's
+# class_why in `supctl status --json`).
+_CLASS_BY = {"label": "label", "default": "default", "unknown-label": "default (bad label)",
+             "name": "name", "service": "service", "image": "image", "repository": "repo"}
+
+
+def _class_by(c: dict) -> str:
+    reason = c.get("class_reason") or ""
+    text = _CLASS_BY.get(reason, reason)
+    if c.get("class_pattern"):
+        text += " " + c["class_pattern"]
+    return _fit(text, 18) if text else ""
+
+
 def render_status(st: dict, color: bool = False, width: int = 0) -> str:
     width = width or shutil.get_terminal_size((100, 24)).columns
     out: list[str] = []
@@ -174,10 +188,10 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
                    f"{_fit(c['pool'], 15):<16}{c.get('ports') or '-':<12}{flags}")
 
     out.append("")
-    fixed = 15 + 11 + 10 + 22 + 7 + 8
+    fixed = 15 + 11 + 10 + 22 + 7 + 8 + 2 + 18
     name_w = max(12, min(32, width - fixed))
     out.append(f"{'CONTAINER':<{name_w}}{'CLASS':<15}{'STATE':<11}{'CPUSET':<10}"
-               f"{'MEM USED/LIMIT':>21} {'CPU%':>6} {'IDLE':>7}")
+               f"{'MEM USED/LIMIT':>21} {'CPU%':>6} {'IDLE':>7}  CLASS BY")
     containers = st.get("containers", [])
     for c in containers:
         used = format_bytes(c["memory_working_set_bytes"]) if c.get("memory_working_set_bytes") is not None else "-"
@@ -193,7 +207,7 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         state_text = _c(f"{_fit(state, 10):<11}", state_col, color)
         out.append(f"{_fit(name, name_w - 1):<{name_w}}{_fit(c.get('class', ''), 14):<15}"
                    f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{mem} {cpu:>6} "
-                   f"{format_duration(c.get('idle_s')):>7}")
+                   f"{format_duration(c.get('idle_s')):>7}  {_class_by(c)}".rstrip())
     if not containers:
         out.append("(no containers)")
 

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Callable, Iterable
 
 from supervisor.adapters.cgroups import CgroupFS, CgroupLocation, UsageFiles
-from supervisor.model.classify import classify, is_managed
+from supervisor.model.classify import classify_why, is_managed
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError, CgroupGone, CgroupNotFound
 from supervisor.adapters.host import HostSampler
@@ -58,7 +58,7 @@ class Sampler:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self._cache: dict[str, _Cached] = {}
-        self._classes: dict[str, tuple[ContainerInfo, Config, tuple[str, str, bool]]] = {}
+        self._classes: dict[str, tuple[ContainerInfo, Config, tuple[str, str, str, bool]]] = {}
         self._dirty: set[str] = set()
 
     def invalidate(self, cid: str = "") -> None:
@@ -140,14 +140,15 @@ class Sampler:
             # ContainerInfo) or the config: worked out again only then.
             known = self._classes.get(info.id)
             if known is not None and known[0] is info and known[1] is cfg:
-                cls, reason, managed = known[2]
+                cls, reason, pattern, managed = known[2]
             else:
-                cls, reason = classify(info, cfg)
+                cls, reason, pattern = classify_why(info, cfg)
                 managed = is_managed(info, cfg)
-                self._classes[info.id] = (info, cfg, (cls, reason, managed))
+                self._classes[info.id] = (info, cfg, (cls, reason, pattern, managed))
             stats, net, err = self.read_container(info, now, engine_up)
             out.append(ContainerSample(info=info, class_name=cls, class_reason=reason,
-                                       managed=managed, stats=stats, error=err, net=net))
+                                       managed=managed, stats=stats, error=err, net=net,
+                                       class_pattern=pattern))
         for gone in set(self._cache) - seen:
             self._drop(gone)
         for gone in set(self._classes) - seen:
