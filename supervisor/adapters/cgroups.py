@@ -21,18 +21,18 @@ import os
 from typing import Any, Iterable
 
 from supervisor.adapters.cgroup_files import (V1_CONTROLLERS, V1_UNLIMITED, CgroupLocation,
-                                              CgroupUsage, parse_flat_keyed, parse_pressure,
-                                              parse_proc_cgroup, read_int, read_text,
-                                              slice_path, stat_value, wrap_os_error,
-                                              write_knob)
+                                              CgroupUsage, Resident, parse_flat_keyed,
+                                              parse_pressure, parse_proc_cgroup, read_int,
+                                              read_text, resident_of, slice_path, stat_value,
+                                              wrap_os_error, write_knob)
 from supervisor.adapters.cgroup_groups import CgroupGroups, read_group, set_group_limit
 from supervisor.adapters.cgroup_stats import UsageFiles, read_stats, read_usage
 from supervisor.model.errors import CgroupError, CgroupNotFound
 from supervisor.model.snapshot import CgroupStats
 
-__all__ = ["CgroupFS", "CgroupLocation", "CgroupUsage", "UsageFiles", "V1_CONTROLLERS",
-           "V1_UNLIMITED", "parse_flat_keyed", "parse_pressure", "parse_proc_cgroup",
-           "read_int", "read_text", "slice_path", "stat_value"]
+__all__ = ["CgroupFS", "CgroupLocation", "CgroupUsage", "Resident", "UsageFiles",
+           "V1_CONTROLLERS", "V1_UNLIMITED", "parse_flat_keyed", "parse_pressure", "parse_proc_cgroup",
+           "read_int", "read_text", "resident_of", "slice_path", "stat_value"]
 
 
 def _below(root: str, rel: str) -> str:
@@ -123,6 +123,11 @@ class CgroupFS:
     def open_usage(self, loc: CgroupLocation) -> UsageFiles:
         """The files ``read_usage`` reads, opened once for reading every tick."""
         return UsageFiles(loc)
+
+    def read_resident(self, loc: CgroupLocation) -> Resident:
+        """What stays in memory that a reclaim cannot release without swap (resident_of)."""
+        usage = self.read_usage(loc).memory_usage_bytes
+        return resident_of(loc.version, self.read_file(loc, "memory", "memory.stat"), usage)
 
     def read_stats(self, loc: CgroupLocation, with_pressure: bool = True) -> CgroupStats:
         """Everything else, for the periodic full read (cgroup_stats.read_stats)."""
