@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from supervisor.act.hibernation_store import HibernationStore
 from supervisor.act.recheck import recheck
-from supervisor.adapters.cgroups import read_text, stat_value
+from supervisor.adapters.cgroups import Resident, read_text
 from supervisor.adapters.host import parse_meminfo
 from supervisor.adapters.netcounters import socket_inodes, udp_services
 from supervisor.adapters.netdiag import list_tcp
@@ -73,6 +73,20 @@ def swap_total_bytes(proc: str) -> int | None:
         return parse_meminfo(read_text(f"{proc}/meminfo")).get("SwapTotal", 0)
     except CgroupError:
         return None
+
+
+def resident_words(r: Resident) -> str:
+    """'42.0 MiB stays resident (4.2 MiB anonymous, 36.0 MiB shmem, 1.8 MiB other)'."""
+    return (f"{_mib(r.total_bytes)} stays resident ({_mib(r.anon_bytes)} anonymous, "
+            f"{_mib(r.shmem_bytes)} shmem, {_mib(r.other_bytes)} other)")
+
+
+def resident_dict(r: Resident | None) -> dict[str, int]:
+    """The resident memory as the record keeps it (and status shows it); {} when unread."""
+    if r is None:
+        return {}
+    return {"total_bytes": r.total_bytes, "anon_bytes": r.anon_bytes,
+            "shmem_bytes": r.shmem_bytes, "other_bytes": r.other_bytes}
 
 
 class ContainerLocks:
@@ -211,10 +225,11 @@ class HibernateExecutor:
                        after={"state": "exited", "mode": "stop"})
 
     def _pause_done(self, rec: Record, info: ContainerInfo, targets: list[TcpSocket]) -> Outcome:
-        released, note = self.release_memory(info)
+        released, note, resident = self.release_memory(info)
         rec.phase = PAUSED
         rec.reclaimed_bytes = released
         rec.memory_note = note
+        rec.resident = resident_dict(resident)
         self.store.put(rec)
         with self.stats.lock:
             self.stats.hibernations["pause"] += 1
@@ -222,6 +237,7 @@ class HibernateExecutor:
         watched = self.watch(rec.id, info.pid, targets)
         return Outcome(ok=True, detail=f"paused; {note}; {watched}", before={"state": "running"},
                        after={"state": "paused", "mode": "pause", "released_bytes": released,
+                              "resident": rec.resident,
                               "watching": [t.describe() for t in targets]})
 
     def owned_sockets(self, info: ContainerInfo) -> frozenset[int] | None:
@@ -259,16 +275,16 @@ class HibernateExecutor:
                        detail=f"not hibernated: {busy} (hibernate_mode = \"stop\" or force to hibernate it)",
                        after={"busy": busy})
 
-    def release_memory(self, info: ContainerInfo) -> tuple[int | None, str]:
+    def release_memory(self, info: ContainerInfo) -> tuple[int | None, str, Resident | None]:
         """Ask the kernel to reclaim the frozen container's memory; (bytes released, what
-        happened, in words)."""
+        happened, in words, and what stays resident: anonymous memory, shmem, the rest)."""
         fs = self.ctx.cgroups
         try:
             loc = fs.locate(info.id, info.pid, info.cgroup_parent)
             before = fs.read_usage(loc).memory_usage_bytes
         except CgroupError as e:
             self.counts["reclaim_errors"] += 1
-            return None, f"memory not released: {e}"
+            return None, f"memory not released: {e}", None
         knob = "memory.reclaim" if loc.version == 2 else "memory.force_empty"
         try:
             if loc.version == 2:
@@ -283,22 +299,21 @@ class HibernateExecutor:
             try:
                 fs.read_usage(loc)
             except CgroupError:
-                return None, "memory not released: the cgroup vanished"
-            return None, f"memory not released: this kernel has no {knob}"
+                return None, "memory not released: the cgroup vanished", None
+            return None, f"memory not released: this kernel has no {knob}", None
         except CgroupError as e:
             self.counts["reclaim_errors"] += 1
-            return None, f"memory not released: {knob}: {e.reason}"
+            return None, f"memory not released: {knob}: {e.reason}", None
         try:
-            after = fs.read_usage(loc).memory_usage_bytes
-            anon = stat_value(fs.read_file(loc, "memory", "memory.stat"),
-                              "anon" if loc.version == 2 else "total_rss")
+            resident = fs.read_resident(loc)
         except CgroupError as e:
-            return None, f"memory released, then unreadable: {e}"
-        released = max(0, before - after)
-        note = f"{knob} released {_mib(released)} ({_mib(before)} -> {_mib(after)})"
+            return None, f"memory released, then unreadable: {e}", None
+        released = max(0, before - resident.total_bytes)
+        note = (f"{knob} released {_mib(released)} ({_mib(before)} -> "
+                f"{_mib(resident.total_bytes)}); {resident_words(resident)}")
         if swap_total_bytes(self.ctx.proc) == 0:
-            note += f"; no swap on this host: {_mib(anon)} of anonymous memory stays resident"
-        return released, note
+            note += "; no swap on this host: anonymous memory and shmem cannot be released"
+        return released, note, resident
 
 
 class WakeExecutor:

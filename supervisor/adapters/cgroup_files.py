@@ -145,6 +145,33 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """What a cgroup keeps in memory once its reclaimable memory has been released:
+    anonymous memory and shmem (tmpfs, /dev/shm, SysV shared memory such as PostgreSQL's
+    shared buffers) can only go to swap; ``other`` is the rest of its usage (kernel
+    memory, page cache the kernel kept)."""
+
+    anon_bytes: int
+    shmem_bytes: int
+    other_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.anon_bytes + self.shmem_bytes + self.other_bytes
+
+
+def resident_of(version: int, memory_stat: str, usage_bytes: int) -> Resident:
+    """From memory.stat and the usage read with it: v2 ``anon`` + ``shmem``; v1 the
+    hierarchy's ``total_rss`` (anonymous, shmem not included) + ``total_shmem`` (counted
+    in v1's cache). The usage beyond them is ``other``."""
+    if version == 2:
+        anon, shmem = stat_value(memory_stat, "anon"), stat_value(memory_stat, "shmem")
+    else:
+        anon, shmem = stat_value(memory_stat, "total_rss"), stat_value(memory_stat, "total_shmem")
+    return Resident(anon, shmem, max(0, usage_bytes - anon - shmem))
+
+
 def usage_of(version: int, usage_bytes: int, memory_stat: str, cpu_s: float,
              throttled_s: float | None) -> CgroupUsage:
     """The hot counters; the working set as cAdvisor counts it: usage minus inactive file

@@ -21,18 +21,23 @@ import os
 from typing import Any, Iterable
 
 from supervisor.adapters.cgroup_files import (V1_CONTROLLERS, V1_UNLIMITED, CgroupLocation,
-                                              CgroupUsage, parse_flat_keyed, parse_pressure,
-                                              parse_proc_cgroup, read_int, read_text,
-                                              slice_path, stat_value, wrap_os_error,
-                                              write_knob)
+                                              CgroupUsage, Resident, parse_flat_keyed,
+                                              parse_pressure, parse_proc_cgroup, read_int,
+                                              read_text, resident_of, slice_path, stat_value,
+                                              wrap_os_error, write_knob)
 from supervisor.adapters.cgroup_groups import CgroupGroups, read_group, set_group_limit
 from supervisor.adapters.cgroup_stats import UsageFiles, read_stats, read_usage
 from supervisor.model.errors import CgroupError, CgroupNotFound
 from supervisor.model.snapshot import CgroupStats
 
-__all__ = ["CgroupFS", "CgroupLocation", "CgroupUsage", "UsageFiles", "V1_CONTROLLERS",
-           "V1_UNLIMITED", "parse_flat_keyed", "parse_pressure", "parse_proc_cgroup",
-           "read_int", "read_text", "slice_path", "stat_value"]
+__all__ = ["CgroupFS", "CgroupLocation", "CgroupUsage", "Resident", "UsageFiles",
+           "V1_CONTROLLERS", "V1_UNLIMITED", "parse_flat_keyed", "parse_pressure", "parse_proc_cgroup",
+           "read_int", "read_text", "resident_of", "slice_path", "stat_value"]
+
+
+def _below(root: str, rel: str) -> str:
+    rel = rel.strip("/")
+    return f"{root}/{rel}" if rel else root
 
 
 class CgroupFS:
@@ -58,13 +63,22 @@ class CgroupFS:
 
     # ------------------------------------------------------------------ locate
 
-    def location(self, rel: str) -> CgroupLocation:
+    def location(self, rel: str, paths: dict[str, str] | None = None) -> CgroupLocation:
+        """The cgroup at ``rel`` in every hierarchy; on v1, ``paths`` (a process's
+        /proc/PID/cgroup, parse_proc_cgroup) gives each controller's own path instead:
+        a process may sit at a different path in each v1 hierarchy (a relative
+        --cgroup-parent nests below dockerd's own cgroup, which differs per controller
+        when dockerd itself sits in a nested memory cgroup)."""
         rel = "/" + rel.strip("/")
         if self.version == 2:
             d = self.root + rel
             return CgroupLocation(2, rel, {"unified": d}, d)
-        dirs = {c: r + rel for c, r in self._v1_roots.items()}
-        psi = self._unified_root + rel if self._unified_root else None
+        paths = paths or {}
+        dirs = {c: _below(r, paths.get(c, rel)) for c, r in self._v1_roots.items()}
+        unified_rel = paths.get("unified", rel)
+        # (the unified root's PSI is the whole host's, never a container's)
+        psi = _below(self._unified_root, unified_rel) \
+            if self._unified_root and unified_rel.strip("/") else None
         if psi and not os.path.exists(os.path.join(psi, "memory.pressure")):
             psi = None
         return CgroupLocation(1, rel, dirs, psi)
@@ -90,7 +104,7 @@ class CgroupFS:
                 paths = {}
             rel = paths.get("unified") if self.version == 2 else paths.get("memory")
             if rel and rel != "/":
-                loc = self.location(rel)
+                loc = self.location(rel, paths)
                 if os.path.isdir(loc.dir("memory")):
                     return loc
         probe = "unified" if self.version == 2 else "memory"
@@ -109,6 +123,11 @@ class CgroupFS:
     def open_usage(self, loc: CgroupLocation) -> UsageFiles:
         """The files ``read_usage`` reads, opened once for reading every tick."""
         return UsageFiles(loc)
+
+    def read_resident(self, loc: CgroupLocation) -> Resident:
+        """What stays in memory that a reclaim cannot release without swap (resident_of)."""
+        usage = self.read_usage(loc).memory_usage_bytes
+        return resident_of(loc.version, self.read_file(loc, "memory", "memory.stat"), usage)
 
     def read_stats(self, loc: CgroupLocation, with_pressure: bool = True) -> CgroupStats:
         """Everything else, for the periodic full read (cgroup_stats.read_stats)."""

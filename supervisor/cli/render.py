@@ -130,6 +130,20 @@ def _ollama_lines(section: Any) -> list[str]:
     return out
 
 
+# How a row's class was chosen, in a few columns (the whole sentence is the row's
+# class_why in `supctl status --json`).
+_CLASS_BY = {"label": "label", "default": "default", "unknown-label": "default (bad label)",
+             "name": "name", "service": "service", "image": "image", "repository": "repo"}
+
+
+def _class_by(c: dict) -> str:
+    reason = c.get("class_reason") or ""
+    text = _CLASS_BY.get(reason, reason)
+    if c.get("class_pattern"):
+        text += " " + c["class_pattern"]
+    return _fit(text, 18) if text else ""
+
+
 def render_status(st: dict, color: bool = False, width: int = 0) -> str:
     width = width or shutil.get_terminal_size((100, 24)).columns
     out: list[str] = []
@@ -193,10 +207,10 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
                    f"{_fit(c['pool'], 15):<16}{c.get('ports') or '-':<12}{flags}")
 
     out.append("")
-    fixed = 15 + 11 + 10 + 22 + 7 + 8
+    fixed = 15 + 11 + 10 + 22 + 7 + 8 + 2 + 18
     name_w = max(12, min(32, width - fixed))
     out.append(f"{'CONTAINER':<{name_w}}{'CLASS':<15}{'STATE':<11}{'CPUSET':<10}"
-               f"{'MEM USED/LIMIT':>21} {'CPU%':>6} {'IDLE':>7}")
+               f"{'MEM USED/LIMIT':>21} {'CPU%':>6}  {'CLASS BY':<18}{'IDLE':>7}")
     containers = st.get("containers", [])
     # Why a container is not idle: hibernation's rows carry what last made it busy.
     hib = st.get("hibernation") if isinstance(st.get("hibernation"), dict) else {}
@@ -221,8 +235,8 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
             because = f"  busy: {one_line(why['last_busy'])}" + (
                 f", {format_duration(ago)} ago" if ago is not None else "")
         out.append(f"{_fit(name, name_w - 1):<{name_w}}{_fit(c.get('class', ''), 14):<15}"
-                   f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{mem} {cpu:>6} "
-                   f"{format_duration(c.get('idle_s')):>7}{because}")
+                   f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{mem} {cpu:>6}  "
+                   f"{_fit(_class_by(c), 17):<18}{format_duration(c.get('idle_s')):>7}{because}")
     if not containers:
         out.append("(no containers)")
 

@@ -27,18 +27,77 @@ def is_managed(info: ContainerInfo, cfg: Config) -> bool:
     return all(info.labels.get(k) == v for k, v in m.require_labels.items())
 
 
-def classify(info: ContainerInfo, cfg: Config) -> tuple[str, str]:
-    """(class name, reason). Reason is "label", "name", "image", "default", or
-    "unknown-label" when the label names a class the config lacks (reported, and the
-    default class used: never ignored)."""
+# What compose puts on every container it makes: the service name as written in the
+# compose file ("redis"), while the container is named "<project>-redis-1" (v2) or
+# "<project>_redis_1" (v1).
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+
+# The fields a class rule is tried on, in order: match.names on the container name and
+# the compose service, match.images on the full image and its repository's last part.
+# (reason, what the field is called in a sentence)
+FIELDS = {"name": "container name", "service": "compose service",
+          "image": "image", "repository": "image repository"}
+
+
+def image_repository(image: str) -> str:
+    """The last part of an image reference's repository, without tag or digest:
+    ``bitnami/redis:7`` -> ``redis``, ``registry:5000/team/postgres@sha256:..`` ->
+    ``postgres``. "" for an image given by its ID (``sha256:...``)."""
+    ref = image.split("@", 1)[0]
+    if ref.startswith("sha256:"):
+        return ""
+    last = ref.rsplit("/", 1)[-1]  # a registry's ":port" sits before the last "/"
+    return last.split(":", 1)[0]
+
+
+def _first_match(patterns: tuple[str, ...], value: str) -> str:
+    if value:
+        for p in patterns:
+            if glob_match((p,), value):
+                return p
+    return ""
+
+
+def classify_why(info: ContainerInfo, cfg: Config) -> tuple[str, str, str]:
+    """(class name, reason, pattern). Reason is "label"; "name" / "service" (a
+    match.names glob on the container name / the compose service label); "image" /
+    "repository" (a match.images glob on the full image / its repository's last part);
+    "default"; or "unknown-label" when the label names a class the config lacks
+    (reported, and the default class used: never ignored). Pattern is the glob that
+    matched ("" for the others). Classes are tried in file order, each on every field."""
     m = cfg.settings.manage
     label = info.labels.get(m.class_label)
-    if label is not None:
-        if label in cfg.classes:
-            return label, "label"
+    if label is not None and label in cfg.classes:
+        return label, "label", ""
+    fields = (("name", info.name), ("service", info.labels.get(COMPOSE_SERVICE_LABEL, "")),
+              ("image", info.image), ("repository", image_repository(info.image)))
     for cls in cfg.classes.values():
-        if cls.match_names and glob_match(cls.match_names, info.name):
-            return cls.name, "name"
-        if cls.match_images and glob_match(cls.match_images, info.image):
-            return cls.name, "image"
-    return m.default_class, ("unknown-label" if label is not None else "default")
+        for reason, value in fields:
+            patterns = cls.match_names if reason in ("name", "service") else cls.match_images
+            p = _first_match(patterns, value)
+            if p:
+                return cls.name, reason, p
+    return m.default_class, ("unknown-label" if label is not None else "default"), ""
+
+
+def classify(info: ContainerInfo, cfg: Config) -> tuple[str, str]:
+    """(class name, reason): classify_why without the pattern."""
+    cls, reason, _ = classify_why(info, cfg)
+    return cls, reason
+
+
+def describe_class(info: ContainerInfo, cfg: Config, cls: str, reason: str, pattern: str) -> str:
+    """Why a container got its class, in one sentence for status: which label, or which
+    rule's pattern matched which field and value, or that none did."""
+    class_label = cfg.settings.manage.class_label
+    if reason == "label":
+        return f"label {class_label}={cls}"
+    if reason == "unknown-label":
+        return (f"label {class_label}={info.labels.get(class_label, '')} names no class; "
+                f"default class {cls}")
+    if reason in FIELDS:
+        value = {"name": info.name, "service": info.labels.get(COMPOSE_SERVICE_LABEL, ""),
+                 "image": info.image, "repository": image_repository(info.image)}[reason]
+        key = "names" if reason in ("name", "service") else "images"
+        return f"classes.{cls}.match.{key} {pattern!r} matched {FIELDS[reason]} {value!r}"
+    return f"no class rule matched; default class {cls}"

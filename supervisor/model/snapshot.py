@@ -126,11 +126,12 @@ class ContainerInfo:
 class ContainerSample:
     info: ContainerInfo
     class_name: str
-    class_reason: str  # "label" | "name" | "image" | "default" | "unknown-label"
+    class_reason: str  # "label" | "name" | "service" | "image" | "repository" | "default" | "unknown-label"
     managed: bool
     stats: CgroupStats | None
     error: str = ""  # why stats are missing (cgroup vanished, unreadable...)
     net: NetIO | None = None
+    class_pattern: str = ""  # the class rule's glob that matched (classify.classify_why)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Callable, Iterable
 
 from supervisor.adapters.cgroups import CgroupFS, CgroupLocation, UsageFiles
-from supervisor.model.classify import classify, is_managed
+from supervisor.model.classify import classify_why, is_managed
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError, CgroupGone, CgroupNotFound
 from supervisor.adapters.host import HostSampler
@@ -58,8 +58,11 @@ class Sampler:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self._cache: dict[str, _Cached] = {}
-        self._classes: dict[str, tuple[ContainerInfo, Config, tuple[str, str, bool]]] = {}
+        self._classes: dict[str, tuple[ContainerInfo, Config, tuple[str, str, str, bool]]] = {}
         self._dirty: set[str] = set()
+        # Per container whose cgroup failed to read: (its pid, the path warned about),
+        # so each is warned about once, not every tick; forgotten once read again.
+        self._failed: dict[str, tuple[int, str]] = {}
 
     def invalidate(self, cid: str = "") -> None:
         """Force a full read of one container (or all) on the next sample."""
@@ -96,6 +99,8 @@ class Sampler:
                                                cached.files if same else None)
                 self._dirty.discard(info.id)
                 self.counts["full_reads"] += 1
+                if self._failed.pop(info.id, (0, ""))[1]:
+                    log.info("the cgroup of %s can be read again", info.name)
                 return full, net, ""
             if cached.files is None:
                 cached.files = self.cgroups.open_usage(cached.loc)
@@ -117,16 +122,30 @@ class Sampler:
         except CgroupGone as e:
             self._drop(info.id)
             self.counts["cgroup_vanished"] += 1
-            log.info("cgroup of %s vanished mid-read (%s)", info.name, e.path)
-            return None, None, f"cgroup vanished: {e.path}"
+            if self._failed.get(info.id, (0, ""))[0] != info.pid:
+                # The first time: most likely the container died between the inventory
+                # and this read; the next pass will not see it again.
+                self._failed[info.id] = (info.pid, "")
+                log.debug("cgroup of %s vanished mid-read (%s)", info.name, e.path)
+                return None, None, f"cgroup vanished: {e.path}"
+            return None, None, self._unreadable(info, e)
         except CgroupNotFound as e:
             self.counts["cgroup_not_found"] += 1
             return None, None, str(e)
         except CgroupError as e:
             self._drop(info.id)
             self.counts["cgroup_errors"] += 1
-            log.warning("cannot read cgroup of %s: %s", info.name, e)
-            return None, None, f"cgroup unreadable: {e}"
+            return None, None, self._unreadable(info, e)
+
+    def _unreadable(self, info: ContainerInfo, e: CgroupError) -> str:
+        """A cgroup that cannot be read (again, or not for having vanished): one warning
+        per container and cgroup, with its path; the status row carries it every pass."""
+        text = f"cgroup unreadable: {e.path}: {e.reason}"
+        if self._failed.get(info.id) != (info.pid, e.path):
+            self._failed[info.id] = (info.pid, e.path)
+            log.warning("cannot read the cgroup of %s (%s): %s; its stats stay empty until "
+                        "it can be read", info.name, info.short_id, text)
+        return text
 
     def sweep(self, infos: Iterable[ContainerInfo], cfg: Config, now: float | None = None,
               engine_up: bool = True) -> tuple[tuple[ContainerSample, ...], float]:
@@ -140,18 +159,21 @@ class Sampler:
             # ContainerInfo) or the config: worked out again only then.
             known = self._classes.get(info.id)
             if known is not None and known[0] is info and known[1] is cfg:
-                cls, reason, managed = known[2]
+                cls, reason, pattern, managed = known[2]
             else:
-                cls, reason = classify(info, cfg)
+                cls, reason, pattern = classify_why(info, cfg)
                 managed = is_managed(info, cfg)
-                self._classes[info.id] = (info, cfg, (cls, reason, managed))
+                self._classes[info.id] = (info, cfg, (cls, reason, pattern, managed))
             stats, net, err = self.read_container(info, now, engine_up)
             out.append(ContainerSample(info=info, class_name=cls, class_reason=reason,
-                                       managed=managed, stats=stats, error=err, net=net))
+                                       managed=managed, stats=stats, error=err, net=net,
+                                       class_pattern=pattern))
         for gone in set(self._cache) - seen:
             self._drop(gone)
         for gone in set(self._classes) - seen:
             del self._classes[gone]
+        for gone in set(self._failed) - seen:
+            del self._failed[gone]
         return tuple(out), time.perf_counter() - t0
 
     def sample(self, infos: Iterable[ContainerInfo], cfg: Config, engine_up: bool,

@@ -56,6 +56,8 @@ class Record:
     reclaimed_bytes: int | None = None
     memory_note: str = ""
     targets: list[dict[str, Any]] = field(default_factory=list)
+    # What stayed resident after the memory release (act.hibernation.resident_dict).
+    resident: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -67,6 +67,8 @@ def status_section(tick: "Tick", v: HibernationView) -> dict[str, Any]:
             "idle_s": round(max(0.0, now - r.since_s), 1),
             "trigger": r.trigger, "reason": r.reason, "released_bytes": r.reclaimed_bytes,
             "memory": r.memory_note,
+            "resident_bytes": r.resident.get("total_bytes"),
+            "resident": dict(r.resident),
             "watching": ([TcpSocket.from_dict(t).describe() for t in r.targets]
                          if r.mode == "pause" else []),
             "watch_error": v.watch_errors.get(r.id, "") if r.mode == "pause" else "",
@@ -86,7 +88,7 @@ def status_section(tick: "Tick", v: HibernationView) -> dict[str, Any]:
     note = ""
     if v.swap_total_bytes == 0:
         note = ("no swap on this host: hibernation releases page cache only; the anonymous "
-                "memory of a paused container stays resident (stop mode releases all)")
+                "memory and shmem of a paused container stay resident (stop mode releases all)")
     return {
         "enabled": h.enabled, "poll_interval_s": h.poll_interval,
         "thresholds": {"cpu_idle_cores": h.cpu_idle_cores,

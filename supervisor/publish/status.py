@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from supervisor import __version__
+from supervisor.model.classify import describe_class
 from supervisor.publish.report import Report
 
 
@@ -17,6 +18,8 @@ def container_row(c, cfg) -> dict[str, Any]:
     return {
         "id": c.info.short_id, "name": c.info.name, "image": c.info.image,
         "class": c.class_name, "class_reason": c.class_reason,
+        "class_pattern": c.class_pattern,
+        "class_why": describe_class(c.info, cfg, c.class_name, c.class_reason, c.class_pattern),
         "pool": cls.pool if cls else "", "managed": c.managed, "state": c.info.state,
         "cpuset": c.info.cpuset_cpus or (s.cpuset_cpus if s else ""),
         "memory_limit_bytes": c.info.memory_limit_bytes or (s.memory_limit_bytes if s else 0) or 0,

@@ -1,5 +1,6 @@
 """cgroup parsing on captured (v1) and documented-format (v2) trees."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,87 @@ def test_parsers():
     paths = parse_proc_cgroup("4:memory:/docker/x\n3:cpu,cpuacct:/docker/x\n0::/docker/x\n")
     assert paths == {"memory": "/docker/x", "cpu": "/docker/x", "cpuacct": "/docker/x",
                      "unified": "/docker/x"}
+
+
+def split_v1_tree(tmp_path, memory_rel: str, other_rel: str):
+    """The captured v1 tree rearranged as a relative --cgroup-parent leaves it on a host
+    whose dockerd sits in a nested memory cgroup: the memory cgroup at ``memory_rel``,
+    every other controller's at ``other_rel``; /proc/PID/cgroup says so."""
+    root, proc = tmp_path / "cg", tmp_path / "proc"
+    shutil.copytree(FIX / "cgroup_v1", root)
+    shutil.copytree(FIX / "proc", proc)
+    for ctrl in [d.name for d in root.iterdir() if d.is_dir()]:
+        target = root / ctrl / (memory_rel if ctrl == "memory" else other_rel).strip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (root / ctrl / "docker" / V1_ID).rename(target)
+    lines = []
+    for line in (proc / V1_PID / "cgroup").read_text().splitlines():
+        num, ctrls, _ = line.split(":", 2)
+        lines.append(f"{num}:{ctrls}:{memory_rel if ctrls == 'memory' else other_rel}")
+    (proc / V1_PID / "cgroup").write_text("\n".join(lines) + "\n")
+    return CgroupFS(str(root), proc=str(proc)), root
+
+
+def test_v1_each_controller_is_read_at_its_own_path(tmp_path):
+    mem_rel, other_rel = f"/process_api/abc/shop/{V1_ID}", f"/shop/{V1_ID}"
+    fs, root = split_v1_tree(tmp_path, mem_rel, other_rel)
+    loc = fs.locate(V1_ID, int(V1_PID), "shop")
+    assert loc.rel == mem_rel
+    assert loc.dir("memory") == f"{root}/memory{mem_rel}"
+    for ctrl in ("cpu", "cpuacct", "cpuset", "pids", "blkio", "freezer"):
+        assert loc.dir(ctrl) == f"{root}/{ctrl}{other_rel}"
+    assert loc.psi_dir == f"{root}/unified{other_rel}"
+    s = fs.read_stats(loc)
+    want = fs.read_stats(CaptureLayout.loc())
+    assert (s.memory_limit_bytes, s.memory_usage_bytes, s.cpu_quota_cores, s.cpuset_cpus,
+            s.pids, s.cpu_usage_s, s.blkio_read_bytes, s.frozen) == \
+        (want.memory_limit_bytes, want.memory_usage_bytes, want.cpu_quota_cores,
+         want.cpuset_cpus, want.pids, want.cpu_usage_s, want.blkio_read_bytes, want.frozen)
+    assert s.cpu_usage_s > 0 and s.cpu_quota_cores == 0.5
+    u = fs.read_usage(loc)
+    assert (u.memory_usage_bytes, u.cpu_usage_s) == (s.memory_usage_bytes, s.cpu_usage_s)
+    hot = fs.open_usage(loc)
+    try:
+        assert hot.read().cpu_usage_s == s.cpu_usage_s
+    finally:
+        hot.close()
+
+
+class CaptureLayout:
+    """The captured tree as it was captured (every controller at /docker/<id>)."""
+
+    @staticmethod
+    def loc():
+        fs = CgroupFS(str(FIX / "cgroup_v1"), proc=str(FIX / "proc"))
+        return fs.locate(V1_ID, int(V1_PID))
+
+
+def test_an_unreadable_cgroup_is_one_warning_with_its_path_and_an_error_every_pass(
+        tmp_path, caplog):
+    import dataclasses
+    import logging
+    from _handmade import config, container
+    from supervisor.adapters.host import HostSampler
+    from supervisor.observe.sampler import Sampler
+    fs, root = split_v1_tree(tmp_path, f"/nested/shop/{V1_ID}", f"/shop/{V1_ID}")
+    shutil.rmtree(root / "cpuacct" / "shop" / V1_ID)  # one controller's cgroup is not there
+    s = Sampler(fs, HostSampler(str(tmp_path / "proc")), full_every_s=0.0, clock=lambda: 0.0)
+    info = dataclasses.replace(container("web", cid=V1_ID).info, pid=int(V1_PID))
+    cfg = config()
+    caplog.set_level(logging.DEBUG, logger="supervisor.observe.sampler")
+    errors = []
+    for i in range(10):
+        (c,), _ = s.sweep([info], cfg, now=100.0 + i)
+        assert c.stats is None
+        errors.append(c.error)
+    path = f"{root}/cpuacct/shop/{V1_ID}/cpuacct.usage"
+    assert all(path in e for e in errors)
+    assert all(e.startswith("cgroup unreadable") for e in errors[1:])
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and path in warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno == logging.INFO]
+    # Readable again: stats come back, and a later failure is warned about once more.
+    shutil.copytree(FIX / "cgroup_v1" / "cpuacct" / "docker" / V1_ID,
+                    root / "cpuacct" / "shop" / V1_ID)
+    (c,), _ = s.sweep([info], cfg, now=200.0)
+    assert c.stats is not None and c.error == "" and c.stats.cpu_usage_s > 0

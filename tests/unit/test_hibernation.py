@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from _handmade import config, container, tick
-from supervisor.adapters.cgroups import CgroupFS
+from supervisor.adapters.cgroups import CgroupFS, resident_of
 from supervisor.act.component import Context
 from supervisor.model.rules import hibernation_block
 from supervisor.adapters.netcounters import parse_proc_udp, parse_snmp, read_counters, udp_services
@@ -334,6 +334,7 @@ def test_latency_histogram_buckets_are_cumulative():
 FIX = Path(__file__).parent.parent / "fixtures"
 V1_ID, V1_PID = (FIX / "cgroup_v1" / "CAPTURED").read_text().split()
 V2_ID, V2_PID = "1d80b2bcd9525e3d116080e6adab6ed5a2c135370152a9446954687cf979dec7", 4242
+MIB = 2**20
 
 
 def component_on(tmp_path, tree: str, proc: str):
@@ -355,25 +356,54 @@ def test_v2_asks_memory_reclaim_for_all_it_holds(tmp_path):
     hib, fs = component_on(tmp_path, "cgroup_v2", "proc_v2")
     knob = Path(fs.locate(V2_ID, V2_PID).dir("memory")) / "memory.reclaim"
     knob.write_text("")
-    released, note = hib.hibernator.release_memory(info_of(V2_ID, V2_PID))
+    released, note, resident = hib.hibernator.release_memory(info_of(V2_ID, V2_PID))
     assert knob.read_text() == "52428800"  # memory.current: everything it holds
     assert released == 0 and note.startswith("memory.reclaim released 0.0 MiB")
+    # memory.current 50 MiB = anon 30 MiB + shmem 8 MiB + 12 MiB of the rest (file pages
+    # a reclaim did not take: the fixture's knob is a plain file)
+    assert (resident.anon_bytes, resident.shmem_bytes, resident.other_bytes) == \
+        (30 * MIB, 8 * MIB, 12 * MIB)
+    assert "50.0 MiB stays resident (30.0 MiB anonymous, 8.0 MiB shmem, 12.0 MiB other)" in note
 
 
 def test_a_v2_kernel_without_memory_reclaim_says_so(tmp_path):
     hib, _ = component_on(tmp_path, "cgroup_v2", "proc_v2")
-    released, note = hib.hibernator.release_memory(info_of(V2_ID, V2_PID))
+    released, note, resident = hib.hibernator.release_memory(info_of(V2_ID, V2_PID))
     assert released is None and note == "memory not released: this kernel has no memory.reclaim"
+    assert resident is None
 
 
-def test_v1_writes_memory_force_empty_and_reports_the_anonymous_memory_left(tmp_path):
+def test_v1_writes_memory_force_empty_and_reports_the_anonymous_memory_and_shmem_left(tmp_path):
     hib, fs = component_on(tmp_path, "cgroup_v1", "proc")  # the captured host has no swap
     knob = Path(fs.locate(V1_ID, int(V1_PID)).dir("memory")) / "memory.force_empty"
     knob.write_text("")
-    released, note = hib.hibernator.release_memory(info_of(V1_ID, int(V1_PID)))
+    released, note, resident = hib.hibernator.release_memory(info_of(V1_ID, int(V1_PID)))
     assert knob.read_text() == "0"
     assert released == 0 and note.startswith("memory.force_empty released")
-    assert "no swap on this host: 0.0 MiB of anonymous memory stays resident" in note
+    # usage_in_bytes 8830976 = total_rss 48 KiB + total_shmem 8 MiB (the captured dd into
+    # tmpfs) + 384 KiB of the rest: what stays resident is all of it, not the 48 KiB
+    assert (resident.anon_bytes, resident.shmem_bytes, resident.total_bytes) == \
+        (49152, 8 * MIB, 8830976)
+    assert "8.4 MiB stays resident (0.0 MiB anonymous, 8.0 MiB shmem, 0.4 MiB other)" in note
+    assert "no swap on this host: anonymous memory and shmem cannot be released" in note
+
+
+@pytest.mark.parametrize("version, stat, usage, want", [
+    # v2: anon and shmem are separate keys; file pages beyond shmem are "other"
+    (2, "anon 4404019\nfile 39845888\nshmem 37748736\n", 44040192,
+     (4404019, 37748736, 44040192 - 4404019 - 37748736)),
+    # v1: total_rss excludes shmem, which v1 counts in total_cache; the per-cgroup rss and
+    # shmem lines (without total_) are not the hierarchy's and are not used
+    (1, "rss 1\nshmem 2\ntotal_cache 37748736\ntotal_rss 4404019\ntotal_shmem 37748736\n",
+     44040192, (4404019, 37748736, 44040192 - 4404019 - 37748736)),
+    # a usage read a moment apart (or v1's batched counter) below anon + shmem: no negative
+    (1, "total_rss 3000\ntotal_shmem 5000\n", 7000, (3000, 5000, 0)),
+    (2, "", 1000, (0, 0, 1000)),
+])
+def test_resident_is_anon_plus_shmem_plus_the_rest_of_the_usage(version, stat, usage, want):
+    r = resident_of(version, stat, usage)
+    assert (r.anon_bytes, r.shmem_bytes, r.other_bytes) == want
+    assert r.total_bytes == max(usage, want[0] + want[1])
 
 
 # ---------------------------------------------------------------- UDP services (captured /proc)

@@ -316,7 +316,7 @@ def test_idle_column_says_why_a_container_is_not_idle():
         {"id": "c" * 12, "name": "scratch", "hibernated": False, "idle_s": 0.0,
          "last_busy": "2 new connections", "last_busy_ago_s": 4.0},
         {"id": "b" * 12, "name": "agent-summarise", "hibernated": True, "idle_s": 421.0}]}
-    text = render_status(status(hibernation=hib), color=False, width=140)
+    text = render_status(status(hibernation=hib), color=False, width=170)
     scratch = line_of(text, "scratch")
     assert re.search(r"30s  busy: 2 new connections, 4s ago$", scratch), scratch
     assert "busy:" not in line_of(text, "agent-summarise")  # hibernated: nothing to explain
