@@ -63,9 +63,17 @@ def _cut_visible(line: str, width: int) -> str:
     return "".join(out)
 
 
+# Trailing blanks, and any escape codes among them (kept: a reset must still close a colour)
+_TRAILING = re.compile(r"(?:[ \t]|\033\[[0-9;]*m)+$")
+
+
+def _rstrip_visible(line: str) -> str:
+    return _TRAILING.sub(lambda m: "".join(_ANSI.findall(m.group())), line)
+
+
 def _cut(lines: list[str], width: int, color: bool) -> str:
-    return "\n".join((_cut_visible(line, width) if color else line[:width]).rstrip()
-                     for line in lines)
+    return "\n".join(_rstrip_visible(_cut_visible(line, width)) if color
+                     else line[:width].rstrip() for line in lines)
 
 
 # ---------------------------------------------------------------- status
@@ -174,10 +182,10 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
                    f"{_fit(c['pool'], 15):<16}{c.get('ports') or '-':<12}{flags}")
 
     out.append("")
-    fixed = 15 + 11 + 10 + 22 + 7 + 8
+    fixed = 15 + 11 + 10 + 22 + 7 + 8 + 11
     name_w = max(12, min(32, width - fixed))
     out.append(f"{'CONTAINER':<{name_w}}{'CLASS':<15}{'STATE':<11}{'CPUSET':<10}"
-               f"{'MEM USED/LIMIT':>21} {'CPU%':>6} {'IDLE':>7}")
+               f"{'HEALTH':<11}{'MEM USED/LIMIT':>21} {'CPU%':>6} {'IDLE':>7}")
     containers = st.get("containers", [])
     for c in containers:
         used = format_bytes(c["memory_working_set_bytes"]) if c.get("memory_working_set_bytes") is not None else "-"
@@ -191,8 +199,11 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         mem = " " * max(0, 21 - len(mem_text)) + _c(
             mem_text, RED if limit == "none" and c.get("managed", True) else "", color)
         state_text = _c(f"{_fit(state, 10):<11}", state_col, color)
+        health = c.get("health") or "-"
+        health_text = _c(f"{_fit(health, 10):<11}", {"unhealthy": RED, "starting": YELLOW,
+                                            "hibernated": YELLOW}.get(health, ""), color)
         out.append(f"{_fit(name, name_w - 1):<{name_w}}{_fit(c.get('class', ''), 14):<15}"
-                   f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{mem} {cpu:>6} "
+                   f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{health_text}{mem} {cpu:>6} "
                    f"{format_duration(c.get('idle_s')):>7}")
     if not containers:
         out.append("(no containers)")
