@@ -435,3 +435,12 @@ def test_a_health_checked_container_hibernates_only_while_healthy_and_not_before
     # woken by us, Docker still says healthy from before the pause: held until a check passes
     woken = HibernationState(tracks={c.info.id: idle_track(1000.0)}, unready=frozenset({c.info.id}))
     assert plan_hibernation(tick(cfg, [c], now=5000.0), woken) == []
+
+
+def test_health_is_shown_as_hibernated_not_as_dockers_paused_unhealthy():
+    from supervisor.publish.status import health_label
+    c = _with_health(container("web", state="paused"), "unhealthy")
+    assert health_label(c.info, hibernated=True) == "hibernated"
+    assert health_label(c.info, hibernated=False) == "unhealthy"  # paused by somebody else
+    assert health_label(_with_health(container("x"), "").info, False) == "starting"
+    assert health_label(container("plain").info, True) == "none"
