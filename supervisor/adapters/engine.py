@@ -46,6 +46,8 @@ def info_from_inspect(attrs: dict[str, Any]) -> ContainerInfo:
                 except (TypeError, ValueError):
                     continue
     health = ((st.get("Health") or {}).get("Status")) or ""
+    check = cfg.get("Healthcheck") or {}
+    test = tuple(check.get("Test") or ())
     return ContainerInfo(
         id=attrs["Id"], name=(attrs.get("Name") or "").lstrip("/"),
         image=cfg.get("Image") or "", labels=dict(cfg.get("Labels") or {}),
@@ -60,7 +62,11 @@ def info_from_inspect(attrs: dict[str, Any]) -> ContainerInfo:
         health=health, env=_env_of(attrs), ports=tuple(ports), user=cfg.get("User") or "",
         has_healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test"))
         and (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],
-        network_mode=hc.get("NetworkMode") or "")
+        network_mode=hc.get("NetworkMode") or "",
+        healthcheck_test=test if test and test != ("NONE",) else (),
+        # Docker's durations are ns; 0 = its default of 30 s
+        healthcheck_interval_s=int(check.get("Interval") or 0) / 1e9 or 30.0 if test else 0.0,
+        healthcheck_timeout_s=int(check.get("Timeout") or 0) / 1e9 or 30.0 if test else 0.0)
 
 
 class Engine:

@@ -82,9 +82,17 @@ def _wrap(prefix: str, text: str, width: int) -> list[str]:
     return [prefix + lines[0]] + [" " * indent + ln for ln in lines[1:]]
 
 
+# Trailing blanks, and any escape codes among them (kept: a reset must still close a colour)
+_TRAILING = re.compile(r"(?:[ \t]|\033\[[0-9;]*m)+$")
+
+
+def _rstrip_visible(line: str) -> str:
+    return _TRAILING.sub(lambda m: "".join(_ANSI.findall(m.group())), line)
+
+
 def _cut(lines: list[str], width: int, color: bool) -> str:
-    return "\n".join((_cut_visible(line, width) if color else line[:width]).rstrip()
-                     for line in lines)
+    return "\n".join(_rstrip_visible(_cut_visible(line, width)) if color
+                     else line[:width].rstrip() for line in lines)
 
 
 # ---------------------------------------------------------------- status
@@ -207,10 +215,14 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
                    f"{_fit(c['pool'], 15):<16}{c.get('ports') or '-':<12}{flags}")
 
     out.append("")
-    fixed = 15 + 11 + 10 + 22 + 7 + 8 + 2 + 18
-    name_w = max(12, min(32, width - fixed))
+    fixed = 15 + 11 + 10 + 11 + 22 + 7 + 8
+    # Why each container has its class (label, which rule on which field, default): a
+    # column where the screen has room for it beside names of 24 columns; --json always.
+    by_w = 20 if width - fixed - 20 >= 24 else 0
+    name_w = max(12, min(32, width - fixed - by_w))
     out.append(f"{'CONTAINER':<{name_w}}{'CLASS':<15}{'STATE':<11}{'CPUSET':<10}"
-               f"{'MEM USED/LIMIT':>21} {'CPU%':>6}  {'CLASS BY':<18}{'IDLE':>7}")
+               f"{'HEALTH':<11}{'MEM USED/LIMIT':>21} {'CPU%':>6}"
+               + (f"  {'CLASS BY':<{by_w - 2}}" if by_w else "") + f"{'IDLE':>8}")
     containers = st.get("containers", [])
     # Why a container is not idle: hibernation's rows carry what last made it busy.
     hib = st.get("hibernation") if isinstance(st.get("hibernation"), dict) else {}
@@ -228,6 +240,9 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         mem = " " * max(0, 21 - len(mem_text)) + _c(
             mem_text, RED if limit == "none" and c.get("managed", True) else "", color)
         state_text = _c(f"{_fit(state, 10):<11}", state_col, color)
+        health = c.get("health") or "-"
+        health_text = _c(f"{_fit(health, 10):<11}", {"unhealthy": RED, "starting": YELLOW,
+                                            "hibernated": YELLOW}.get(health, ""), color)
         why = busy.get(c.get("id"))
         because = ""
         if why:
@@ -235,8 +250,9 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
             because = f"  busy: {one_line(why['last_busy'])}" + (
                 f", {format_duration(ago)} ago" if ago is not None else "")
         out.append(f"{_fit(name, name_w - 1):<{name_w}}{_fit(c.get('class', ''), 14):<15}"
-                   f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{mem} {cpu:>6}  "
-                   f"{_fit(_class_by(c), 17):<18}{format_duration(c.get('idle_s')):>7}{because}")
+                   f"{state_text}{_fit(c.get('cpuset') or 'any', 9):<10}{health_text}{mem} {cpu:>6}"
+                   + (f"  {_fit(_class_by(c), by_w - 3):<{by_w - 2}}" if by_w else "")
+                   + f"{format_duration(c.get('idle_s')):>8}{because}")
     if not containers:
         out.append("(no containers)")
 

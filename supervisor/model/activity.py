@@ -21,6 +21,15 @@ own processes, or a client that entered its namespace (``docker exec``, ``nsente
 that is demand like any other. Loopback bytes are counted once (lo's rx equals its tx).
 Containers that share another namespace (``network_mode: host`` or ``container:X``) have
 no counters of their own: only CPU and block I/O judge them.
+
+Health checks are not activity. Docker runs a container's health check as an exec inside
+it (Rule 2.2: a curl to localhost every 30 s): it uses CPU, opens a loopback connection
+and moves bytes. The engine says when each check ran (its ``exec_start`` and ``exec_die``
+events); those times are ``CheckWindow`` values, and the tracker takes a sample at each
+edge. Whatever grows in an interval between two samples that lies inside a check's window
+(widened by HEALTH_MARGIN_S each side, for the event's delivery and the read) is the
+check's: it is taken out of the counters the idle clock judges (``Track.samples`` hold the
+counters net of it), so it never resets idleness; everything else counts as before.
 """
 
 from __future__ import annotations
@@ -35,6 +44,53 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SMOOTHING_MAX_S = 30.0
 ACTIVITY_SAMPLE_MAX_S = 5.0
+# A check's window is widened by this much each side: the engine's event reaches us, and
+# the counters are read, a little after the exec started or ended.
+HEALTH_MARGIN_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class CheckWindow:
+    """When one health check ran in a container (engine times, seconds). ``end_s`` None:
+    still running; it counts as running for at most ``timeout_s`` (the check's timeout:
+    Docker kills it then)."""
+
+    start_s: float
+    end_s: float | None = None
+    timeout_s: float = 30.0
+
+    def covers(self, from_s: float, to_s: float, margin_s: float = HEALTH_MARGIN_S) -> bool:
+        """True when the whole interval from_s..to_s lies inside this window (widened)."""
+        end = self.end_s if self.end_s is not None else self.start_s + self.timeout_s
+        return self.start_s - margin_s <= from_s and to_s <= end + margin_s
+
+
+def in_check_window(from_s: float, to_s: float, windows: Sequence[CheckWindow],
+                    margin_s: float = HEALTH_MARGIN_S) -> bool:
+    """True when the interval from_s..to_s lies entirely inside one check's window: what
+    grew in it is the check's, not a client's."""
+    return any(w.covers(from_s, to_s, margin_s) for w in windows)
+
+
+def health_exec_command(test: Sequence[str], shell: Sequence[str] = ("/bin/sh", "-c")) -> str:
+    """The command line Docker's events name a health check's exec by (``exec_start:
+    <command>``): ``CMD a b`` runs ``a b``; ``CMD-SHELL x`` runs ``<shell> x``. "" when
+    the container has no check."""
+    if not test or test[0] == "NONE":
+        return ""
+    if test[0] == "CMD-SHELL":
+        return " ".join((*shell, *test[1:]))
+    if test[0] == "CMD":
+        return " ".join(test[1:])
+    return " ".join(test)
+
+
+def is_health_exec(test: Sequence[str], command: str) -> bool:
+    """True when an exec's command line (from its exec_create/exec_start event) is the
+    container's health check. The shell prefix is not compared (an image may set its own
+    SHELL)."""
+    want = health_exec_command(test, ())
+    return bool(want) and command.strip().endswith(want)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +134,12 @@ class Track:
     """What is known of one container's activity: the samples of the smoothing window and
     the time from which it has been idle."""
 
-    samples: tuple[ActivitySample, ...]
+    samples: tuple[ActivitySample, ...]  # counters net of health checks (see above)
     idle_since_s: float
     busy_reason: str = ""  # why it was last busy ("" = not seen busy since tracking began)
     busy_at_s: float | None = None
+    raw: ActivitySample | None = None  # the last sample as read (None: samples[-1] is)
+    checks_discounted: int = 0  # intervals whose growth was a health check's
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,34 +231,56 @@ def window_start(samples: Sequence[ActivitySample], now_s: float, window_s: floa
     return start
 
 
+def _net_step(adj: ActivitySample, prev: ActivitySample, cur: ActivitySample,
+              keep: bool) -> ActivitySample:
+    """``adj`` (counters net of checks at ``prev``) moved to ``cur``: with the growth from
+    prev to cur when ``keep``, without it when the interval was a health check's."""
+    if not keep:
+        return replace(adj, time_s=cur.time_s, pid=cur.pid)
+
+    def grow(a: int | None, p: int | None, c: int | None) -> int | None:
+        return None if a is None or p is None or c is None else a + (c - p)
+    return ActivitySample(cur.time_s, cur.pid, adj.cpu_s + (cur.cpu_s - prev.cpu_s),
+                          adj.blkio_bytes + (cur.blkio_bytes - prev.blkio_bytes),
+                          grow(adj.net_bytes, prev.net_bytes, cur.net_bytes),
+                          grow(adj.connections, prev.connections, cur.connections))
+
+
 def track_activity(track: Track | None, sample: ActivitySample, th: Thresholds,
-                   window_s: float) -> Track:
+                   window_s: float, checks: Sequence[CheckWindow] = ()) -> Track:
     """The track after one more sample. A first sample starts the idle clock (a container
     is never hibernated before it has been watched for idle_after); a restart (new PID,
-    counters going back) counts as busy."""
+    counters going back) counts as busy. What grew since the last sample is left out when
+    that interval lies inside one of ``checks`` (a health check's window)."""
     if track is None or not track.samples:
         return Track((sample,), sample.time_s)
-    prev = track.samples[-1]
+    prev = track.raw or track.samples[-1]
     if sample.time_s <= prev.time_s:
         return track  # a replayed or out-of-order sample changes nothing
     if restarted(prev, sample):
         return Track((sample,), sample.time_s, "restarted", sample.time_s)
-    samples = track.samples + (sample,)
+    discount = in_check_window(prev.time_s, sample.time_s, checks)
+    adj_prev = track.samples[-1]
+    adj = _net_step(adj_prev, prev, sample, keep=not discount)
+    samples = track.samples + (adj,)
     kept = samples[window_start(samples, sample.time_s, window_s):]
-    reason = busy_reason(prev, sample, kept[0], th)
+    n = track.checks_discounted + (1 if discount else 0)
+    reason = busy_reason(adj_prev, adj, kept[0], th)
     if reason:
-        return Track(kept, sample.time_s, reason, sample.time_s)
-    return Track(kept, track.idle_since_s, track.busy_reason, track.busy_at_s)
+        return Track(kept, sample.time_s, reason, sample.time_s, sample, n)
+    return Track(kept, track.idle_since_s, track.busy_reason, track.busy_at_s, sample, n)
 
 
-def idle_since(samples: Sequence[ActivitySample], th: Thresholds, window_s: float) -> tuple[float, str]:
+def idle_since(samples: Sequence[ActivitySample], th: Thresholds, window_s: float,
+               checks: Sequence[CheckWindow] = ()) -> tuple[float, str]:
     """(time from which the container has been idle, why it was last busy) over a series
-    of samples, oldest first. Raises ValueError on an empty series."""
+    of samples, oldest first, health checks' windows discounted. Raises ValueError on an
+    empty series."""
     if not samples:
         raise ValueError("no samples")
     track: Track | None = None
     for s in samples:
-        track = track_activity(track, s, th, window_s)
+        track = track_activity(track, s, th, window_s, checks)
     assert track is not None
     return track.idle_since_s, track.busy_reason
 

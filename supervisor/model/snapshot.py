@@ -108,6 +108,11 @@ class ContainerInfo:
     user: str = ""
     has_healthcheck: bool = False
     network_mode: str = ""
+    # The health check as inspect gives it (Config.Healthcheck): Test, and Interval and
+    # Timeout in seconds (Docker's defaults, 30 s each, when unset).
+    healthcheck_test: tuple[str, ...] = ()
+    healthcheck_interval_s: float = 0.0
+    healthcheck_timeout_s: float = 0.0
 
     @property
     def short_id(self) -> str:

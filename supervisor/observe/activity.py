@@ -31,6 +31,12 @@ sweep's: nothing is read again) into one ``model.activity.CpuRecord`` per contai
 returns them frozen as the Tick's ``ActivityView``. ``record_processes`` adds readings of
 processes outside containers (the governor's host Ollama servers, read when it scans);
 ``cpu_record(key)`` is the last reading, for a re-check just before acting.
+
+Health checks are not activity: ``check_started``/``check_ended`` (fed from the engine's
+exec events of a container's health check) keep each check's window as a plain
+``CheckWindow``, and ``boundary`` takes a sample at each edge (the caller reads the cgroup;
+the namespace is read here), so the growth inside a window is the check's and is left
+out of every owner's idle judgement (``model.activity.track_activity``).
 """
 
 from __future__ import annotations
@@ -42,9 +48,13 @@ from typing import Mapping
 
 from supervisor.adapters.netcounters import NetnsCounters, read_counters
 from supervisor.adapters.netns import NetdiagError
-from supervisor.model.activity import (ActivitySample, ActivityView, CpuRecord, Rates, Track,
-                                       Watch, cpu_step, mark_busy, rates, restarted,
-                                       shares_netns, track_activity, window_start)
+from supervisor.model.activity import (ActivitySample, ActivityView, CheckWindow, CpuRecord,
+                                       Rates, Track, Watch, cpu_step, mark_busy, rates,
+                                       restarted, shares_netns, track_activity, window_start)
+
+# Check windows kept per container: enough for the samples of a smoothing window (30 s)
+# at the shortest check intervals a test uses.
+CHECK_WINDOWS_MAX = 64
 from supervisor.model.snapshot import CgroupStats, ContainerInfo, NetIO, Snapshot
 
 
@@ -64,6 +74,54 @@ class ActivityTracker:
         # processes outside containers (replaced whole at each of their readings).
         self._cpu: dict[str, CpuRecord] = {}
         self._processes: dict[str, CpuRecord] = {}
+        # Health checks' windows per container, oldest first, and the running ones by exec id.
+        self._checks: dict[str, tuple[CheckWindow, ...]] = {}
+        self._running_checks: dict[tuple[str, str], CheckWindow] = {}
+
+    # ------------------------------------------------------------------ health checks
+
+    def check_started(self, cid: str, exec_id: str, start_s: float, timeout_s: float) -> None:
+        """A health check's exec started in ``cid`` at ``start_s`` (the engine's time)."""
+        w = CheckWindow(start_s, None, timeout_s)
+        with self._lock:
+            self._running_checks[(cid, exec_id)] = w
+            self._checks[cid] = (self._checks.get(cid, ()) + (w,))[-CHECK_WINDOWS_MAX:]
+        self.counts["health_checks"] += 1
+
+    def check_ended(self, cid: str, exec_id: str, end_s: float) -> bool:
+        """The health check ``exec_id`` ended at ``end_s``: its window closes. False when
+        no such check was running (another exec, or one started before we watched)."""
+        with self._lock:
+            w = self._running_checks.pop((cid, exec_id), None)
+            if w is None:
+                return False
+            done = CheckWindow(w.start_s, max(end_s, w.start_s), w.timeout_s)
+            self._checks[cid] = tuple(done if x is w else x for x in self._checks.get(cid, ()))
+        return True
+
+    def is_watched(self, cid: str) -> bool:
+        return cid in self._merged
+
+    def checks(self, cid: str) -> tuple[CheckWindow, ...]:
+        with self._lock:
+            return self._checks.get(cid, ())
+
+    def boundary(self, info: ContainerInfo, time_s: float, cpu_s: float, blkio_bytes: int) -> None:
+        """A sample at a check's edge (its start or end), from the cgroup counters the
+        caller read at ``time_s``; the namespace is read now. Only watched containers."""
+        if info.id not in self._merged or info.state != "running" or info.pid <= 0:
+            return
+        net = conns = None
+        if not shares_netns(info):
+            try:
+                counters = read_counters(self.proc, info.pid)
+            except NetdiagError:
+                self.counts["counter_read_errors"] += 1
+                return  # without the namespace's counters the sample would look like a restart
+            net = counters.interface_bytes + counters.loopback_bytes
+            conns = counters.connections_opened
+        self.record(info.id, ActivitySample(time_s, info.pid, cpu_s, blkio_bytes, net, conns))
+        self.counts["boundary_samples"] += 1
 
     # ------------------------------------------------------------------ consumers
 
@@ -87,6 +145,9 @@ class ActivityTracker:
             self._merged = merged
             for cid in set(self._samples) - set(merged):
                 del self._samples[cid]
+            for cid in set(self._checks) - set(merged):
+                del self._checks[cid]
+            self._running_checks = {k: w for k, w in self._running_checks.items() if k[0] in merged}
 
     def track(self, owner: str, cid: str) -> Track | None:
         with self._lock:
@@ -138,12 +199,13 @@ class ActivityTracker:
                 samples = ()
             samples += (sample,)
             self._samples[cid] = samples[window_start(samples, sample.time_s, w.window_s):]
+            checks = self._checks.get(cid, ())
             for owner, ws in self._wanted.items():
                 mine = ws.get(cid)
                 if mine is not None:
                     tracks = self._tracks.setdefault(owner, {})
                     tracks[cid] = track_activity(tracks.get(cid), sample, mine.thresholds,
-                                                 mine.window_s)
+                                                 mine.window_s, checks)
         self.counts["samples"] += 1
 
     # ------------------------------------------------------------------ CPU, every pass

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 _REINSPECT = {"create", "start", "restart", "die", "stop", "kill", "pause", "unpause",
               "update", "rename", "oom"}
 
+# Exec events: Docker runs each health check as an exec, so these give every check's start
+# and end (``exec_start: <command>``, ``exec_die``, attribute ``execID``); passed on to the
+# listeners as they come, the container's view unchanged.
+_EXEC = {"exec_create", "exec_start", "exec_die"}
+
 Listener = Callable[[str, str, dict], None]  # (action, container id, raw event)
 
 
@@ -145,6 +150,8 @@ class Inventory:
             with self._lock:
                 self._containers.pop(cid, None)
                 self._forget_read(cid, no)
+        elif action in _EXEC:
+            pass  # nothing to re-read: listeners learn of execs (health checks' windows)
         elif action in _REINSPECT or action.startswith("health_status"):
             # Re-inspecting gives the current truth, so two events out of order, or one
             # replayed after a reconnect, cannot leave a stale state behind.

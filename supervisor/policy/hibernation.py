@@ -5,10 +5,12 @@ just before, and what is watched while they are frozen.
 A container idle (model/activity.py) for its class's ``idle_after`` is planned for
 hibernation. The rule book (``rules.hibernation_block``) says which may never be: a
 class with ``hibernate = false``, a protected or infrastructure class, an unmanaged
-container, one labelled ``<hibernation.opt_out_label>=false``. A Docker health check that
-connects to the service counts as activity: such a container hibernates only if its
-health-check interval is longer than its idle_after (it errs on the side of staying
-awake).
+container, one labelled ``<hibernation.opt_out_label>=false``. A Docker health check is
+not activity (model/activity.py leaves what grows inside a check's window out of the idle
+clock), but a container with a health check is hibernated only while Docker says it is
+healthy (``health_block``): never one still starting (paused before its first check it
+would never become healthy), nor one woken and not healthy since (no "never healthy"
+cycle).
 
 Just before hibernating, the executor lists the container's TCP sockets: a connection
 waiting in an accept queue, data in flight, or a connection (established or
@@ -27,6 +29,7 @@ from supervisor.model.actions import Action, ActionResult
 from supervisor.model.activity import (Thresholds, Track, Watch, sample_interval_s,
                                        smoothing_window_s)
 from supervisor.model.rules import hibernation_block
+from supervisor.model.snapshot import ContainerInfo
 from supervisor.model.sockets import TcpSocket
 from supervisor.policy.tick import Tick
 
@@ -77,6 +80,21 @@ class HibernationState:
     tracks: dict[str, Track] = field(default_factory=dict)
     hibernated: dict[str, Record] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
+    # woken by us, with a health check, and not healthy since the wake
+    unready: frozenset[str] = frozenset()
+
+
+def health_block(info: ContainerInfo, unready: frozenset[str] | set[str] = frozenset()) -> str:
+    """Why a container's health keeps it from idle hibernation, or "": one with a health
+    check must be healthy (not starting, not unhealthy) and, when we woke it, have been
+    healthy since the wake."""
+    if not info.has_healthcheck:
+        return ""
+    if info.id in unready:
+        return "not healthy since its wake"
+    if info.health != "healthy":
+        return f"health {info.health or 'unknown'}: hibernated only while healthy"
+    return ""
 
 
 def _fmt_s(s: float) -> str:
@@ -131,6 +149,8 @@ def plan_hibernation(tick: Tick, state: HibernationState) -> list[Action]:
             continue
         track = state.tracks.get(cid)
         if track is None or state.retry_at.get(cid, 0.0) > tick.now:
+            continue
+        if health_block(c.info, state.unready):
             continue
         klass = cfg.classes[c.class_name]
         idle_s = tick.now - track.idle_since_s

@@ -33,6 +33,7 @@ from supervisor.model.snapshot import LIVE_STATES
 from supervisor.publish.exposition import render
 # The tick histogram lives with the report (DurationHistogram: also hibernation's).
 from supervisor.publish.report import DurationHistogram, Report
+from supervisor.publish.status import health_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.model.snapshot import HostSample
@@ -51,6 +52,8 @@ CONTAINER_LABELS = ["name", "id", "class", "pool"]
 # label (a state change ends the old series; Prometheus marks it stale at once).
 CONTAINER_STATES = ("created", "running", "paused", "hibernated", "restarting", "removing",
                     "exited", "dead")
+# What resource_supervisor_container_health says (publish.status.health_label).
+HEALTH_STATES = ("healthy", "unhealthy", "starting", "none", "hibernated")
 # /proc/stat modes, as node_exporter labels them.
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -162,6 +165,9 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
                   "Bytes received on the container's interfaces (loopback excluded)", L)
     tx = _counter("container_network_transmit_bytes_total",
                   "Bytes sent on the container's interfaces (loopback excluded)", L)
+    health = _gauge("container_health", "Always 1; the label health is the container's health: "
+                    + ", ".join(HEALTH_STATES) + " (none: no health check; hibernated: held "
+                    "by the supervisor, which Docker reports as unhealthy)", L + ["health"])
     # One label dict per container, shared by its samples (not add_metric's dict per
     # sample): ~1300 samples for 110 containers, and the writer escapes each dict once.
     for c in tick.snapshot.containers:
@@ -171,6 +177,7 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
         _add(managed, lv, 1.0 if c.managed else 0.0)
         _add(state, {**lv, "state": "hibernated" if info.id in hibernated
                      else label_value(info.state)}, 1.0)
+        _add(health, {**lv, "health": health_label(info, info.id in hibernated)}, 1.0)
         if info.state not in LIVE_STATES:
             continue
         s = c.stats
@@ -186,7 +193,7 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
         if c.net is not None:
             _add(rx, lv, c.net.rx_bytes)
             _add(tx, lv, c.net.tx_bytes)
-    yield from (managed, state, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx)
+    yield from (managed, state, health, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx)
 
 
 def pool_families(tick: "Pass") -> Iterator[Metric]:

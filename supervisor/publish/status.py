@@ -32,6 +32,17 @@ def container_row(c, cfg) -> dict[str, Any]:
     }
 
 
+def health_label(info: Any, hibernated: bool) -> str:
+    """The HEALTH a container is shown with: healthy / unhealthy / starting, "none" without
+    a health check, and "hibernated" for one the supervisor holds (Docker calls a paused
+    container unhealthy at once: that is the hibernation, not a failure)."""
+    if not info.has_healthcheck:
+        return "none"
+    if hibernated:
+        return "hibernated"
+    return info.health or "starting"
+
+
 def cpu_percent(cur_cpu_s: float | None, prev_cpu_s: float | None, interval_s: float) -> float | None:
     """CPU use between two samples, 100 = one core busy (as `docker stats`). None when
     either sample is missing or the counter went back (the container restarted)."""
@@ -163,6 +174,7 @@ def build_status(source: Any) -> dict[str, Any]:
         hib = idle.get(row["id"]) or idle.get(row["name"]) or {}
         row["idle_s"] = hib.get("idle_s")
         row["hibernated"] = bool(hib.get("hibernated"))
+        row["health"] = health_label(c.info, row["hibernated"])
     for pool, names in unlimited_no_room(pools, rows, sections).items():
         pools[pool]["unlimited_no_room"] = names
     for name, section in sections.items():

@@ -13,6 +13,13 @@ component that ties its layers together.
   hibernations a restarted daemon reads back;
 - publish/hibernation.py renders status rows, metric families and API replies.
 
+Health checks are not activity: the engine's exec events of a container's health check
+(``exec_start: <its Test command>``, ``exec_die``) open and close a check window in the
+activity tracker, with a sample of the container's counters at each edge (the cgroup
+read here, the namespace by the tracker), so what the check moves is left out of the idle
+clock. A container woken by us that has a health check counts ready at its next
+``health_status: healthy`` event, and is not hibernated again until then.
+
 ``POST /hibernate`` (``supctl hibernate``, with ``force`` or not) and ``POST /wake`` go
 through the actuator like the loop's own actions (same dry-run rule, journal, counts).
 Only containers recorded as hibernated by us are ever unpaused; one that somebody else
@@ -31,6 +38,8 @@ from supervisor.act.component import Component, Context
 from supervisor.act.hibernation import (ContainerLocks, HibernateExecutor, HibernationStats,
                                         WakeExecutor, swap_total_bytes)
 from supervisor.act.hibernation_store import HibernationStore
+from supervisor.model.activity import is_health_exec
+from supervisor.model.errors import CgroupError
 from supervisor.adapters.netns import NetnsWorker
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.params import Param
@@ -82,6 +91,9 @@ class Hibernation(Component):
         self._swap_bytes: int | None = None
         self._swap_read_mono = -math.inf
         self._loaded = False
+        # Woken by us, with a health check, not healthy since: never hibernated again
+        # before it is (a container paused before its check passes is never healthy).
+        self._unready: set[str] = set()
 
     def hibernated_ids(self) -> frozenset[str]:
         """Ids of the containers currently hibernated by us (any mode)."""
@@ -116,8 +128,9 @@ class Hibernation(Component):
     def plan(self, tick: Tick) -> list[Action]:
         with self._lock:
             retry_at = dict(self._retry_at)
+            unready = frozenset(self._unready)
         return plan_hibernation(tick, HibernationState(self.activity.tracks(OWNER),
-                                                       self.store.records(), retry_at))
+                                                       self.store.records(), retry_at, unready))
 
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
         """Says which containers the activity tracker follows from now on (sampling the
@@ -130,12 +143,22 @@ class Hibernation(Component):
         self.activity.sample_snapshot(tick.snapshot)
         with self._lock:
             self._retry_at = retry_times(self._retry_at, results, tick)
+            self._unready &= {c.info.id for c in tick.snapshot.containers}
         self.locks.prune({c.info.id for c in tick.snapshot.containers} | self.store.ids())
         self._expire_readiness()
         self._refresh_swap()
 
     def executors(self) -> dict[str, Callable[[Action], Outcome]]:
-        return {"hibernate": self.hibernator, "wake": self.waker}
+        return {"hibernate": self.hibernator, "wake": self._wake}
+
+    def _wake(self, action: Action) -> Outcome:
+        """The wake executor; a woken container that is not ready yet (it has a health
+        check) is held from hibernation until its next healthy check."""
+        out = self.waker(action)
+        if out.ok and not out.skipped and (out.after or {}).get("ready") is False:
+            with self._lock:
+                self._unready.add(action.target)
+        return out
 
     def _mark_busy(self, cid: str, reason: str) -> None:
         """Restart the idle clock of a container a socket check found busy."""
@@ -168,6 +191,9 @@ class Hibernation(Component):
     # ------------------------------------------------------------------ events
 
     def _on_event(self, action: str, cid: str, ev: dict) -> None:
+        if action.startswith("exec_"):
+            self._on_exec(action, cid, ev)
+            return
         if action.startswith("health_status"):
             if action.split(":", 1)[-1].strip() == "healthy":
                 self._ready(cid)
@@ -188,8 +214,40 @@ class Hibernation(Component):
             self.counts["forgotten"] += 1
             self.store.forget(cid)
 
+    def _on_exec(self, action: str, cid: str, ev: dict) -> None:
+        """A health check's exec started or ended: its window in the activity tracker, and
+        a sample at the edge (only for a container the tracker watches)."""
+        kind, _, command = action.partition(":")
+        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+        exec_id = attrs.get("execID") or ""
+        info = self.ctx.inventory.get(cid)
+        if not exec_id or info is None or info.id != cid or not info.healthcheck_test:
+            return
+        if not self.activity.is_watched(cid):
+            return
+        at_s = ev.get("timeNano", 0) / 1e9 or float(ev.get("time") or self.ctx.clock())
+        if kind.strip() == "exec_start":
+            if not is_health_exec(info.healthcheck_test, command):
+                return  # somebody's docker exec: a client like any other
+            self.activity.check_started(cid, exec_id, at_s, info.healthcheck_timeout_s)
+        elif kind.strip() == "exec_die":
+            if not self.activity.check_ended(cid, exec_id, at_s):
+                return
+        else:
+            return
+        try:
+            loc = self.ctx.cgroups.locate(cid, info.pid, info.cgroup_parent)
+            stats = self.ctx.cgroups.read_stats(loc, with_pressure=False)
+        except CgroupError:
+            self.counts["check_edge_read_errors"] += 1
+            return
+        self.activity.boundary(info, self.ctx.clock(), stats.cpu_usage_s,
+                               stats.blkio_read_bytes + stats.blkio_write_bytes)
+
     def _ready(self, cid: str) -> None:
         """A woken container's first healthy event: the wake-to-ready time."""
+        with self._lock:
+            self._unready.discard(cid)
         with self.stats.lock:
             waiting = self.stats.awaiting_ready.pop(cid, None)
         if waiting is None:

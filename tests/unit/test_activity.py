@@ -319,3 +319,99 @@ def test_a_pass_reads_each_containers_counters_once(tmp_path):
                 s.activity.counts["namespace_reads"]) == reads  # nothing read again
     # The captured tree does not move: idle since the first pass, by the view.
     assert t.activity.idle_for_s(info.id, IDLE_CORES) == 5.0
+
+
+# ------------------------------------------------------------ health checks are not activity
+
+from supervisor.model.activity import (HEALTH_MARGIN_S, CheckWindow,  # noqa: E402
+                                       health_exec_command, in_check_window, is_health_exec)
+
+BIG = {"cpu": 10.0, "net": 1_000_000, "conn": 3}  # each far above any idle threshold
+
+
+def _series(sample_times, windows, events):
+    """Samples at ``sample_times`` plus one at each window's edges (as the tracker takes
+    them at a check's exec_start and exec_die), counters holding every event up to then."""
+    times = sorted(set(sample_times) | {w.start_s for w in windows} | {w.end_s for w in windows})
+    out = []
+    for t in times:
+        cpu = sum(BIG["cpu"] for te, k in events if k == "cpu" and te <= t)
+        net = sum(BIG["net"] for te, k in events if k == "net" and te <= t)
+        conns = sum(BIG["conn"] for te, k in events if k == "conn" and te <= t)
+        out.append(ActivitySample(t, 1, cpu, 0, net, conns))
+    return out
+
+
+@st.composite
+def checked_history(draw):
+    """Sample times over 60 s, check windows (1 s interval style: short, apart) and
+    activity events of every kind strictly inside them."""
+    starts = sorted(draw(st.sets(st.integers(2, 55), min_size=1, max_size=12)))
+    windows = [CheckWindow(float(s), s + draw(st.floats(0.01, 0.5)), 5.0) for s in starts]
+    inside = [(w.start_s + draw(st.floats(0.001, 0.999)) * (w.end_s - w.start_s),
+               draw(st.sampled_from(("cpu", "net", "conn"))))
+              for w in windows for _ in range(draw(st.integers(0, 2)))]
+    times = [0.0] + sorted(draw(st.lists(st.floats(0.1, 60.0), max_size=30))) + [60.0]
+    return times, windows, inside
+
+
+@settings(max_examples=200, deadline=None)
+@given(checked_history())
+def test_activity_entirely_inside_check_windows_never_resets_idleness(h):
+    times, windows, inside = h
+    idle_s, reason = idle_since(_series(times, windows, inside), TH, 30.0, windows)
+    assert idle_s == 0.0 and reason == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(checked_history(), st.floats(0.5, 59.5), st.sampled_from(("cpu", "net", "conn")))
+def test_activity_outside_check_windows_always_resets_idleness(h, at_s, kind):
+    times, windows, inside = h
+    if any(w.start_s - HEALTH_MARGIN_S <= at_s <= w.end_s + HEALTH_MARGIN_S for w in windows):
+        at_s = None
+    if at_s is None:
+        return  # not outside: the property above covers it
+    idle_s, reason = idle_since(_series(times, windows, inside + [(at_s, kind)]), TH, 30.0,
+                                windows)
+    assert idle_s >= at_s and reason
+
+
+def test_without_windows_a_check_is_activity_as_before():
+    windows = [CheckWindow(5.0, 5.1, 5.0)]
+    samples = _series([0.0, 4.0, 6.0, 10.0], windows, [(5.05, "conn")])
+    assert idle_since(samples, TH, 30.0, ())[0] == 5.1
+    assert idle_since(samples, TH, 30.0, windows)[0] == 0.0
+
+
+def test_a_running_check_covers_up_to_its_timeout():
+    running = CheckWindow(10.0, None, 2.0)
+    assert in_check_window(10.0, 12.0, [running])
+    assert not in_check_window(10.0, 12.0 + HEALTH_MARGIN_S + 0.01, [running])
+    assert not in_check_window(9.0, 10.5, [running])
+
+
+def test_the_health_check_exec_is_told_from_other_execs():
+    shell = ("CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1:$AGENT_PORT/health")
+    assert health_exec_command(shell) == "/bin/sh -c " + shell[1]
+    assert is_health_exec(shell, " /bin/sh -c " + shell[1])
+    assert not is_health_exec(shell, " /bin/sh -c curl http://127.0.0.1:10210/")
+    cmd = ("CMD", "pg_isready", "-q", "-h", "127.0.0.1")
+    assert is_health_exec(cmd, "pg_isready -q -h 127.0.0.1")
+    assert not is_health_exec((), "pg_isready") and not is_health_exec(("NONE",), "x")
+
+
+def test_the_tracker_leaves_a_checks_growth_out_of_every_owners_clock():
+    tr = ActivityTracker("/nonexistent")
+    tr.watch(OWNER, {"c1": Watch(0.5, 30.0, TH)})
+    tr.record("c1", ActivitySample(100.0, 1, 0.0, 0, 0, 0))
+    tr.check_started("c1", "e1", 101.0, 5.0)
+    tr.record("c1", ActivitySample(101.0, 1, 0.0, 0, 0, 0))  # the start edge
+    tr.record("c1", ActivitySample(101.05, 1, 0.01, 0, 300, 2))  # a pass inside the check
+    assert tr.check_ended("c1", "e1", 101.1) and not tr.check_ended("c1", "e1", 101.1)
+    tr.record("c1", ActivitySample(101.1, 1, 0.02, 0, 600, 2))  # the end edge
+    tr.record("c1", ActivitySample(104.0, 1, 0.02, 0, 600, 2))
+    t = tr.track(OWNER, "c1")
+    assert t.idle_since_s == 100.0 and t.checks_discounted == 2
+    tr.record("c1", ActivitySample(105.0, 1, 0.02, 0, 900, 3))  # a client, outside
+    t = tr.track(OWNER, "c1")
+    assert t.idle_since_s == 105.0 and t.busy_reason == "1 new connection"

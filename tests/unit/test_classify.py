@@ -145,11 +145,11 @@ def test_status_text_shows_how_each_class_was_chosen():
                "class_reason": "repository", "class_pattern": "redis*"},
               {**row, "name": "pinned", "class": "critical", "class_reason": "label"},
               {**row, "name": "scratch", "class": "standard", "class_reason": "default"}]}
-    text = render_status(st, width=120)
+    text = render_status(st, width=160)
     assert "CLASS BY" in text
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln}
     assert "service redis*" in lines["shop-redis-1"]
     assert "repo redis*" in lines["cache"]
     assert lines["pinned"].split()[-2:] == ["label", "-"]
     assert lines["scratch"].split()[-2:] == ["default", "-"]
-    assert all(len(ln) <= 120 for ln in text.splitlines())
+    assert all(len(ln) <= 160 for ln in text.splitlines())

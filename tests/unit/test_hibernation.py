@@ -445,3 +445,32 @@ def test_a_udp_service_is_not_paused_and_its_idle_timer_starts_over(tmp_path):
     assert "udp 0.0.0.0:5353" in hib.activity.track(OWNER, info.id).busy_reason
     # In a shared namespace only the container's own sockets count.
     assert hib.hibernator.udp_refusal(info, owned=frozenset({1})) is None
+
+
+def _with_health(c, health: str):
+    return dataclasses.replace(c, info=dataclasses.replace(
+        c.info, has_healthcheck=True, health=health,
+        healthcheck_test=("CMD-SHELL", "curl -fsS http://127.0.0.1:10210/health")))
+
+
+def test_a_health_checked_container_hibernates_only_while_healthy_and_not_before_healthy_since_its_wake():
+    cfg = cfg_with()
+    for health in ("starting", "unhealthy", ""):
+        c = _with_health(container("web"), health)
+        state = HibernationState(tracks={c.info.id: idle_track(1000.0)})
+        assert plan_hibernation(tick(cfg, [c], now=5000.0), state) == [], health
+    c = _with_health(container("web"), "healthy")
+    state = HibernationState(tracks={c.info.id: idle_track(1000.0)})
+    assert len(plan_hibernation(tick(cfg, [c], now=5000.0), state)) == 1
+    # woken by us, Docker still says healthy from before the pause: held until a check passes
+    woken = HibernationState(tracks={c.info.id: idle_track(1000.0)}, unready=frozenset({c.info.id}))
+    assert plan_hibernation(tick(cfg, [c], now=5000.0), woken) == []
+
+
+def test_health_is_shown_as_hibernated_not_as_dockers_paused_unhealthy():
+    from supervisor.publish.status import health_label
+    c = _with_health(container("web", state="paused"), "unhealthy")
+    assert health_label(c.info, hibernated=True) == "hibernated"
+    assert health_label(c.info, hibernated=False) == "unhealthy"  # paused by somebody else
+    assert health_label(_with_health(container("x"), "").info, False) == "starting"
+    assert health_label(container("plain").info, True) == "none"
