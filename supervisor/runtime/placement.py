@@ -174,7 +174,9 @@ class Placement(Component):
             self._forget_given(a.target)
             self.memory.released.add(a.target)
             self.ctx.journal.put_state(RELEASED_PREFIX + a.target, [limit, tick.now])
-        elif limit and limit == a.params.get("memory_limit_bytes"):
+        elif limit and limit == a.params.get("memory_limit_bytes") and \
+                limit != (r.before or {}).get("memory_limit_bytes"):
+            # A new limit, not the owner's re-written with a reservation next to it.
             self._remember_given(a.target, limit, tick.now)
 
     def plan(self, tick: Tick) -> list[Action]:
