@@ -299,3 +299,50 @@ def test_an_oom_loop_or_a_removed_limit_makes_supctl_status_exit_3():
     assert health_code({**base, "oom": {"loops": [], "limit_removed": []}}) == EXIT_OK
     assert health_code({**base, "oom": {"loops": ["redis"], "limit_removed": []}}) == EXIT_EXHAUSTED
     assert health_code({**base, "oom": {"loops": [], "limit_removed": ["redis"]}}) == EXIT_EXHAUSTED
+
+
+# ---------------------------------------------------------------- durable memory
+
+def test_the_limits_placement_gave_survive_a_daemon_restart_and_an_owners_do_not_count(tmp_path):
+    """Which limits are placement's own is kept in the journal's state table: a restarted
+    daemon still raises them. A limit re-written unchanged (a reservation set next to an
+    owner's limit) is not one it gave."""
+    from types import SimpleNamespace
+
+    from supervisor.adapters.journal import Journal
+    from supervisor.model.actions import Action, ActionResult
+    from supervisor.runtime.placement import Placement
+
+    journal = Journal(str(tmp_path / "j.sqlite3"), 1000)
+    ctx = SimpleNamespace(journal=journal, history=History(3600, 1.0))
+    cfg = big_pool()
+    ours, owners = looping(40 * MIB), looping(24 * MIB)
+
+    def placed(c, before, after, source="class-default"):
+        a = Action("place", c.info.id, c.info.name, "place", "placement",
+                   {"memory_limit_bytes": after, "limit_source": source,
+                    "fields": ["mem_limit", "mem_reservation", "memswap_limit"]})
+        return ActionResult(a, ok=True, dry_run=False, before={"memory_limit_bytes": before},
+                            after={"memory_limit_bytes": after})
+
+    p = Placement(ctx)
+    t = tick(cfg, [ours, owners], now=800.0, reconcile=False)
+    p.plan(t)
+    p.observe(t, [placed(ours, 0, 40 * MIB), placed(owners, 24 * MIB, 24 * MIB)])
+    assert p.memory.given == {ours.info.id: (40 * MIB, 800.0)}
+    restarted = Placement(ctx)
+    assert restarted.memory.given == {ours.info.id: (40 * MIB, 800.0)}
+    plan = plan_placement(tick(cfg, [ours, owners], now=1000.0), restarted.memory)
+    assert [a.target for a in oom_actions(plan)] == [ours.info.id]
+    # a removal is remembered too: that container is never given a limit again
+    t = tick(cfg, [ours, owners], now=1000.0)
+    restarted.plan(t)
+    restarted.observe(t, [placed(ours, 40 * MIB, 8 * GIB, SOURCE_OOM_REMOVED)])
+    again = Placement(ctx)
+    assert again.memory.released == {ours.info.id} and ours.info.id not in again.memory.given
+    # a container that is gone is forgotten
+    t = tick(cfg, [owners], now=1100.0)
+    again.plan(t)
+    again.observe(t, [])
+    assert Placement(ctx).memory.released == set()
+    journal.close()
