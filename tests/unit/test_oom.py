@@ -5,7 +5,7 @@ set, and a pool without room for the raise."""
 
 from dataclasses import replace
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _handmade import GIB, MIB, config, container, tick
@@ -156,6 +156,7 @@ def test_docker_times_parse_to_epoch_seconds():
 
 # ---------------------------------------------------------------- the raise rule
 
+@settings(deadline=None)
 @given(current=st.integers(0, 64 * GIB), ws=st.none() | st.integers(0, 64 * GIB),
        rec=st.none() | st.integers(0, 64 * GIB), headroom=st.floats(0, 1))
 def test_a_raise_is_at_least_x1_2_plus_100mb_the_floor_and_the_recommendation(
@@ -259,6 +260,7 @@ def test_without_room_for_the_raise_placement_removes_its_own_limit_and_alerts()
     assert plan.desired[c.info.id].memory_limit_bytes is None
 
 
+@settings(max_examples=60, deadline=None)  # a config is loaded per example
 @given(current_mib=st.integers(8, 2048), budget_mib=st.integers(64, 4096),
        other_mib=st.integers(0, 2048), ws_mib=st.integers(1, 2048))
 def test_a_raise_stays_within_the_pools_room_or_the_limit_is_removed(
