@@ -61,7 +61,10 @@ def kernel_view(ctx: "Context", info: "ContainerInfo") -> dict[str, Any]:
 def place(ctx: "Context", memory: PlacementMemory, action: Action) -> Outcome:
     """Execute one "place" action."""
     # Re-inspect first: the plan saw the inventory's view, which may be a moment old.
-    info, refused = recheck(ctx, action.target)
+    # A limit raised (or removed) after OOM kills is written while the container waits
+    # to restart too: Docker keeps it for the next start.
+    info, refused = recheck(ctx, action.target, states=(
+        ("running", "restarting") if action.params.get("oom") else ("running",)))
     if info is None:
         return refused
     d = Desired.from_params(action.params)

@@ -59,6 +59,8 @@ def info_from_inspect(attrs: dict[str, Any]) -> ContainerInfo:
         cgroup_parent=hc.get("CgroupParent") or "",
         restart_policy=((hc.get("RestartPolicy") or {}).get("Name")) or "",
         restart_count=int(attrs.get("RestartCount") or 0), started_at=st.get("StartedAt") or "",
+        finished_at=st.get("FinishedAt") or "", exit_code=int(st.get("ExitCode") or 0),
+        oom_killed=bool(st.get("OOMKilled")),
         health=health, env=_env_of(attrs), ports=tuple(ports), user=cfg.get("User") or "",
         has_healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test"))
         and (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],

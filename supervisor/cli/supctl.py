@@ -26,7 +26,9 @@ EXIT_CODES_HELP = """exit codes (`supctl status` serves as a health check):
   2  the daemon is unreachable (no socket, or nothing answers on it)
   3  a memory pool is over (its use reached the budget, or its limits add up past
      it), a managed container runs without any memory limit because its pool had no
-     room for one, or the host's available memory is at or inside the emergency reserve
+     room for one, the host's available memory is at or inside the emergency reserve,
+     or a managed container is in an OOM restart loop (OOM-killed twice or more in 10
+     min) or runs without the limit the daemon removed to end one
   4  the Docker engine is unreachable (the daemon runs and says so)
   5  `supctl audit` found violations
   6  the daemon answers but its loop has stalled (no pass for a while)
@@ -55,6 +57,9 @@ def health_code(status: dict) -> int:
     if any(p.get("state") == "over" or p.get("unlimited_no_room") for p in pools):
         return EXIT_EXHAUSTED
     if status.get("reserve", {}).get("breached"):
+        return EXIT_EXHAUSTED
+    oom = status.get("oom") or {}
+    if oom.get("loops") or oom.get("limit_removed"):
         return EXIT_EXHAUSTED
     if not status.get("engine", {}).get("up"):
         return EXIT_ENGINE_DOWN

@@ -243,3 +243,43 @@ def effective_cpu_cores(wanted: Mapping[str, float | None]) -> float | None:
     for a cap, and the tightest cap satisfies every ask. None when nobody asks."""
     caps = [v for v in wanted.values() if v is not None and v > 0]
     return min(caps) if caps else None
+
+
+# ---------------------------------------------------------------- OOM restart loops
+
+#: A container killed by the kernel's OOM killer this many times within
+#: ``OOM_LOOP_WINDOW_S`` is in an OOM loop (a restart policy brings it back into the
+#: same limit, which kills it again).
+OOM_LOOP_KILLS = 2
+OOM_LOOP_WINDOW_S = 600.0
+#: A raise of a limit the supervisor gave is at least x1.2 and at least +100 MB (the
+#: Kubernetes VPA's bump after an OOM kill: OOMBumpUpRatio, OOMMinBumpUp).
+OOM_RAISE_RATIO = 1.2
+OOM_RAISE_MIN_BYTES = 100 * 1000 * 1000
+
+
+def oom_kills_within(kill_times_s: "tuple[float, ...] | list[float]", now_s: float,
+                     window_s: float = OOM_LOOP_WINDOW_S, since_s: float = float("-inf")) -> int:
+    """How many of a container's OOM kills fall within the window before ``now_s`` (and
+    after ``since_s``: e.g. only those under the limit it holds since then)."""
+    cut = max(now_s - window_s, since_s)
+    return sum(1 for t in kill_times_s if cut < t <= now_s + 1.0)
+
+
+def oom_loop(kill_times_s: "tuple[float, ...] | list[float]", now_s: float,
+             since_s: float = float("-inf")) -> bool:
+    """Whether a container is in an OOM loop: killed ``OOM_LOOP_KILLS`` times or more
+    within ``OOM_LOOP_WINDOW_S`` (after ``since_s``, when given)."""
+    return oom_kills_within(kill_times_s, now_s, since_s=since_s) >= OOM_LOOP_KILLS
+
+
+def oom_raise_bytes(current_limit_bytes: int, working_set_bytes: int | None,
+                    recommendation_bytes: int | None, headroom: float) -> int:
+    """The memory limit that replaces one the supervisor gave and under which the
+    container was OOM-killed repeatedly: at least x1.2 and +100 MB of it (VPA), at least
+    its use plus headroom (``memory_floor_bytes``; the peak before a kill is what the
+    history holds), and at least the recommendation; rounded up to a MiB."""
+    current = max(0, current_limit_bytes)
+    bumped = max(current * OOM_RAISE_RATIO, current + OOM_RAISE_MIN_BYTES)
+    return max(round_up_bytes(bumped), memory_floor_bytes(working_set_bytes, headroom),
+               recommendation_bytes or 0, DOCKER_MIN_MEMORY_BYTES)

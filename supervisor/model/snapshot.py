@@ -102,6 +102,15 @@ class ContainerInfo:
     restart_policy: str = ""
     restart_count: int = 0
     started_at: str = ""
+    # How the last run ended (State.FinishedAt, ExitCode, OOMKilled): a run the kernel's
+    # OOM killer ended says so here until the next start.
+    finished_at: str = ""
+    exit_code: int = 0
+    oom_killed: bool = False
+    # When this container was OOM-killed lately (epoch seconds, oldest first), one entry
+    # per run, kept by the inventory from Docker's oom/die events and State.OOMKilled:
+    # it survives the new cgroup every restart brings (the cgroup counters do not).
+    oom_kill_times_s: tuple[float, ...] = ()
     health: str = ""  # "" | starting | healthy | unhealthy
     env: tuple[str, ...] = ()
     ports: tuple[tuple[str, str, int], ...] = ()  # (container port/proto, host ip, host port)

@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
+from datetime import datetime
 from typing import Callable
 
 from supervisor.adapters.engine import Engine
@@ -28,6 +30,40 @@ _REINSPECT = {"create", "start", "restart", "die", "stop", "kill", "pause", "unp
 _EXEC = {"exec_create", "exec_start", "exec_die"}
 
 Listener = Callable[[str, str, dict], None]  # (action, container id, raw event)
+
+# OOM kills remembered per container: the newest this many, none older than this.
+OOM_KILLS_KEPT = 32
+OOM_KILLS_MAX_AGE_S = 3600.0
+
+
+def docker_time_s(text: str) -> float | None:
+    """Epoch seconds of Docker's RFC 3339 time with nanoseconds ("2024-05-01T12:34:56.
+    123456789Z"); None for its zero time ("0001-01-01T00:00:00Z") or an unreadable one."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, rest = text.partition(".")
+    frac, tz = "", "Z"
+    if rest:
+        i = next((k for k, ch in enumerate(rest) if not ch.isdigit()), len(rest))
+        frac, tz = rest[:i], rest[i:] or "Z"
+    elif head.endswith("Z"):
+        head = head[:-1]
+    elif len(head) > 19:
+        head, tz = head[:19], head[19:]
+    try:
+        dt = datetime.fromisoformat(head + ("." + frac[:6] if frac else "")
+                                    + ("+00:00" if tz == "Z" else tz))
+    except ValueError:
+        return None
+    return dt.timestamp()
+
+
+def event_time_s(ev: dict, default: float) -> float:
+    if ev.get("timeNano"):
+        return int(ev["timeNano"]) / 1e9
+    if ev.get("time"):
+        return float(ev["time"])
+    return default
 
 
 class Inventory:
@@ -48,6 +84,10 @@ class Inventory:
         self._engine_up = False
         self._engine_error = "not connected yet"
         self._listeners: list[Listener] = []
+        # container id -> {run (its FinishedAt): time of its OOM kill}: one kill per run,
+        # whether Docker's oom event, the die event's State.OOMKilled, or a relist told it.
+        self._oom_kills: dict[str, dict[str, float]] = {}
+        self._oom_pending: dict[str, float] = {}  # container id -> its last oom event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
@@ -90,7 +130,10 @@ class Inventory:
         no = self._next_read()
         items = self.engine.list_containers()
         with self._lock:
-            fresh = {c.id: c for c in items}
+            for c in items:
+                if c.oom_killed:
+                    self._note_oom_kill(c.id, c.finished_at, docker_time_s(c.finished_at))
+            fresh = {c.id: self._with_kills(c) for c in items}
             view_read = {c.id: no for c in items}
             for cid, n in self._view_read.items():
                 if n > no:  # read (or gone) after the listing began: newer than the list
@@ -126,6 +169,7 @@ class Inventory:
             if no < self._view_read.get(info.id, 0):
                 self.counts["stale_reads_dropped"] += 1
                 return self._containers.get(info.id)
+            info = self._with_kills(info)
             self._containers[info.id] = info
             self._view_read[info.id] = no
         return info
@@ -139,6 +183,57 @@ class Inventory:
             self._view_read = {k: v for k, v in self._view_read.items()
                                if k in self._containers or v > no - 256}
 
+    # ------------------------------------------------------------------ OOM kills
+
+    def _note_oom_kill(self, cid: str, run: str, at_s: float | None) -> bool:
+        """Remember that the run ``run`` of ``cid`` was OOM-killed at ``at_s`` (lock held).
+        True when this is news."""
+        if at_s is None:
+            return False
+        kills = self._oom_kills.setdefault(cid, {})
+        if run in kills:
+            return False
+        kills[run] = at_s
+        if len(kills) > OOM_KILLS_KEPT or min(kills.values()) < at_s - OOM_KILLS_MAX_AGE_S:
+            keep = sorted(kills.items(), key=lambda kv: kv[1])[-OOM_KILLS_KEPT:]
+            kills.clear()
+            kills.update((k, t) for k, t in keep if t >= at_s - OOM_KILLS_MAX_AGE_S)
+        self.counts["oom_kills"] += 1
+        return True
+
+    def _with_kills(self, info: ContainerInfo) -> ContainerInfo:
+        """``info`` carrying the OOM kills remembered for it (lock held)."""
+        kills = self._oom_kills.get(info.id)
+        times = tuple(sorted(kills.values())) if kills else ()
+        return info if times == info.oom_kill_times_s else replace(info, oom_kill_times_s=times)
+
+    def oom_kill_times(self, cid: str) -> tuple[float, ...]:
+        with self._lock:
+            return tuple(sorted((self._oom_kills.get(cid) or {}).values()))
+
+    def _oom_event(self, action: str, cid: str, ev: dict, info: ContainerInfo | None) -> None:
+        """Docker's ``oom`` event marks the container; its ``die`` is a kill when the
+        inspect after it says State.OOMKilled or an oom event came since its last die.
+        One kill per run, named by the run's FinishedAt (what a relist sees too), so a
+        kill is counted once however it was told, and a restart's new cgroup forgets
+        nothing. An oom event without a die (a child process killed, the container lives
+        on) is no restart-loop kill: the cgroup counters tell those."""
+        now = event_time_s(ev, self.clock())
+        with self._lock:
+            if action == "oom":
+                self._oom_pending[cid] = now
+                return
+            pending = self._oom_pending.pop(cid, None)
+            if info is None or not (info.oom_killed or pending is not None):
+                return
+            at = docker_time_s(info.finished_at) or now
+            if self._note_oom_kill(cid, info.finished_at or f"event {now:.3f}", at):
+                log.info("container %s (%s) was OOM-killed (restarts: %d)",
+                         info.name, cid[:12], info.restart_count)
+            cur = self._containers.get(cid)
+            if cur is not None:
+                self._containers[cid] = self._with_kills(cur)
+
     def handle_event(self, ev: dict) -> None:
         action = (ev.get("Action") or ev.get("status") or "").split(":")[0].strip()
         cid = ev.get("id") or (ev.get("Actor") or {}).get("ID") or ""
@@ -149,16 +244,17 @@ class Inventory:
             no = self._next_read()
             with self._lock:
                 self._containers.pop(cid, None)
+                self._oom_kills.pop(cid, None)
+                self._oom_pending.pop(cid, None)
                 self._forget_read(cid, no)
         elif action in _EXEC:
             pass  # nothing to re-read: listeners learn of execs (health checks' windows)
         elif action in _REINSPECT or action.startswith("health_status"):
             # Re-inspecting gives the current truth, so two events out of order, or one
             # replayed after a reconnect, cannot leave a stale state behind.
-            try:
-                self.refresh_one(cid)
-            except EngineUnavailable:
-                raise
+            info = self.refresh_one(cid)
+            if action in ("oom", "die"):
+                self._oom_event(action, cid, ev, info)
         else:
             return
         full = ev.get("Action") or ev.get("status") or ""

@@ -20,7 +20,11 @@ clear). Signals, and the ladder rungs their severity allows (see ladder.py):
   psi_duration is CRITICAL (CPU pressure is answered with CPU throttling only).
 - ``oom:<container id>``: the container's own limit events (v2 memory.events oom,
   oom_kill and max; v1 memory.failcnt and oom_kill) rose by >= oom_events_threshold
-  within a minute: WARN (alert only: the kernel already acts inside that container).
+  within a minute, or the container is in an OOM restart loop: OOM-killed
+  ``rules.OOM_LOOP_KILLS`` times within ``rules.OOM_LOOP_WINDOW_S`` (the inventory's kill
+  times from Docker's oom/die events and State.OOMKilled, which a restart's new cgroup
+  does not reset, unlike the counters): WARN (alert only here: the kernel already acts
+  inside that container; placement raises a limit it gave). It clears once neither holds.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from supervisor.model import rules
 from supervisor.model.pools import pool_of
 from supervisor.model.units import format_bytes
 from supervisor.policy import psi
@@ -166,28 +171,42 @@ def oom_signals(tick: "Tick", memory: SignalMemory
     for c in tick.snapshot.containers:
         if not c.managed:
             continue
+        kills = rules.oom_kills_within(c.info.oom_kill_times_s, now)
+        loop = kills >= rules.OOM_LOOP_KILLS
         count = limit_event_count(c)
-        if count is None:
-            continue
-        old = memory.oom_samples.get(c.info.id, ())
-        if old and count < old[-1][1]:
-            old = ()  # counters restarted: the container restarted in a new cgroup
-        seq = list(old)
-        if not seq or seq[-1][1] != count:
-            seq.append((now, count))
-        # Keep the newest sample older than the window as the baseline; drop the rest.
-        cut = now - OOM_WINDOW_S
-        older = [i for i, (t, _) in enumerate(seq) if t <= cut]
-        if older:
-            seq = seq[older[-1]:]
-        samples[c.info.id] = tuple(seq)
-        rise = count - seq[0][1]
+        if count is None and not c.info.oom_kill_times_s:
+            continue  # (a kill remembered keeps the signal, so its breach clears as usual)
+        rise = 0
+        if count is not None:
+            old = memory.oom_samples.get(c.info.id, ())
+            if old and count < old[-1][1]:
+                old = ()  # counters restarted: the container restarted in a new cgroup
+            seq = list(old)
+            if not seq or seq[-1][1] != count:
+                seq.append((now, count))
+            # Keep the newest sample older than the window as the baseline; drop the rest.
+            cut = now - OOM_WINDOW_S
+            older = [i for i, (t, _) in enumerate(seq) if t <= cut]
+            if older:
+                seq = seq[older[-1]:]
+            samples[c.info.id] = tuple(seq)
+            rise = count - seq[0][1]
+        hits = count is not None and rise >= L.oom_events_threshold
+        parts = []
+        if loop or count is None:
+            parts.append(f"container {c.info.name} was OOM-killed {kills} times in the last "
+                         f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min (restarts: "
+                         f"{c.info.restart_count})" + (": an OOM restart loop" if loop else ""))
+        if count is not None and (hits or not loop):
+            parts.append(f"container {c.info.name} hit its own memory limit {rise} times in the "
+                         f"last minute ({'/'.join(OOM_EVENT_KEYS.get(c.stats.version, ()))})")
         out.append(Signal(
             key=f"oom:{c.info.id}", kind="oom", subject=c.info.id, name=c.info.name,
-            resource="memory", severity=WARN if rise >= L.oom_events_threshold else NONE,
-            below_clear=rise == 0, value=float(rise), threshold=float(L.oom_events_threshold),
-            summary=(f"container {c.info.name} hit its own memory limit {rise} times in the "
-                     f"last minute ({'/'.join(OOM_EVENT_KEYS.get(c.stats.version, ()))})")))
+            resource="memory", severity=WARN if hits or loop else NONE,
+            below_clear=rise == 0 and not loop,
+            value=float(kills if loop else rise),
+            threshold=float(rules.OOM_LOOP_KILLS if loop else L.oom_events_threshold),
+            summary="; ".join(parts)))
     return out, samples
 
 

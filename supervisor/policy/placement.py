@@ -42,6 +42,9 @@ SOURCE_OVERRIDE, SOURCE_ADAPTIVE, SOURCE_EXISTING = "override", "adaptive", "exi
 SOURCE_DEFAULT = "class-default"
 #: The limit asked for was below the working set plus headroom and was raised to it.
 SOURCE_FLOOR = "usage-floor"
+#: A limit the supervisor gave was raised after OOM kills under it (rules.oom_raise_bytes),
+#: or, its pool having no room for the raise, removed.
+SOURCE_OOM_RAISE, SOURCE_OOM_REMOVED = "oom-raise", "oom-removed"
 
 #: Engine.update arguments by the call they go in (see ``split_update``).
 CPU_FIELDS = frozenset({"cpuset_cpus", "cpu_quota", "cpu_period", "nano_cpus"})
@@ -115,7 +118,7 @@ def working_set_of(c: ContainerSample) -> int:
 
 
 def wanted_limit(c: ContainerSample, cls: ClassConfig, cfg: Config, override: dict[str, Any],
-                 history: History | None) -> tuple[int, str]:
+                 history: History | None, now_s: float | None = None) -> tuple[int, str]:
     """The memory limit a container should hold before pool admission, and why: another
     component's override; the adaptive recommendation (when the class enables it and
     history is long enough); the limit it already has; else the class default.
@@ -140,6 +143,11 @@ def wanted_limit(c: ContainerSample, cls: ClassConfig, cfg: Config, override: di
         if rec is not None:
             rec = rules.memory_limit(rec, ws, headroom)
             if current and abs(rec - current) <= ADAPTIVE_CHANGE_RATIO * current:
+                return current, SOURCE_EXISTING
+            if current and rec < current and now_s is not None and rules.oom_kills_within(
+                    c.info.oom_kill_times_s, now_s):
+                # OOM-killed lately: its working-set history ends at each kill, so it
+                # understates the need. The limit is not lowered until the kills age out.
                 return current, SOURCE_EXISTING
             return rec, SOURCE_ADAPTIVE
     if current:
@@ -274,6 +282,14 @@ class PlacementMemory:
     # counts reports, not passes (the plan itself is the live run's; the actuator says
     # each report once).
     dry_reported: dict[str, tuple] = field(default_factory=dict)
+    # The memory limits placement wrote: container id -> (limit bytes, when). A limit a
+    # container holds that is not here is its owner's (or another tool's): never raised.
+    given: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # Containers whose own limit placement removed after an OOM loop its pool had no
+    # room to end: their memory is left alone from then on (no class default again).
+    released: set[str] = field(default_factory=set)
+    # OOM loops alerted already, per container: the kill count at the alert.
+    oom_alerted: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -285,12 +301,62 @@ class PlacementPlan:
     names: dict[str, str]
 
 
-def admission_candidates(tick: Tick) -> tuple[list[Candidate], dict[str, str]]:
-    """Per live managed container what it asks its pool for (already raised to its floor)
-    and the least it may be given: its class minimum and, running, its working set plus
-    headroom (``rules.memory_floor_bytes``)."""
+@dataclass(frozen=True)
+class OomCase:
+    """A live managed container in an OOM loop (``rules.oom_loop``) and what placement
+    does about it: ``raise`` a limit it gave (to ``raise_bytes``, within the pool's room,
+    else remove it), ``owner``: alert only (the limit is its owner's), ``released``: its
+    limit was removed already (alert only)."""
+
+    kind: str  # raise | owner | released
+    kills: int  # OOM kills within the window
+    limit_bytes: int  # the limit it holds
+    raise_bytes: int = 0
+    recommended_bytes: int | None = None
+
+
+def oom_cases(tick: Tick, mem: PlacementMemory) -> dict[str, OomCase]:
+    """Every live managed container the kernel OOM-killed repeatedly lately, by id."""
     cfg = tick.cfg
     headroom = cfg.settings.history.headroom
+    out = {}
+    for c in tick.snapshot.containers:
+        cls = cfg.classes.get(c.class_name)
+        if not c.managed or cls is None or c.info.state not in LIVE_STATES:
+            continue
+        times = c.info.oom_kill_times_s
+        if not rules.oom_loop(times, tick.now):
+            continue
+        cid, limit = c.info.id, c.info.memory_limit_bytes
+        kills = rules.oom_kills_within(times, tick.now)
+        rec = recommended_limit(tick.history, cid, cls, cfg) if tick.history is not None else None
+        given = mem.given.get(cid)
+        if cid in mem.released:
+            out[cid] = OomCase("released", kills, limit, recommended_bytes=rec)
+        elif given is None or not limit or given[0] != limit:
+            out[cid] = OomCase("owner", kills, limit, recommended_bytes=rec)
+        elif rules.oom_loop(times, tick.now, since_s=given[1]):
+            # Killed again under the limit placement gave (or raised last): raise it. The
+            # working set's peak is what the history holds of the runs that were killed.
+            peak = tick.history.percentile(cid, 100.0) if tick.history is not None else None
+            ws = max(int(peak or 0), working_set_of(c))
+            out[cid] = OomCase("raise", kills, limit,
+                               rules.oom_raise_bytes(limit, ws, rec, headroom), rec)
+    return out
+
+
+def admission_candidates(tick: Tick, oom: dict[str, OomCase] | None = None,
+                         released: set[str] | frozenset[str] = frozenset()
+                         ) -> tuple[list[Candidate], dict[str, str]]:
+    """Per live managed container what it asks its pool for (already raised to its floor)
+    and the least it may be given: its class minimum and, running, its working set plus
+    headroom (``rules.memory_floor_bytes``). A container in an OOM loop under a limit
+    placement gave asks for the raise and takes nothing less (restarting included: Docker
+    keeps the new limit for its next start); one whose limit placement removed asks for
+    nothing (its memory is left alone)."""
+    cfg = tick.cfg
+    headroom = cfg.settings.history.headroom
+    oom = oom or {}
     out, sources = [], {}
     for c in tick.snapshot.containers:
         if not c.managed or c.info.state not in LIVE_STATES:
@@ -298,7 +364,19 @@ def admission_candidates(tick: Tick) -> tuple[list[Candidate], dict[str, str]]:
         cls = cfg.classes.get(c.class_name)
         if cls is None:
             continue
-        wanted, source = wanted_limit(c, cls, cfg, tick.overrides.get(c.info.id, {}), tick.history)
+        case = oom.get(c.info.id)
+        if case is not None and case.kind == "raise":
+            out.append(Candidate(id=c.info.id, name=c.info.name, pool=cls.pool,
+                                 wanted_bytes=case.raise_bytes, floor_bytes=case.raise_bytes,
+                                 current_bytes=c.info.memory_limit_bytes, changeable=True,
+                                 started_at=c.info.started_at))
+            sources[c.info.id] = SOURCE_OOM_RAISE
+            continue
+        if c.info.id in released:
+            sources[c.info.id] = SOURCE_OOM_REMOVED
+            continue
+        wanted, source = wanted_limit(c, cls, cfg, tick.overrides.get(c.info.id, {}), tick.history,
+                                     tick.now)
         running = c.info.state == "running"
         floor = rules.memory_floor_bytes(working_set_of(c) if running else 0, headroom)
         out.append(Candidate(id=c.info.id, name=c.info.name, pool=cls.pool, wanted_bytes=wanted,
@@ -352,7 +430,8 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
     ``manage.admission = "strict"``, a "stop") for a container over budget."""
     mem = memory or PlacementMemory()
     cfg = tick.cfg
-    candidates, sources = admission_candidates(tick)
+    oom = oom_cases(tick, mem)
+    candidates, sources = admission_candidates(tick, oom, mem.released)
     admissions = admit_all({p.name: p.budget_bytes for p in cfg.pools.values()}, candidates)
     places: list[Action] = []
     others: list[Action] = []
@@ -368,11 +447,20 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
         cls = cfg.classes[c.class_name]
         adm = admissions.get(cid)
         stopping = False  # strict admission stops it: no update before the stop
+        case = oom.get(cid)
+        raising = case is not None and case.kind == "raise"
+        others += oom_alerts(c, case, adm, tick, mem)
+        if raising and adm is not None and adm.verdict == OVER_BUDGET:
+            # No room for the raise: the limit placement gave is removed rather than kept
+            # killing the container (oom_alerts says so).
+            if c.info.state in ("running", "restarting"):
+                places.append(oom_removal(c, cls, cfg, tick, case))
+            continue
         if adm is not None and adm.verdict == OVER_BUDGET:
             acts = over_budget_actions(c, cls, adm, cfg, mem)
             others += acts
             stopping = any(a.kind == "stop" for a in acts)
-        if c.info.state != "running":
+        if c.info.state != "running" and not (raising and c.info.state == "restarting"):
             continue  # paused / restarting: Docker's values are changed when it runs again
         d = desired_resources(c, cfg, override=tick.overrides.get(cid, {}), admission=adm,
                               limit_source=sources[cid])
@@ -381,7 +469,7 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
         if not kw:
             continue
         pending[cid] = kw
-        if not (tick.reconcile or cid in events) or stopping:
+        if not (tick.reconcile or cid in events or raising) or stopping:
             continue
         if cid not in events and tick.now < mem.retry_at.get(cid, 0.0):
             continue
@@ -390,12 +478,72 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
         if d.admission and d.admission != FITS:
             why += f", {d.admission}"
         why += "): " + describe_changes(c.info, kw)
+        if raising:
+            why += (f"; OOM-killed {case.kills} times in the last "
+                    f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min under the limit the supervisor gave")
         places.append(Action("place", cid, c.info.name, why, "placement",
                              {"class": cls.name, **d.to_params(), "fields": sorted(kw),
+                              "oom": raising,
                               # The executor re-checks the floor against a fresh read; this
                               # is what it falls back on when the cgroup cannot be read.
                               "working_set_bytes": working_set_of(c)}))
     return PlacementPlan(tuple(places + others), desired, admissions, pending, names)
+
+
+# ---------------------------------------------------------------- OOM loops
+
+
+def oom_removal(c: ContainerSample, cls: ClassConfig, cfg: Config, tick: Tick,
+                case: OomCase) -> Action:
+    """The "place" action that removes a limit placement gave, for a container in an OOM
+    loop whose pool has no room for a raise. Docker refuses to clear a memory limit
+    ("Minimum memory limit allowed is 6MB" for -1), so the limit (and the swap limit, which
+    may not be below it) becomes the host's memory: no limit in effect."""
+    host_bytes = rules.round_up_bytes(tick.snapshot.host.memory_total_bytes)
+    d = Desired(class_cpuset(cls, cfg), rules.effective_cpu_cores(
+                    {"class": cls.cpu_quota_cores,
+                     "override": tick.overrides.get(c.info.id, {}).get("cpu_quota_cores")}),
+                host_bytes, c.info.memory_reservation_bytes, host_bytes,
+                SOURCE_OOM_REMOVED, OVER_BUDGET)
+    kw = update_kwargs(c.info, d)
+    return Action("place", c.info.id, c.info.name,
+                  f"remove the memory limit the supervisor gave ({fmt_mem(case.limit_bytes)}): "
+                  f"OOM-killed {case.kills} times in the last "
+                  f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min and pool {cls.pool} has no room "
+                  f"for {format_bytes(case.raise_bytes)}; " + describe_changes(c.info, kw),
+                  "placement", {"class": cls.name, **d.to_params(), "fields": sorted(kw),
+                                "oom": True, "working_set_bytes": working_set_of(c)})
+
+
+def oom_alerts(c: ContainerSample, case: OomCase | None, adm: Admission | None, tick: Tick,
+               mem: PlacementMemory) -> list[Action]:
+    """Placement's word on an OOM loop, once per episode (and again when it is killed
+    more often): what it does about the limit, or why it does nothing."""
+    said = mem.oom_alerted.get(c.info.id, 0)
+    if case is None or (said and case.kills < 2 * said):
+        return []  # said already; said again when the kills have doubled
+    window = f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min"
+    head = (f"OOM loop: {c.info.name} was OOM-killed {case.kills} times in the last {window} "
+            f"(restarts: {c.info.restart_count})")
+    rec = (f"; recommended limit {format_bytes(case.recommended_bytes)}"
+           if case.recommended_bytes else "")
+    if case.kind == "owner":
+        text = (f"{head} under a memory limit of {fmt_mem(case.limit_bytes)} its owner set: "
+                f"not raised (the supervisor raises only limits it gave itself){rec}")
+    elif case.kind == "released":
+        text = (f"{head}; the supervisor removed the limit it gave before: nothing more "
+                "it can do")
+    elif adm is not None and adm.verdict == OVER_BUDGET:
+        text = (f"{head} under the limit of {fmt_mem(case.limit_bytes)} the supervisor gave; "
+                f"pool {adm.pool} has {format_bytes(adm.room_bytes)} left, not the "
+                f"{format_bytes(case.raise_bytes)} a raise needs: the supervisor removes its "
+                "limit (the container now runs outside its pool's budget)")
+    else:
+        text = (f"{head} under the limit of {fmt_mem(case.limit_bytes)} the supervisor gave: "
+                f"raised to {format_bytes(case.raise_bytes)}{rec}")
+    return [Action("alert", c.info.id, c.info.name, text, "placement",
+                   {"oom": case.kind, "kills": case.kills, "limit_bytes": case.limit_bytes,
+                    "raise_bytes": case.raise_bytes})]
 
 
 # ---------------------------------------------------------------- recommendations

@@ -168,6 +168,17 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
     health = _gauge("container_health", "Always 1; the label health is the container's health: "
                     + ", ".join(HEALTH_STATES) + " (none: no health check; hibernated: held "
                     "by the supervisor, which Docker reports as unhealthy)", L + ["health"])
+    # OOM restart loops (issue 14): Docker's kill history per container, which a restart's
+    # new cgroup does not reset (the cgroup counters do).
+    oom_kills = _gauge("container_oom_kills_recent",
+                       f"OOM kills of the container in the last "
+                       f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min (Docker's oom/die events, "
+                       "State.OOMKilled)", L)
+    oom_loop = _gauge("container_oom_loop",
+                      f"1 when the container was OOM-killed {rules.OOM_LOOP_KILLS} times or "
+                      f"more in the last {rules.OOM_LOOP_WINDOW_S / 60:.0f} min", L)
+    restarts = _gauge("container_restart_count", "Docker's RestartCount of the container", L)
+    now_s = tick.snapshot.time_s
     # One label dict per container, shared by its samples (not add_metric's dict per
     # sample): ~1300 samples for 110 containers, and the writer escapes each dict once.
     for c in tick.snapshot.containers:
@@ -175,6 +186,10 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
         lv = {"name": label_value(info.name), "id": info.short_id,
               "class": label_value(c.class_name), "pool": label_value(pool_of(c, cfg))}
         _add(managed, lv, 1.0 if c.managed else 0.0)
+        _add(restarts, lv, info.restart_count)
+        kills = rules.oom_kills_within(info.oom_kill_times_s, now_s)
+        _add(oom_kills, lv, kills)
+        _add(oom_loop, lv, 1.0 if kills >= rules.OOM_LOOP_KILLS else 0.0)
         _add(state, {**lv, "state": "hibernated" if info.id in hibernated
                      else label_value(info.state)}, 1.0)
         _add(health, {**lv, "health": health_label(info, info.id in hibernated)}, 1.0)
@@ -193,7 +208,8 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
         if c.net is not None:
             _add(rx, lv, c.net.rx_bytes)
             _add(tx, lv, c.net.tx_bytes)
-    yield from (managed, state, health, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx)
+    yield from (managed, state, health, cpuset, limit, reservation, wss, usage, cpu, thr, rx, tx,
+                oom_kills, oom_loop, restarts)
 
 
 def pool_families(tick: "Pass") -> Iterator[Metric]:

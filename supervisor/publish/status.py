@@ -9,6 +9,7 @@ from typing import Any
 
 from supervisor import __version__
 from supervisor.model.classify import describe_class
+from supervisor.model import rules
 from supervisor.publish.report import Report
 
 
@@ -110,6 +111,18 @@ def unlimited_no_room(pools: dict[str, dict[str, Any]], rows: list[dict[str, Any
     return out
 
 
+def oom_summary(rows: list[dict[str, Any]], sections: Any) -> dict[str, Any]:
+    """OOM restart loops (managed containers OOM-killed ``rules.OOM_LOOP_KILLS`` times
+    within ``rules.OOM_LOOP_WINDOW_S``) and the containers whose own limit placement
+    removed to end one: either makes `supctl status` exit 3."""
+    placement = sections.get("placement") if hasattr(sections, "get") else None
+    oom = placement.get("oom") if isinstance(placement, dict) else None
+    released = oom.get("released") if isinstance(oom, dict) else None
+    return {"window_s": rules.OOM_LOOP_WINDOW_S, "kills": rules.OOM_LOOP_KILLS,
+            "loops": sorted(r["name"] for r in rows if r.get("oom_loop")),
+            "limit_removed": sorted({n for names in (released or {}).values() for n in names})}
+
+
 def build_health(source: Any) -> dict[str, Any]:
     """GET /health (metrics server and control API): loop and engine, from the report."""
     r = report_of(source)
@@ -175,10 +188,14 @@ def build_status(source: Any) -> dict[str, Any]:
         row["idle_s"] = hib.get("idle_s")
         row["hibernated"] = bool(hib.get("hibernated"))
         row["health"] = health_label(c.info, row["hibernated"])
+        row["restart_count"] = c.info.restart_count
+        row["oom_kills_recent"] = rules.oom_kills_within(c.info.oom_kill_times_s, snap.time_s)
+        row["oom_loop"] = c.managed and row["oom_kills_recent"] >= rules.OOM_LOOP_KILLS
     for pool, names in unlimited_no_room(pools, rows, sections).items():
         pools[pool]["unlimited_no_room"] = names
     for name, section in sections.items():
         if section is not None:
             out[name] = section
+    out["oom"] = oom_summary(rows, sections)
     out["actions"] = [a.to_dict() for a in r.recent_actions]
     return out

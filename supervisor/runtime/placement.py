@@ -22,9 +22,16 @@ from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.params import Param
 from supervisor.model.pools import OVER_BUDGET, SHRUNK
 from supervisor.model.snapshot import LIVE_STATES
-from supervisor.policy.placement import (Desired, PlacementMemory, PlacementPlan, place_key,
-                                         plan_placement, recommendations, update_kwargs)
+from supervisor.policy.placement import (SOURCE_OOM_REMOVED, Desired, PlacementMemory,
+                                         PlacementPlan, oom_cases, place_key, plan_placement,
+                                         recommendations, update_kwargs)
 from supervisor.policy.tick import Tick
+
+# Durable memory (the journal's state table): the limits placement gave, per container
+# (so a restarted daemon still knows which limits are its own to raise after OOM kills),
+# and the containers whose own limit it removed.
+GIVEN_PREFIX = "placement/given/"
+RELEASED_PREFIX = "placement/released/"
 
 # A failed update is retried on reconcile passes, backing off up to this long.
 RETRY_MAX_S = 300.0
@@ -59,7 +66,26 @@ def plan_status(p: PlacementPlan, tick: Tick, memory: PlacementMemory,
     return {"admission_policy": tick.cfg.settings.manage.admission,
             "swap_limit_supported": memory.swap_limit_supported,
             "counts": dict(counts), "pending": len(p.pending),
-            "pools": pools, "containers": rows}
+            "pools": pools, "containers": rows, "oom": oom_status(tick, memory)}
+
+
+def oom_status(tick: Tick, memory: PlacementMemory) -> dict[str, Any]:
+    """Containers in an OOM loop and what placement does about each (raise, owner's limit:
+    alert only, limit removed), and the containers whose own limit it removed, by pool."""
+    loops = {}
+    names = {c.info.id: c.info.name for c in tick.snapshot.containers}
+    for cid, case in oom_cases(tick, memory).items():
+        loops[names.get(cid, cid[:12])] = {
+            "id": cid[:12], "kills": case.kills, "handling": case.kind,
+            "limit_bytes": case.limit_bytes, "raise_bytes": case.raise_bytes or None,
+            "recommended_bytes": case.recommended_bytes}
+    released: dict[str, list[str]] = {}
+    for c in tick.snapshot.containers:
+        cls = tick.cfg.classes.get(c.class_name)
+        if c.info.id in memory.released and cls is not None:
+            released.setdefault(cls.pool, []).append(c.info.name)
+    return {"loops": loops, "released": {k: sorted(v) for k, v in released.items()},
+            "given": len(memory.given)}
 
 
 def plan_metrics(p: PlacementPlan, tick: Tick, counts: Counter) -> Iterable[Any]:
@@ -107,6 +133,7 @@ class Placement(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.memory = PlacementMemory()
+        self._load_given()
         self.counts: Counter[str] = Counter()
         self.last_plan: PlacementPlan | None = None
         self.last_tick: Tick | None = None
@@ -139,6 +166,46 @@ class Placement(Component):
         self.limits_given[cid] = row
         self.ctx.journal.put_state(GIVEN_STATE_PREFIX + cid, row)
 
+    def _load_given(self) -> None:
+        j = getattr(self.ctx, "journal", None)
+        if j is None:
+            return
+        for key, v in j.states(GIVEN_PREFIX).items():
+            try:
+                self.memory.given[key[len(GIVEN_PREFIX):]] = (int(v[0]), float(v[1]))
+            except (TypeError, ValueError, IndexError):
+                continue
+        self.memory.released.update(k[len(RELEASED_PREFIX):] for k in j.states(RELEASED_PREFIX))
+
+    def _remember_given(self, cid: str, limit_bytes: int, at_s: float) -> None:
+        m = self.memory
+        if limit_bytes <= 0 or m.given.get(cid, (0,))[0] == limit_bytes:
+            return
+        m.given[cid] = (limit_bytes, at_s)
+        self.ctx.journal.put_state(GIVEN_PREFIX + cid, [limit_bytes, at_s])
+
+    def _forget_given(self, cid: str) -> None:
+        if self.memory.given.pop(cid, None) is not None:
+            self.ctx.journal.del_state(GIVEN_PREFIX + cid)
+        if cid in self.memory.released:
+            self.memory.released.discard(cid)
+            self.ctx.journal.del_state(RELEASED_PREFIX + cid)
+
+    def _observe_given(self, a: Action, r: ActionResult, tick: Tick) -> None:
+        """After a "place" that wrote a memory limit: that limit is placement's own (or,
+        after an OOM removal, the container's memory is no longer placement's to set)."""
+        if r.dry_run or not r.ok or r.skipped or "mem_limit" not in a.params.get("fields", ()):
+            return
+        limit = int((r.after or {}).get("memory_limit_bytes") or 0)
+        if a.params.get("limit_source") == SOURCE_OOM_REMOVED:
+            self._forget_given(a.target)
+            self.memory.released.add(a.target)
+            self.ctx.journal.put_state(RELEASED_PREFIX + a.target, [limit, tick.now])
+        elif limit and limit == a.params.get("memory_limit_bytes") and \
+                limit != (r.before or {}).get("memory_limit_bytes"):
+            # A new limit, not the owner's re-written with a reservation next to it.
+            self._remember_given(a.target, limit, tick.now)
+
     def plan(self, tick: Tick) -> list[Action]:
         # Published in observe(), as the ladder does: a plan nobody executes (GET /plan,
         # planned on a changed copy of the tick) must not show in status or /metrics.
@@ -166,6 +233,7 @@ class Placement(Component):
         for r in results:
             a = r.action
             if a.kind == "place":
+                self._observe_given(a, r, tick)
                 if r.dry_run:
                     d = Desired.from_params(a.params)
                     c = next((x for x in tick.snapshot.containers if x.info.id == a.target), None)
@@ -187,6 +255,10 @@ class Placement(Component):
                     m.failures[a.target] += 1
                     m.retry_at[a.target] = tick.now + min(
                         RETRY_MAX_S, tick.cfg.reconcile_s * 2 ** m.failures[a.target])
+            elif a.kind == "alert" and a.source == "placement" and a.params.get("oom"):
+                if not r.skipped:
+                    m.oom_alerted[a.target] = int(a.params.get("kills") or 0)
+                    self.counts["oom_alerts"] += 1
             elif a.kind == "alert" and a.source == "pools":
                 m.alerted.add(a.target)
                 self.counts["over_budget_alerts"] += 1
@@ -204,6 +276,12 @@ class Placement(Component):
         m.alerted &= over
         m.stop_sent &= over
         m.placed &= live
+        looping = set(oom_cases(tick, m)) if m.oom_alerted else set()
+        for cid in set(m.oom_alerted) - looping:
+            m.oom_alerted.pop(cid, None)  # the loop ended: a new one is alerted anew
+        if tick.snapshot.engine_up:
+            for cid in (set(m.given) | m.released) - live:
+                self._forget_given(cid)
         for d in (m.dry_reported, m.retry_at, m.failures):
             for cid in set(d) - live:
                 d.pop(cid, None)
