@@ -115,7 +115,7 @@ def _class_for(spec: ServiceSpec, cfg: Config) -> tuple[str, str]:
     info = ContainerInfo(id="", name=spec.name, image=spec.image, labels=spec.labels,
                          state="created", pid=0)
     name, reason = classify(info, cfg)
-    if reason in ("label", "name", "image"):
+    if reason in ("label", "name", "service", "image", "repository"):
         return name, reason
     ports = [p for p, _ in spec.host_ports if p is not None]
     if ports:
@@ -310,6 +310,11 @@ def spec_from_container(info: ContainerInfo, given: dict[str, int] | None = None
         host_ports=[(hp, f"{hip + ':' if hip else ''}{hp}->{cp}") for cp, hip, hp in info.ports if hp],
         restart=info.restart_policy, restart_count_known=False, user=info.user, env=env,
         cpu_limit_cores=info.cpu_limit_cores, cgroup_parent=info.cgroup_parent)
+    if info.has_healthcheck:
+        # Rule 2.2's interval and timeout as inspect gives them (0: not set, Docker's
+        # default); retries and start period are not on the container record: not judged.
+        spec.healthcheck_values = {"interval": info.healthcheck_interval_s or None,
+                                   "timeout": info.healthcheck_timeout_s or None}
     if given and given.get("given_bytes") and info.memory_limit_bytes == given["given_bytes"]:
         spec.limit_given_bytes = int(given["given_bytes"])
         spec.declared_limit_bytes = int(given.get("declared_bytes") or 0)

@@ -162,13 +162,30 @@ def test_running_container_audit(cfg):
     good = ContainerInfo(id="e" * 64, name="web", image="busybox", labels={}, state="running",
                          pid=1, memory_limit_bytes=512 * MIB, memory_reservation_bytes=256 * MIB,
                          ports=(("10250/tcp", "127.0.0.1", 10250),), restart_policy="on-failure",
-                         user="1000", has_healthcheck=True,
-                         cgroup_parent="/resource-supervisor/standard")
+                         user="1000", has_healthcheck=True, healthcheck_interval_s=30.0,
+                         healthcheck_timeout_s=10.0, cgroup_parent="/resource-supervisor/standard")
     assert audit_container(good, cfg) == []
     outside = ContainerInfo(id="d" * 64, name="web", image="busybox", labels={}, state="running",
                             pid=1, memory_limit_bytes=512 * MIB, memory_reservation_bytes=256 * MIB,
-                            user="1000", has_healthcheck=True, cgroup_parent="")
+                            user="1000", has_healthcheck=True, healthcheck_interval_s=30.0,
+                            healthcheck_timeout_s=10.0, cgroup_parent="")
     assert [(f.rule, f.severity) for f in audit_container(outside, cfg)] == [("1.3", "low")]
+
+
+def test_a_running_containers_health_check_is_judged_by_rule_2_2(cfg):
+    """Interval and timeout as inspect gives them; Docker's defaults where unset."""
+    def info(interval_s, timeout_s):
+        return ContainerInfo(id="f" * 64, name="web", image="busybox", labels={},
+                             state="running", pid=1, memory_limit_bytes=512 * MIB,
+                             memory_reservation_bytes=256 * MIB, restart_policy="on-failure",
+                             user="1000", has_healthcheck=True, healthcheck_interval_s=interval_s,
+                             healthcheck_timeout_s=timeout_s,
+                             cgroup_parent="/resource-supervisor/standard")
+    assert audit_container(info(30.0, 10.0), cfg) == []
+    slow = [f for f in audit_container(info(120.0, 0.0), cfg) if f.rule == "2.2"]
+    assert sorted(f.message for f in slow) == [
+        "health check interval 120s: Rule 2.2 says 30s",
+        "health check timeout not set (Docker's default 30s): Rule 2.2 says 10s"]
 
 
 def test_a_limit_the_supervisor_gave_is_a_mitigation_not_compliance(cfg):
@@ -176,7 +193,8 @@ def test_a_limit_the_supervisor_gave_is_a_mitigation_not_compliance(cfg):
         return ContainerInfo(id="c" * 64, name="redis", image="lab/redis", labels={},
                              state="running", pid=1, memory_limit_bytes=limit,
                              memory_reservation_bytes=reservation, restart_policy="on-failure",
-                             user="1000", has_healthcheck=True,
+                             user="1000", has_healthcheck=True, healthcheck_interval_s=30.0,
+                             healthcheck_timeout_s=10.0,
                              cgroup_parent="/resource-supervisor/infrastructure")
     given = {"given_bytes": 256 * MIB, "declared_bytes": 0}
     findings = audit_container(info(256 * MIB, 128 * MIB), cfg, given)
