@@ -177,7 +177,7 @@ def container_families(tick: "Pass", hibernated: Iterable[str] = frozenset()) ->
     oom_loop = _gauge("container_oom_loop",
                       f"1 when the container was OOM-killed {rules.OOM_LOOP_KILLS} times or "
                       f"more in the last {rules.OOM_LOOP_WINDOW_S / 60:.0f} min", L)
-    restarts = _gauge("container_restart_count", "Docker's RestartCount of the container", L)
+    restarts = _gauge("container_restarts", "Docker's RestartCount of the container", L)
     now_s = tick.snapshot.time_s
     # One label dict per container, shared by its samples (not add_metric's dict per
     # sample): ~1300 samples for 110 containers, and the writer escapes each dict once.

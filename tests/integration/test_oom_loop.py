@@ -113,7 +113,7 @@ def test_a_loop_under_the_limit_the_supervisor_gave_is_alerted_at_once_and_raise
         assert metric_value(body, "resource_supervisor_breaches_active", 'kind="oom"') == 1
         assert of(body, "resource_supervisor_container_oom_loop", c) == 1
         assert of(body, "resource_supervisor_container_oom_kills_recent", c) >= 2
-        assert of(body, "resource_supervisor_container_restart_count", c) == n
+        assert of(body, "resource_supervisor_container_restarts", c) == n
 
 
 def test_without_room_for_a_raise_the_supervisor_removes_its_limit_and_the_loop_ends(

@@ -304,7 +304,9 @@ def test_status_agrees_with_docker_inspect_renders_and_journal_follows(make_conf
         assert lines[pool_head + 1].split()[:2] == ["infrastructure", "2.0GiB"]
         row_a = next(ln for ln in lines if ln.startswith(a.name)).split()
         assert row_a[1:3] == ["standard", "running"]
-        assert row_a[4].endswith("/48.0MiB") and rows[a.id[:12]]["cpuset"] == row_a[3]
+        # CONTAINER CLASS STATE CPUSET HEALTH MEM...: no health check here
+        assert row_a[4] == "none" and row_a[5].endswith("/48.0MiB")
+        assert rows[a.id[:12]]["cpuset"] == row_a[3]
         row_b = next(ln for ln in lines if ln.startswith(b.name)).split()
         assert row_b[1:4] == ["infrastructure", "running", "0"]
         assert any(ln.startswith(f"{u.name} (unmanaged)") for ln in lines)
