@@ -201,6 +201,12 @@ class Hibernation(Component):
         rec = self.store.get(cid)
         if rec is None or self.waker.is_waking(cid):
             return
+        # The event stream starts a little in the past (inventory: since = start - 1 s), so
+        # a restarted daemon also hears the unpause of a wake that came before this
+        # hibernation: an event older than the record is not about it.
+        at_s = (ev.get("timeNano") or 0) / 1e9 or float(ev.get("time") or 0)
+        if at_s and at_s <= rec.since_s:
+            return
         ours_gone = False
         if action == "destroy":
             ours_gone, why = True, "removed"

@@ -474,3 +474,20 @@ def test_health_is_shown_as_hibernated_not_as_dockers_paused_unhealthy():
     assert health_label(c.info, hibernated=False) == "unhealthy"  # paused by somebody else
     assert health_label(_with_health(container("x"), "").info, False) == "starting"
     assert health_label(container("plain").info, True) == "none"
+
+
+def test_an_event_older_than_the_hibernation_does_not_forget_it(tmp_path):
+    """A restarted daemon's event stream begins a second in the past, so it replays the
+    unpause of the wake before this hibernation: that must not count as somebody else
+    waking the container (found by the crash-safety test under load)."""
+    from supervisor.adapters.journal import Journal
+    from supervisor.policy.hibernation import PAUSED, Record
+    hib, _ = component_on(tmp_path, "cgroup_v2", "proc_v2")
+    hib.store.journal = Journal(str(tmp_path / "j.sqlite3"), 1000)
+    rec = Record(id=V2_ID, name="web", mode="pause", since_s=1000.0, phase=PAUSED)
+    hib.store.put(rec)
+    hib._on_event("unpause", V2_ID, {"timeNano": int(999.5e9)})  # the earlier wake's
+    assert V2_ID in hib.store.ids()
+    hib._on_event("unpause", V2_ID, {"timeNano": int(1000.5e9)})  # somebody else, now
+    assert V2_ID not in hib.store.ids()
+    hib.store.journal.close()
