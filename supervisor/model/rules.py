@@ -262,6 +262,8 @@ def oom_kills_within(kill_times_s: "tuple[float, ...] | list[float]", now_s: flo
                      window_s: float = OOM_LOOP_WINDOW_S, since_s: float = float("-inf")) -> int:
     """How many of a container's OOM kills fall within the window before ``now_s`` (and
     after ``since_s``: e.g. only those under the limit it holds since then)."""
+    if not kill_times_s:
+        return 0  # the common case, asked of every container every pass
     cut = max(now_s - window_s, since_s)
     return sum(1 for t in kill_times_s if cut < t <= now_s + 1.0)
 

@@ -89,6 +89,10 @@ class OllamaGovernor(Component):
     which only ``observe`` replaces (``plan`` and ``overrides`` change nothing, so
     ``GET /plan`` leaves no trace); the executors live in ``act.ollama``."""
 
+    # The containers matched as Ollama, kept for the snapshot they came from (a memo that
+    # never feeds a decision of its own): the only attribute planning writes.
+    plan_memo = ("_targets_memo",)
+
     name = "ollama"
 
     def __init__(self, ctx: Context, host: HostOllama | None = None):
@@ -116,6 +120,7 @@ class OllamaGovernor(Component):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._recover_pending = False  # set by start(): the loop finishes old recreates
+        self._targets_memo: tuple | None = None  # (snapshot, config, its container targets)
 
     # ------------------------------------------------------------ polling (thread)
 
@@ -187,8 +192,12 @@ class OllamaGovernor(Component):
         with self._lock:
             procs = list(self._host_procs)
         # A host "process" that is really a container's (its cgroup named a container we
-        # know) was already left out by the scan; containers come from the snapshot.
-        return container_targets(tick, s) + [host_target(p, s) for p in procs]
+        # know) was already left out by the scan; containers come from the snapshot, and
+        # are matched once per snapshot (overrides, plan and observe each ask).
+        memo = self._targets_memo
+        if memo is None or memo[0] is not tick.snapshot or memo[1] is not tick.cfg:
+            memo = self._targets_memo = (tick.snapshot, tick.cfg, container_targets(tick, s))
+        return memo[2] + [host_target(p, s) for p in procs]
 
     def _pass(self, tick: Tick) -> Pass:
         """This tick folded into the governor's memory, changing nothing."""
