@@ -570,3 +570,16 @@ def test_every_alert_has_summary_description_severity_and_a_test():
         assert len(r["annotations"]["summary"]) > 10, r["alert"]
         assert len(r["annotations"]["description"]) > 60, r["alert"]
         assert f"alertname: {r['alert']}\n" in tests, f"no promtool test for {r['alert']}"
+
+
+def test_own_figures_are_read_at_most_every_few_seconds():
+    """/proc/self/stat is re-read every ``every_s``; the passes between use the last one."""
+    now = [100.0]
+    me = ProcSelf(clock=lambda: now[0], every_s=5.0)
+    first = me.read()
+    assert first is not None and first.rss_bytes > 0
+    now[0] += 4.9
+    assert me.read() is first
+    now[0] += 0.2
+    again = me.read()
+    assert again is not None and again is not first
