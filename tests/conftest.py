@@ -226,3 +226,18 @@ def metric_value(body: str, name: str, labels: str = "") -> float | None:
         if line.startswith(want + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def remove_test_cgroup(parent: str) -> None:
+    """Remove a parent cgroup a test made (in every hierarchy), once the engine has removed
+    its containers' cgroups under it (a moment after they die); fails if it stays."""
+    from supervisor.adapters.cgroups import CgroupFS
+    from supervisor.model.errors import CgroupError
+    fs = CgroupFS()
+    for _ in range(50):
+        try:
+            fs.remove_group(f"/{parent}")
+            break
+        except CgroupError:
+            time.sleep(0.1)
+    assert not fs.group_exists(f"/{parent}")

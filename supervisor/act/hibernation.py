@@ -167,13 +167,9 @@ class HibernateExecutor:
             return Outcome(ok=False, detail=f"unknown hibernation mode {mode!r}")
         force = bool(action.params.get("force"))
         owned = self.owned_sockets(info)
-        try:
-            sockets = list_tcp(self.worker, info.pid)
-        except NetnsGone:
-            return Outcome(ok=False, skipped=True, detail="container stopped meanwhile")
-        except NetdiagError as e:
-            self.counts["socket_check_errors"] += 1
-            return Outcome(ok=False, detail=f"cannot check its connections, not hibernated: {e}")
+        sockets, failed = self._read_sockets("connections", lambda: list_tcp(self.worker, info.pid))
+        if failed is not None:
+            return failed
         if not force:
             # No stream may have moved data while the planner judged it idle: the class's
             # idle_after, or the ladder's shorter idle time under a breach.
@@ -252,19 +248,26 @@ class HibernateExecutor:
             pids = [info.pid]
         return socket_inodes(self.ctx.proc, pids)
 
+    def _read_sockets(self, what: str, read: Callable[[], list]) -> tuple[list, Outcome | None]:
+        """The container's sockets, or why it is not hibernated now: gone meanwhile
+        (skipped), or unreadable (failed and counted)."""
+        try:
+            return read(), None
+        except NetnsGone:
+            return [], Outcome(ok=False, skipped=True, detail="container stopped meanwhile")
+        except NetdiagError as e:
+            self.counts["socket_check_errors"] += 1
+            return [], Outcome(ok=False, detail=f"cannot check its {what}, not hibernated: {e}")
+
     def udp_refusal(self, info: ContainerInfo, owned: frozenset[int] | None) -> Outcome | None:
         """A paused UDP service would never wake: a datagram opens no connection for the
         watcher to see, it only waits (or is dropped) in the socket's queue. Such a
         container is not paused (stop mode, woken on request, or force are the operator's
         choice); its idle timer starts over, so it is tried again after idle_after."""
-        try:
-            udp = [u for u in udp_services(self.ctx.proc, info.pid)
-                   if owned is None or u.inode in owned]
-        except NetnsGone:
-            return Outcome(ok=False, skipped=True, detail="container stopped meanwhile")
-        except NetdiagError as e:
-            self.counts["socket_check_errors"] += 1
-            return Outcome(ok=False, detail=f"cannot check its UDP sockets, not hibernated: {e}")
+        found, failed = self._read_sockets("UDP sockets", lambda: udp_services(self.ctx.proc, info.pid))
+        if failed is not None:
+            return failed
+        udp = [u for u in found if owned is None or u.inode in owned]
         if not udp:
             return None
         listening = ", ".join(u.describe() for u in udp[:4]) + (" ..." if len(udp) > 4 else "")

@@ -12,12 +12,11 @@ import uuid
 
 import pytest
 
-from conftest import RUN_ID, class_table, wait_for
+from conftest import RUN_ID, class_table, remove_test_cgroup, wait_for
 
 from ._procs import daemon_stepped, daemon_thread
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.adapters.engine import Engine
-from supervisor.model.errors import CgroupError
 from supervisor.publish.control import request
 from supervisor.publish.status import build_status
 
@@ -388,13 +387,7 @@ def narrow_parent(containers):
     fs.write(f"{loc.dir('cpuset')}/cpuset.cpus", "0")
     yield parent
     containers.cleanup()
-    for _ in range(50):
-        try:
-            fs.remove_group(f"/{parent}")
-            break
-        except CgroupError:
-            time.sleep(0.1)  # the engine removes a dead container's cgroup a moment later
-    assert not fs.group_exists(f"/{parent}")
+    remove_test_cgroup(parent)
 
 
 @pytest.mark.parametrize("finish", ["early", "late"])

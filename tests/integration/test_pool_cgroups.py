@@ -2,14 +2,12 @@
 parent cgroup per pool with the budget as its memory limit, follows a reload, and two
 containers started under a 48 MiB pool cannot together take more than 48 MiB."""
 
-import time
 import uuid
 
 import pytest
 
-from conftest import RUN_ID, class_table, wait_for
+from conftest import RUN_ID, class_table, remove_test_cgroup, wait_for
 from supervisor.adapters.cgroups import CgroupFS
-from supervisor.model.errors import CgroupError
 from supervisor.publish.status import build_status
 
 from ._procs import daemon_stepped
@@ -23,14 +21,7 @@ def pool_parent(containers):
     parent = f"rs-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     yield parent
     containers.cleanup()  # their cgroups must be gone before the pools' can be removed
-    fs = CgroupFS()
-    for _ in range(50):
-        try:
-            fs.remove_group(f"/{parent}")
-            break
-        except CgroupError:
-            time.sleep(0.1)  # the engine removes a dead container's cgroup a moment later
-    assert not fs.group_exists(f"/{parent}")
+    remove_test_cgroup(parent)
 
 
 def config_data(parent, budget):
