@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from supervisor.model.classify import label_is_false, label_is_true
+from supervisor.model.classify import COMPOSE_SERVICE_LABEL, label_is_false, label_is_true
 from supervisor.policy.tick import Tick
 from supervisor.model.config import glob_match
 from supervisor.model.ollama import DEFAULT_PORT, HostProcess, LoadedModel, check_url
@@ -36,7 +36,10 @@ def match_container(labels: dict[str, str], image: str, name: str, s) -> str:
         return "label"
     if s.images and glob_match(s.images, image):
         return "image"
-    if s.names and glob_match(s.names, name):
+    # A compose container is named "<project>_ollama_1" (v1) or "<project>-ollama-1" (v2):
+    # the names glob also matches its service, as classification does (model/classify).
+    if s.names and (glob_match(s.names, name)
+                    or glob_match(s.names, labels.get(COMPOSE_SERVICE_LABEL, ""))):
         return "name"
     return ""
 

@@ -2,8 +2,8 @@
 OLLAMA_MAX_LOADED_MODELS=1 and at most 4 cores; left alone it ate the host's CPU.
 
 Found: containers by label (``supervisor.ollama=true``; ``false`` opts out), image glob
-(``ollama/ollama*``) or name glob; Ollama servers on the host by process name
-(``ollama_host``). Checked each pass: the environment Ollama reads at start
+(``ollama/ollama*``) or name glob (container or compose service); Ollama servers on the
+host by process name (``ollama_host``). Checked each pass: the environment Ollama reads at start
 (NUM_PARALLEL, MAX_LOADED_MODELS, MAX_QUEUE when configured), the CPU limit (a CFS quota
 of at most ``cpu_cores``) and the cpuset (the container's class). OLLAMA_CPU_LIMIT is
 not an Ollama variable: a compose file setting it caps nothing, and it is reported as

@@ -77,6 +77,10 @@ def test_ollama_is_recognised_by_label_image_or_name_and_a_false_label_opts_out(
     assert match_container({}, "ollama/ollama:0.5.1", "llm", S) == "image"
     assert match_container({}, "busybox", "ollama-gpu", S) == "name"
     assert match_container({}, "busybox", "postgres", S) == ""
+    # compose names the container after its project; the service name is what was written
+    compose = {"com.docker.compose.service": "ollama"}
+    assert match_container(compose, "busybox", "lab_ollama_1", S) == "name"
+    assert match_container({"com.docker.compose.service": "db"}, "busybox", "lab_db_1", S) == ""
     assert match_container({"supervisor.ollama": "false"}, "ollama/ollama", "ollama", S) == ""
 
 
