@@ -72,7 +72,11 @@ def supctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def status_json() -> dict:
-    return json.loads(supctl("status", "--json").stdout)
+    # (its exit code says how the host is: 3 a pool over budget, 6 a stalled loop...;
+    # the body is the same whatever it is)
+    p = supctl("status", "--json", check=False)
+    assert p.stdout.startswith("{"), p
+    return json.loads(p.stdout)
 
 
 def journal(*match: str, since_cursor: str | None = None) -> list[dict]:

@@ -105,14 +105,16 @@ def test_knobs_on_a_container_scope_survive_systemd_reapplying_them(containers):
     (a property change on the scope); Docker's own CPU quota too."""
     from supervisor.adapters.cgroups import CgroupFS
 
-    c = containers.run(nano_cpus=500_000_000)
+    # not managed: only this test writes their knobs (supervisor.managed=false)
+    unmanaged = {"supervisor.managed": "false"}
+    c = containers.run(nano_cpus=500_000_000, labels=unmanaged)
     scope = f"docker-{c.id}.scope"
     cg = cgroup_of_pid(c.attrs["State"]["Pid"])
     assert cg.name == scope
 
     # what systemd does to a value written behind its back (printed: the reason for
     # setting it through systemd)
-    other = containers.run()
+    other = containers.run(labels=unmanaged)
     ocg = cgroup_of_pid(other.attrs["State"]["Pid"])
     (ocg / "memory.high").write_text(str(48 * MIB))
     systemctl("daemon-reload")
