@@ -109,7 +109,10 @@ def unit_config() -> Iterator[Path]:
         d.unlink()
     if dropins:
         systemctl("daemon-reload")
-    systemctl("reset-failed", "resource-supervisor.service", check=False)
-    if changed or dropins or systemctl("is-active", "resource-supervisor", check=False).returncode:
+    active = systemctl("is-active", "resource-supervisor", check=False).returncode == 0
+    if dropins or not active:
+        systemctl("reset-failed", "resource-supervisor.service", check=False)
         systemctl("restart", "resource-supervisor.service")
+    elif changed:
+        systemctl("reload", "resource-supervisor.service")  # (a restart costs ~20 s under TCG)
     wait_active()
