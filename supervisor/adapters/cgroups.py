@@ -27,12 +27,27 @@ from supervisor.adapters.cgroup_files import (V1_CONTROLLERS, V1_UNLIMITED, Cgro
                                               wrap_os_error, write_knob)
 from supervisor.adapters.cgroup_groups import CgroupGroups, read_group, set_group_limit
 from supervisor.adapters.cgroup_stats import UsageFiles, read_stats, read_usage
+from supervisor.adapters.systemd_units import SystemdError, SystemdUnits, systemd_booted
 from supervisor.model.errors import CgroupError, CgroupNotFound
 from supervisor.model.snapshot import CgroupStats
 
 __all__ = ["CgroupFS", "CgroupLocation", "CgroupUsage", "Resident", "UsageFiles",
            "V1_CONTROLLERS", "V1_UNLIMITED", "parse_flat_keyed", "parse_pressure", "parse_proc_cgroup",
            "read_int", "read_text", "resident_of", "slice_path", "stat_value"]
+
+
+# Knobs the daemon writes itself on a container (Docker owns the rest) and the unit
+# property systemd keeps for each: under Docker's systemd driver the container's cgroup
+# is systemd's scope docker-<id>.scope, and systemd writes a unit's cgroup attributes
+# again from its own properties when it reloads or re-realizes the unit
+# (systemd.resource-control(5)); a value it does not know of would go back to "max".
+SCOPE_PROPERTIES = {"memory.high": "MemoryHigh"}
+
+
+def docker_scope(rel: str) -> str | None:
+    """The systemd scope a cgroup path is (``.../docker-<id>.scope``), else None."""
+    leaf = rel.rstrip("/").rsplit("/", 1)[-1]
+    return leaf if leaf.startswith("docker-") and leaf.endswith(".scope") else None
 
 
 def _below(root: str, rel: str) -> str:
@@ -43,10 +58,16 @@ def _below(root: str, rel: str) -> str:
 class CgroupFS:
     """Reads and writes cgroup files below ``root``; finds containers through ``proc``."""
 
-    def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc"):
+    def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc",
+                 units: SystemdUnits | None = None, systemd: bool | None = None):
         self.root = root
         self.proc = proc
         self.version = 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
+        # Knobs on systemd scopes are also set as unit properties (SCOPE_PROPERTIES) when
+        # systemd owns this tree: by default, the host's own v2 tree with systemd as PID 1.
+        if systemd is None:
+            systemd = self.version == 2 and root == "/sys/fs/cgroup" and systemd_booted()
+        self.units = (units or SystemdUnits()) if systemd else None
         self._v1_roots: dict[str, str] = {}
         self._unified_root: str | None = None
         if self.version == 1:
@@ -151,7 +172,23 @@ class CgroupFS:
 
     def write_file(self, loc: CgroupLocation, controller: str, name: str, value: str | int,
                    nonblock: bool = False) -> None:
+        """Write a knob. On a systemd scope whose knob systemd keeps as a property
+        (SCOPE_PROPERTIES), the same value is then set as the scope's runtime property,
+        so that a ``systemctl daemon-reload`` or a docker.service restart does not put
+        systemd's own value back (issue 16). The file is written first, by us, with the
+        caller's O_NONBLOCK: systemd's own write then finds usage already near the new
+        value and does not stall PID 1 reclaiming."""
         self.write(f"{loc.dir(controller)}/{name}", value, nonblock=nonblock)
+        prop = SCOPE_PROPERTIES.get(name)
+        scope = docker_scope(loc.rel) if prop and self.units is not None else None
+        if scope and self.units is not None and prop:
+            text = str(value).strip()
+            try:
+                self.units.set_properties(scope, {prop: "infinity" if text == "max" else text},
+                                          runtime=True)
+            except SystemdError as e:
+                raise CgroupError(loc.dir(controller), f"{name} written, but systemd will not "
+                                  f"keep it ({e})") from None
 
     def _write_may_refuse(self, path: str, value: str | int) -> bool:
         """Write a knob whose write the kernel may refuse for lack of reclaimable memory:

@@ -46,14 +46,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def journal_fields(record: logging.LogRecord, message: str) -> dict[str, str]:
+def journal_fields(record: logging.LogRecord, message: str) -> dict[str, str | int]:
     """Journal fields for one record. Journal field names are upper-case letters, digits
     and underscores and may not start with an underscore (systemd.journal-fields(7));
     an ``extra=`` key that cannot be made one is dropped rather than sent malformed."""
-    fields = {"MESSAGE": message, "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
+    fields: dict[str, str | int] = {"MESSAGE": message, "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
               "SYSLOG_IDENTIFIER": SERVICE, "LOGGER": record.name,
               "THREAD_NAME": record.threadName or "", "CODE_FILE": record.pathname,
-              "CODE_LINE": str(record.lineno), "CODE_FUNC": record.funcName}
+              # an int: systemd-python's send() formats CODE_LINE with {:d} and raises
+              # on a str, which lost every record (seen in the production-host lane)
+              "CODE_LINE": record.lineno, "CODE_FUNC": record.funcName}
     for k, v in extra_fields(record).items():
         name = re.sub(r"[^A-Z0-9_]", "_", k.upper()).lstrip("_")
         if name and name not in fields:

@@ -10,10 +10,13 @@ containers' own limits below it. On v1 the directory is made in every controller
 hierarchy, ``memory.limit_in_bytes`` = budget, and cpuset.cpus/mems are copied from
 the parent (an empty cpuset group takes no tasks).
 
-systemd driver (``pool_cgroups.parent`` ends in ".slice"): the tree belongs to systemd,
-so the daemon does not write it; each pool is a slice ``<parent stem>-<pool>.slice``
-with ``MemoryMax=<budget>`` (a unit file, or ``systemctl set-property``), and a service
-gives ``cgroup_parent: <parent stem>-<pool>.slice``. The status shows the names.
+systemd driver (``pool_cgroups.parent`` ends in ".slice", issue 16): the tree belongs to
+systemd, so the daemon never writes it; each pool is a slice ``<parent stem>-<pool>.slice``
+that the daemon creates and limits through systemd itself (adapters/systemd_units.py:
+``systemctl set-property <slice> MemoryMax=<budget>``, persistent, so the kernel holds
+the pool to its budget from boot on, even before the daemon's first pass; then
+``systemctl start <slice>``). A service gives ``cgroup_parent: <parent stem>-<pool>.slice``.
+The status shows the names and what systemd reports for each slice.
 
 Created by the first pass after start, kept in sync on reload, re-checked on reconcile
 passes. A budget is never lowered below what the pool uses now: that would make the
@@ -23,18 +26,21 @@ kernel OOM-kill inside it (cgroup-v2.rst, memory.max); it is reported instead.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from supervisor.act.component import Component
 from supervisor.adapters.cgroups import slice_path
+from supervisor.adapters.systemd_units import SliceState, SystemdError, SystemdUnits
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError
 from supervisor.model.pools import pool_of
 from supervisor.model.snapshot import LIVE_STATES, ContainerSample
 from supervisor.model.units import format_bytes
-from supervisor.policy.pool_groups import (PoolGroup, cgroup_parent_for, desired_pool_groups,
-                                           driver_of, lives_in)
+from prometheus_client.core import GaugeMetricFamily
+
+from supervisor.policy.pool_groups import (PoolGroup, cgroup_parent_for, count_cgroup_drivers,
+                                           desired_pool_groups, driver_of, lives_in)
 from supervisor.policy.tick import Tick
 
 __all__ = ["PoolCgroups", "PoolGroup", "cgroup_parent_for", "desired_pool_groups",
@@ -81,11 +87,15 @@ def outside_pools(containers: tuple[ContainerSample, ...], cfg: Config,
 class PoolCgroups(Component):
     name = "pool_cgroups"
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, units: SystemdUnits | None = None):
         super().__init__(ctx)
+        self.units = units or SystemdUnits()  # the systemd driver's slices (no call until used)
         self._applied: tuple | None = None  # the key last written (or reported in dry run)
         self._next_try = 0.0
         self.last_error = ""
+        # what systemd last said of each pool slice (read on sync and reconcile passes,
+        # not every pass: each read is a systemctl call)
+        self._slices: dict[str, SliceState] = {}
 
     @staticmethod
     def _key(cfg: Config) -> tuple:
@@ -99,8 +109,8 @@ class PoolCgroups(Component):
         why = "pool cgroups hold each pool to its budget: " + ", ".join(
             f"{g.rel} {format_bytes(g.limit_bytes)}" for g in groups)
         return [Action("pool_cgroups", "host", "pool cgroups", why, "pool_cgroups",
-                       {"groups": [{"pool": g.pool, "rel": g.rel, "limit_bytes": g.limit_bytes}
-                                   for g in groups]})]
+                       {"groups": [{"pool": g.pool, "rel": g.rel, "limit_bytes": g.limit_bytes,
+                                    "slice": g.slice} for g in groups]})]
 
     def executors(self) -> dict[str, Callable[[Action], Outcome]]:
         return {"pool_cgroups": self._sync}
@@ -112,6 +122,11 @@ class PoolCgroups(Component):
         problems = []
         for g in action.params["groups"]:
             pool, rel, limit = g["pool"], g["rel"], int(g["limit_bytes"])
+            if g.get("slice"):
+                problem = self._sync_slice(pool, g["slice"], limit, before, after)
+                if problem:
+                    problems.append(problem)
+                continue
             try:
                 existed = fs.group_exists(rel)
                 loc = fs.make_group(rel, SUBTREE_CONTROLLERS)
@@ -134,6 +149,29 @@ class PoolCgroups(Component):
         self.last_error = ""
         return Outcome(ok=True, detail="pool cgroups in place", before=before, after=after)
 
+    def _sync_slice(self, pool: str, name: str, limit: int, before: dict[str, Any],
+                    after: dict[str, Any]) -> str:
+        """One pool slice through systemd: MemoryMax= = the budget (never below what the
+        slice uses now), then started. Returns a problem, or ""."""
+        try:
+            st = self.units.slice_state(name)
+            before[pool] = {"existed": st.active, "limit_bytes": st.memory_max_bytes}
+            if st.memory_max_bytes != limit:
+                if st.memory_current_bytes is not None and st.memory_current_bytes > limit:
+                    self._slices[pool] = st
+                    return (f"{pool}: {name} uses {format_bytes(st.memory_current_bytes)}, more "
+                            f"than the new budget {format_bytes(limit)}; MemoryMax left at "
+                            f"{format_bytes(st.memory_max_bytes) if st.memory_max_bytes else 'infinity'}")
+                self.units.set_properties(name, {"MemoryMax": str(limit)}, runtime=False)
+            if not st.active:
+                self.units.start(name)
+            st = self.units.slice_state(name)
+        except SystemdError as e:
+            return f"{pool}: {e}"
+        self._slices[pool] = st
+        after[pool] = {"slice": name, "cgroup": st.control_group, "limit_bytes": st.memory_max_bytes}
+        return ""
+
     def observe(self, tick: Tick, results: list[ActionResult]) -> None:
         key = self._key(tick.cfg)
         for r in results:
@@ -152,6 +190,15 @@ class PoolCgroups(Component):
     def _drift(self, groups: tuple[PoolGroup, ...]) -> str:
         fs = self.ctx.cgroups
         for g in groups:
+            if g.slice:
+                try:
+                    st = self._slices[g.pool] = self.units.slice_state(g.slice)
+                except SystemdError as e:
+                    return str(e)
+                if not st.active or st.memory_max_bytes != g.limit_bytes:
+                    return (f"{g.slice} {'active' if st.active else 'inactive'}, MemoryMax "
+                            f"{st.memory_max_bytes} instead of {g.limit_bytes}")
+                continue
             try:
                 if not fs.group_exists(g.rel):
                     return f"{g.rel} is gone"
@@ -189,11 +236,32 @@ class PoolCgroups(Component):
                         row["error"] = "not created (yet)"
                 except CgroupError as e:
                     row["error"] = str(e)
-            elif driver_of(cfg) == "systemd":
-                row["systemd"] = (f"give {row['cgroup_parent']} MemoryMax={p.budget_bytes} "
-                                  "(a slice unit or systemctl set-property)")
+            elif pc.enabled and driver_of(cfg) == "systemd":
+                st = self._slices.get(name)
+                row["slice"] = row["cgroup_parent"]
+                if st is None:
+                    row["error"] = "not created (yet)"
+                else:
+                    row.update({"active": st.active, "limit_bytes": st.memory_max_bytes,
+                                "usage_bytes": st.memory_current_bytes})
             pools[name] = row
         out["pools"] = pools
         out["outside"] = outside_pools(tick.snapshot.containers, cfg, self._rel_of) \
             if pc.enabled else []
+        # which of Docker's cgroup drivers placed the containers the reader found
+        out["container_cgroup_drivers"] = self._drivers_seen(tick)
         return out
+
+    def _drivers_seen(self, tick: Tick) -> dict[str, int]:
+        rels = [self._rel_of(c.stats.path) or c.stats.path
+                for c in tick.snapshot.containers if c.stats is not None]
+        return count_cgroup_drivers(rels)
+
+    def collect(self, tick: Tick) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily("resource_supervisor_containers_by_cgroup_driver",
+                              "Containers whose cgroup the reader found, by the Docker cgroup "
+                              "driver that placed it (systemd: docker-<id>.scope)",
+                              labels=["driver"])
+        for driver, n in sorted(self._drivers_seen(tick).items()):
+            g.add_metric([driver], n)
+        return [g]

@@ -91,7 +91,7 @@ def test_unit_file_verifies_with_the_installers_paths(tmp_path):
                        timeout=60)
     assert r.returncode == 0, r.stderr
     unit_path = tmp_path / "resource-supervisor.service"
-    assert (tmp_path / "resource-supervisor.slice").exists()
+    assert (tmp_path / "resource_supervisor.slice").exists()
     v = subprocess.run([analyze, "verify", str(unit_path)], capture_output=True, text=True,
                        timeout=120)
     # verify exits 0 even on a directive it ignores: its output must be empty as well
@@ -113,7 +113,8 @@ def test_unit_file_verifies_with_the_installers_paths(tmp_path):
     # the watchdog must outlast one bounded engine call (docker.timeout_s, 10 s)
     assert int(svc("WatchdogSec").rstrip("s")) > 2 * 10
     assert int(svc("OOMScoreAdjust")) <= -500 and svc("MemoryMin") == "128M"
-    assert svc("Slice") == "resource-supervisor.slice"
+    # directly under the root slice (a dash in the name would nest it, systemd.slice(5))
+    assert svc("Slice") == "resource_supervisor.slice" and "-" not in svc("Slice")
     assert (svc("ProtectSystem"), svc("ReadWritePaths")) == ("strict", "/sys/fs/cgroup")
     assert set(svc("RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     assert {"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"} <= set(svc("CapabilityBoundingSet").split())

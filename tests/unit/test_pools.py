@@ -193,7 +193,12 @@ def test_pool_cgroups_are_named_per_driver_and_page_aligned():
     scaled = config(pools={"infrastructure": {"budget": 1_000_000_001}, "standard": {"budget": "100MiB"}})
     assert {g.pool: g.limit_bytes for g in desired_pool_groups(scaled)}["infrastructure"] == 999_997_440
     sd = config(pool_cgroups={"parent": "supervisor.slice"})
-    assert desired_pool_groups(sd) == ()  # systemd owns that tree: documented, not written
+    # systemd owns that tree: a slice per pool, limited through systemd (issue 16)
+    slices = {g.pool: g for g in desired_pool_groups(sd)}
+    assert slices["standard"].slice == "supervisor-standard.slice"
+    assert slices["standard"].rel == "/supervisor.slice/supervisor-standard.slice"
+    assert slices["standard"].limit_bytes == 100 * MIB
+    assert groups["standard"].slice == ""
     assert cgroup_parent_for(sd, "standard") == "supervisor-standard.slice"
     assert pool_group_rel(sd, "standard") == "/supervisor.slice/supervisor-standard.slice"
     assert desired_pool_groups(config(pool_cgroups={"enabled": False})) == ()
