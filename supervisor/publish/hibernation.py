@@ -27,6 +27,13 @@ class LatencyHistogram(DurationHistogram):
     def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS_S):
         super().__init__(buckets)
 
+    def frozen(self) -> "LatencyHistogram":
+        """A copy that no longer changes (what a report's deferred families read)."""
+        out = LatencyHistogram(self.bounds_s)
+        with self._lock:
+            out._counts, out._sum_s = list(self._counts), self._sum_s
+        return out
+
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         buckets, sum_s = self.cumulative()
         return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=sum_s)

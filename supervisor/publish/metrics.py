@@ -368,7 +368,7 @@ class SupervisorCollector:
         fams = [*own_families(r), *pass_families(r)]
         exporter_s = time.perf_counter() - t0
         yield from fams
-        yield from r.families
+        yield from r.component_families()
         errs = _counter("collect_errors_total", "Passes where a component's metrics failed",
                         ["component"])
         for comp, n in sorted(r.collect_errors.items()):
