@@ -189,6 +189,7 @@ class DurationHistogram:
 
     def __init__(self, bounds_s: Iterable[float] = TICK_BUCKETS_S):
         self.bounds_s = tuple(sorted(bounds_s))
+        self._les = tuple(floatToGoString(b) for b in (*self.bounds_s, float("inf")))
         self._counts = [0] * (len(self.bounds_s) + 1)  # per bucket; the last is +Inf
         self._sum_s = 0.0
         self._lock = threading.Lock()
@@ -204,9 +205,9 @@ class DurationHistogram:
             counts = list(self._counts)
             total_s = self._sum_s
         out, running = [], 0
-        for bound, n in zip((*self.bounds_s, float("inf")), counts):
+        for le, n in zip(self._les, counts):
             running += n
-            out.append((floatToGoString(bound), running))
+            out.append((le, running))
         return out, total_s
 
 

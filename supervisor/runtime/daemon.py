@@ -145,10 +145,6 @@ class Daemon:
     # ------------------------------------------------------------------ the passes
 
     @property
-    def pass_lock(self) -> threading.RLock:
-        return self.passes.lock
-
-    @property
     def last_tick(self) -> Tick | None:
         return self.passes.last_tick
 
@@ -253,10 +249,6 @@ class Daemon:
 
     def start_servers(self) -> None:
         self.servers.start(self.cfg)
-
-    @property
-    def metrics_server(self):
-        return self.servers.metrics
 
     @property
     def control_server(self):
