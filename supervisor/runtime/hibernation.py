@@ -74,6 +74,7 @@ class Hibernation(Component):
         self.activity = activity or ctx.activity or ActivityTracker(ctx.proc)
         self.wake_latency = LatencyHistogram()
         self.ready_latency = LatencyHistogram()
+        self._report_view: tuple[Tick, HibernationView] | None = None
         self.stats = HibernationStats(self.wake_latency, self.ready_latency)
         self.counts = self.stats.counts
         self.locks = ContainerLocks()
@@ -351,8 +352,12 @@ class Hibernation(Component):
 
     def status(self, tick: Tick) -> Deferred:
         v = self.view()
+        self._report_view = (tick, v)
         return Deferred(lambda: status_section(tick, v))
 
     def collect(self, tick: Tick) -> Deferred:
-        v, wake, ready = self.view(), self.wake_latency.frozen(), self.ready_latency.frozen()
+        # The view status took for this pass's report: status and /metrics show one state.
+        seen = self._report_view
+        v = seen[1] if seen is not None and seen[0] is tick else self.view()
+        wake, ready = self.wake_latency.frozen(), self.ready_latency.frozen()
         return Deferred(lambda: list(metric_families(tick, v, wake, ready)))

@@ -304,7 +304,7 @@ class Placement(Component):
         return Deferred(lambda: {**plan_status(plan, tick, swap, counts, oom),
                                  "limits_given": {cid: dict(v) for cid, v in given.items()}})
 
-    def collect(self, tick: Tick) -> Iterable[Any]:
+    def collect(self, tick: Tick) -> Iterable[Any] | Deferred:
         if self.last_plan is None:
             return ()
         # Recommendations change every RECOMMEND_EVERY_S at most: their family (a series per
@@ -312,7 +312,8 @@ class Placement(Component):
         recs = self.last_recommendations
         if self._rec_family is None or self._rec_family[0] is not recs:
             self._rec_family = (recs, recommended_family(recs))
-        return (*plan_metrics(self.last_plan, tick, self.counts), self._rec_family[1])
+        plan, counts, rec = self.last_plan, Counter(self.counts), self._rec_family[1]
+        return Deferred(lambda: [*plan_metrics(plan, tick, counts), rec])
 
     def routes(self):
         return {("GET", "/recommend"): (self._recommend, {"container": Param(str, default="")})}
