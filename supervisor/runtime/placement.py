@@ -74,14 +74,15 @@ def oom_status(tick: Tick, memory: PlacementMemory) -> dict[str, Any]:
     """Containers in an OOM loop and what placement does about each (raise, owner's limit:
     alert only, limit removed), and the containers whose own limit it removed, by pool."""
     loops = {}
-    names = {c.info.id: c.info.name for c in tick.snapshot.containers}
-    for cid, case in oom_cases(tick, memory).items():
+    cases = oom_cases(tick, memory)
+    names = {c.info.id: c.info.name for c in tick.snapshot.containers} if cases else {}
+    for cid, case in cases.items():
         loops[names.get(cid, cid[:12])] = {
             "id": cid[:12], "kills": case.kills, "handling": case.kind,
             "limit_bytes": case.limit_bytes, "raise_bytes": case.raise_bytes or None,
             "recommended_bytes": case.recommended_bytes}
     released: dict[str, list[str]] = {}
-    for c in tick.snapshot.containers:
+    for c in tick.snapshot.containers if memory.released else ():
         cls = tick.cfg.classes.get(c.class_name)
         if c.info.id in memory.released and cls is not None:
             released.setdefault(cls.pool, []).append(c.info.name)
