@@ -71,8 +71,8 @@ class Deferred:
     def get(self) -> Any:
         with self._lock:
             if self._fn is not None:
-                fn, self._fn = self._fn, None
-                self._value = fn()
+                self._value = self._fn()  # (one that raises raises again when read again)
+                self._fn = None
             return self._value
 
 
