@@ -106,8 +106,8 @@ class ReportBuilder:
                 continue
             out.extend(self._unique(comp.name, fams, seen))
         names = frozenset(seen)
-        return [Deferred(partial(self._checked, f[0], f[1], names)) if isinstance(f, tuple) else f
-                for f in out], took_s
+        return [Deferred(partial(self._checked, f[0], f[1], names, took_s))
+                if isinstance(f, tuple) else f for f in out], took_s
 
     def _unique(self, name: str, fams: Iterable["Metric"], seen: set[str]) -> list["Metric"]:
         out = []
@@ -121,14 +121,19 @@ class ReportBuilder:
             out.append(fam)
         return out
 
-    def _checked(self, name: str, fams: Deferred, taken: frozenset[str]) -> list["Metric"]:
-        """A component's deferred families, built when a scrape first reads the report."""
+    def _checked(self, name: str, fams: Deferred, taken: frozenset[str],
+                 took_s: dict[str, float]) -> list["Metric"]:
+        """A component's deferred families, built when a scrape first reads the report
+        (the time it took is added to the report's collect time of the component)."""
+        t0 = time.perf_counter()
         try:
             built = list(fams.get())
         except Exception:  # noqa: BLE001
             log.exception("metrics of component %s failed", name)
             self._count_error(name)
             return []
+        finally:
+            took_s[name] += time.perf_counter() - t0
         return self._unique(name, built, set(taken))
 
     def build(self, *, cfg: "Config", seq: int, stale_after_s: float,
