@@ -13,7 +13,7 @@ from typing import Any
 
 from supervisor.model.units import format_bytes
 
-RED, YELLOW, GREEN, BOLD, DIM = "31", "33", "32", "1", "2"
+RED, YELLOW, GREEN, BOLD = "31", "33", "32", "1"
 
 
 def _c(text: str, code: str, color: bool) -> str:

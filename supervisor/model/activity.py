@@ -336,13 +336,14 @@ def cpu_step(rec: CpuRecord | None, pid: int, time_s: float, cpu_s: float) -> Cp
     if time_s <= rec.time_s:
         return rec  # a replayed or out-of-order reading changes nothing
     cores = (cpu_s - rec.cpu_s) / (time_s - rec.time_s)
-    peaks = list(rec.peaks)
-    while peaks and peaks[-1][1] <= cores:
-        peaks.pop()
-    if cores > 0:  # an interval without CPU is above no threshold
+    peaks: "tuple[tuple[float, float], ...] | list[tuple[float, float]]" = rec.peaks
+    if cores > 0:  # an interval without CPU is above no threshold (the idle pass: as it was)
+        peaks = list(peaks)
+        while peaks and peaks[-1][1] <= cores:
+            peaks.pop()
         peaks.append((time_s, cores))
-    if len(peaks) > CPU_PEAKS_MAX:
-        peaks[0:2] = [(peaks[1][0], peaks[0][1])]
+        if len(peaks) > CPU_PEAKS_MAX:
+            peaks[0:2] = [(peaks[1][0], peaks[0][1])]
     return CpuRecord(pid, rec.since_s, time_s, cpu_s, (rec.time_s, rec.cpu_s), tuple(peaks))
 
 

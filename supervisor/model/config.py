@@ -349,9 +349,6 @@ class Config:
     def dry_run(self) -> bool:
         return self.settings.dry_run
 
-    def class_for(self, name: str) -> ClassConfig:
-        return self.classes[name]
-
 
 def _parse_port_range(text: str) -> tuple[int, int]:
     parts = text.split("-")

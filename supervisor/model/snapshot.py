@@ -158,11 +158,5 @@ class Snapshot:
     cgroup_version: int = 0
     sweep_s: float = 0.0  # wall time of the cgroup sweep
 
-    def by_name(self, name: str) -> ContainerSample | None:
-        for c in self.containers:
-            if c.info.name == name:
-                return c
-        return None
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,7 +69,7 @@ class ActivityTracker:
         self._tracks: dict[str, dict[str, Track]] = {}  # owner -> cid -> Track
         # This pass's readings (the loop thread's only): cid -> (pid, counters or None)
         self._reads_at: float | None = None
-        self._reads: dict[str, tuple[int, NetnsCounters | None]] = {}
+        self._reads: dict[str, tuple[int, bool, NetnsCounters | None]] = {}  # pid, tcp read
         # Every container's CPU, pass by pass (replaced whole each pass), and the CPU of
         # processes outside containers (replaced whole at each of their readings).
         self._cpu: dict[str, CpuRecord] = {}
@@ -252,7 +252,9 @@ class ActivityTracker:
         own = not shares_netns(info)
         counters = None
         if full or (due and own):
-            counters = self._read(info, now)
+            # net/snmp (connections opened) only for an activity sample: a full read of
+            # an unwatched container wants just its interfaces' bytes (net/dev).
+            counters = self._read(info, now, tcp=due and own)
         if due:
             self._record_from(info, stats, now, counters if own else None)
         return counters.net if counters is not None else None
@@ -282,20 +284,21 @@ class ActivityTracker:
         last = samples[-1]
         return last.pid != info.pid or now - last.time_s >= w.interval_s
 
-    def _read(self, info: ContainerInfo, now: float) -> NetnsCounters | None:
-        """The namespace's counters at ``now`` (the pass's time): read once per pass."""
+    def _read(self, info: ContainerInfo, now: float, tcp: bool = True) -> NetnsCounters | None:
+        """The namespace's counters at ``now`` (the pass's time): read once per pass
+        (twice when the TCP counters are wanted after a read without them)."""
         if self._reads_at != now:
             self._reads_at, self._reads = now, {}
         done = self._reads.get(info.id)
-        if done is not None and done[0] == info.pid:
-            return done[1]
+        if done is not None and done[0] == info.pid and (done[1] or not tcp):
+            return done[2]
         self.counts["namespace_reads"] += 1
         try:
-            counters: NetnsCounters | None = read_counters(self.proc, info.pid)
+            counters: NetnsCounters | None = read_counters(self.proc, info.pid, tcp=tcp)
         except NetdiagError:
             self.counts["counter_read_errors"] += 1
             counters = None
-        self._reads[info.id] = (info.pid, counters)
+        self._reads[info.id] = (info.pid, tcp, counters)
         return counters
 
     def _record_from(self, info: ContainerInfo, stats: CgroupStats, now: float,

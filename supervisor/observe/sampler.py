@@ -29,6 +29,10 @@ from supervisor.model.snapshot import LIVE_STATES, CgroupStats, ContainerInfo, C
 log = logging.getLogger(__name__)
 
 _STATS_FIELDS = tuple(f.name for f in dataclasses.fields(CgroupStats))
+# Where the hot counters sit among CgroupStats' fields: a tick's copy is built from the
+# full read's values by position (~half the cost of keywords, 110 containers a pass).
+_HOT = tuple(_STATS_FIELDS.index(n) for n in (
+    "memory_usage_bytes", "memory_working_set_bytes", "cpu_usage_s", "cpu_throttled_s"))
 
 
 @dataclasses.dataclass
@@ -39,7 +43,7 @@ class _Cached:
     net: NetIO | None
     full_at: float
     files: UsageFiles | None = None  # the hot-path files, open while the container lives
-    fields: dict | None = None  # ``full`` as keywords, for the tick's copies
+    values: list | None = None  # ``full``'s field values in order, for the tick's copies
 
 
 class Sampler:
@@ -106,15 +110,14 @@ class Sampler:
                 cached.files = self.cgroups.open_usage(cached.loc)
             u = cached.files.read()
             self.counts["usage_reads"] += 1
-            if cached.fields is None:
-                cached.fields = {f: getattr(cached.full, f) for f in _STATS_FIELDS}
-            # (a new CgroupStats from keywords: a third cheaper than dataclasses.replace)
-            stats = CgroupStats(**{
-                **cached.fields, "memory_usage_bytes": u.memory_usage_bytes,
-                "memory_working_set_bytes": u.memory_working_set_bytes,
-                "cpu_usage_s": u.cpu_usage_s,
-                "cpu_throttled_s": cached.full.cpu_throttled_s if u.cpu_throttled_s is None
-                else u.cpu_throttled_s})
+            if cached.values is None:
+                cached.values = [getattr(cached.full, f) for f in _STATS_FIELDS]
+            v = cached.values.copy()
+            v[_HOT[0]], v[_HOT[1]], v[_HOT[2]] = (u.memory_usage_bytes, u.memory_working_set_bytes,
+                                                  u.cpu_usage_s)
+            if u.cpu_throttled_s is not None:
+                v[_HOT[3]] = u.cpu_throttled_s
+            stats = CgroupStats(*v)
             fresh = self.activity.sample(info, stats, now, full=False, engine_up=engine_up)
             if fresh is not None:
                 cached.net = fresh  # the namespace was read for the tracker: the newer figures

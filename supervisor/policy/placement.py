@@ -202,8 +202,10 @@ def update_kwargs(info: ContainerInfo, d: Desired, *, swap_limit_supported: bool
     kw: dict[str, Any] = {}
     if not same_cpuset(info.cpuset_cpus, d.cpuset_cpus):
         kw["cpuset_cpus"] = d.cpuset_cpus
-    kw.update(rules.cpu_update_params(info.nano_cpus, info.cpu_quota_us, info.cpu_period_us,
-                                      d.cpu_quota_cores))
+    cpu = rules.cpu_update_params(info.nano_cpus, info.cpu_quota_us, info.cpu_period_us,
+                                  d.cpu_quota_cores)
+    if cpu:
+        kw.update(cpu)
     if d.memory_limit_bytes is not None:
         swap_differs = swap_limit_supported and info.memory_swap_bytes != d.memory_swap_bytes
         if (info.memory_limit_bytes != d.memory_limit_bytes
@@ -325,7 +327,7 @@ def oom_cases(tick: Tick, mem: PlacementMemory) -> dict[str, OomCase]:
         if not c.managed or cls is None or c.info.state not in LIVE_STATES:
             continue
         times = c.info.oom_kill_times_s
-        if not rules.oom_loop(times, tick.now):
+        if not times or not rules.oom_loop(times, tick.now):  # (most have no kill at all)
             continue
         cid, limit = c.info.id, c.info.memory_limit_bytes
         kills = rules.oom_kills_within(times, tick.now)
@@ -449,7 +451,8 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
         stopping = False  # strict admission stops it: no update before the stop
         case = oom.get(cid)
         raising = case is not None and case.kind == "raise"
-        others += oom_alerts(c, case, adm, tick, mem)
+        if case is not None:
+            others += oom_alerts(c, case, adm, tick, mem)
         if raising and adm is not None and adm.verdict == OVER_BUDGET:
             # No room for the raise: the limit placement gave is removed rather than kept
             # killing the container (oom_alerts says so).

@@ -26,6 +26,18 @@ LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 class LatencyHistogram(DurationHistogram):
     def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS_S):
         super().__init__(buckets)
+        self._frozen: tuple[tuple, LatencyHistogram] | None = None
+
+    def frozen(self) -> "LatencyHistogram":
+        """A copy that no longer changes (what a report's deferred families read); the
+        same one until a wake is observed."""
+        with self._lock:
+            now = (tuple(self._counts), self._sum_s)
+        if self._frozen is None or self._frozen[0] != now:
+            out = LatencyHistogram(self.bounds_s)
+            out._counts, out._sum_s = list(now[0]), now[1]
+            self._frozen = (now, out)
+        return self._frozen[1]
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         buckets, sum_s = self.cumulative()

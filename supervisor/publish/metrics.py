@@ -368,7 +368,7 @@ class SupervisorCollector:
         fams = [*own_families(r), *pass_families(r)]
         exporter_s = time.perf_counter() - t0
         yield from fams
-        yield from r.families
+        yield from r.component_families()
         errs = _counter("collect_errors_total", "Passes where a component's metrics failed",
                         ["component"])
         for comp, n in sorted(r.collect_errors.items()):
@@ -376,7 +376,8 @@ class SupervisorCollector:
         yield errs
         took = _gauge("collect_duration_seconds", "Time spent gathering each part's metrics "
                       "(exporter: host, containers, pools, in this scrape; others: each "
-                      "component, right after the latest pass)", ["component"])
+                      "component, right after the latest pass, and when first scraped for "
+                      "the part it builds then)", ["component"])
         took.add_metric(["exporter"], exporter_s)
         for comp, secs in r.collect_s.items():
             took.add_metric([label_value(comp)], secs)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import Counter
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from supervisor.publish.metrics import exporter_family_names
-from supervisor.publish.report import PassMetrics, Report, frozen_counts
+from supervisor.publish.report import Deferred, PassMetrics, Report, Sections, frozen_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.core import Metric
@@ -68,6 +70,7 @@ class ReportBuilder:
         self.pass_metrics = PassMetrics(breaches)
         self.breaches = breaches
         self.collect_errors: Counter[str] = Counter()
+        self._errors_lock = threading.Lock()
         self.read_process = read_process
         self.started_at_s = time.time() if started_at_s is None else started_at_s
         self.pid = os.getpid() if pid is None else pid
@@ -77,30 +80,61 @@ class ReportBuilder:
         """Count one finished pass (its duration, the breaches it started)."""
         self.pass_metrics.observe(duration_s, tick)
 
-    def _families(self, tick: "Tick",
-                  taken: frozenset[str]) -> tuple[list["Metric"], dict[str, float]]:
-        out: list["Metric"] = []
+    def _count_error(self, name: str) -> None:
+        with self._errors_lock:  # deferred families fail on the scrape thread
+            self.collect_errors[name] += 1
+
+    def _families(self, tick: "Tick", taken: frozenset[str]
+                  ) -> tuple[list["Metric | Deferred"], dict[str, float]]:
+        out: list[Any] = []
         took_s: dict[str, float] = {}
         seen = set(taken)
         for comp in self.components:
             t0 = time.perf_counter()
             try:
-                fams = list(comp.collect(tick))
+                fams = comp.collect(tick)
+                if not isinstance(fams, Deferred):
+                    fams = list(fams)
             except Exception:  # noqa: BLE001 - one component's bug must not fail the rest
                 log.exception("metrics of component %s failed", comp.name)
-                self.collect_errors[comp.name] += 1
+                self._count_error(comp.name)
                 continue
             finally:
                 took_s[comp.name] = time.perf_counter() - t0
-            for fam in fams:
-                if fam.name in seen:
-                    # Two families of one name would make the whole exposition invalid.
-                    log.error("component %s yields metric %s twice; dropped", comp.name, fam.name)
-                    self.collect_errors[comp.name] += 1
-                    continue
-                seen.add(fam.name)
-                out.append(fam)
-        return out, took_s
+            if isinstance(fams, Deferred):
+                out.append((comp.name, fams))  # checked against every name, below
+                continue
+            out.extend(self._unique(comp.name, fams, seen))
+        names = frozenset(seen)
+        return [Deferred(partial(self._checked, f[0], f[1], names, took_s))
+                if isinstance(f, tuple) else f for f in out], took_s
+
+    def _unique(self, name: str, fams: Iterable["Metric"], seen: set[str]) -> list["Metric"]:
+        out = []
+        for fam in fams:
+            if fam.name in seen:
+                # Two families of one name would make the whole exposition invalid.
+                log.error("component %s yields metric %s twice; dropped", name, fam.name)
+                self._count_error(name)
+                continue
+            seen.add(fam.name)
+            out.append(fam)
+        return out
+
+    def _checked(self, name: str, fams: Deferred, taken: frozenset[str],
+                 took_s: dict[str, float]) -> list["Metric"]:
+        """A component's deferred families, built when a scrape first reads the report
+        (the time it took is added to the report's collect time of the component)."""
+        t0 = time.perf_counter()
+        try:
+            built = list(fams.get())
+        except Exception:  # noqa: BLE001
+            log.exception("metrics of component %s failed", name)
+            self._count_error(name)
+            return []
+        finally:
+            took_s[name] += time.perf_counter() - t0
+        return self._unique(name, built, set(taken))
 
     def build(self, *, cfg: "Config", seq: int, stale_after_s: float,
               tick: "Tick | None" = None, prev_tick: "Tick | None" = None,
@@ -133,11 +167,13 @@ class ReportBuilder:
                 reserve=tick.reserve, now=tick.now,
                 prev_snapshot=prev_tick.snapshot if prev_tick is not None else None,
                 hibernated_ids=hibernated_ids(self.components),
-                sections=MappingProxyType(component_sections(self.components, tick)))
+                sections=Sections(component_sections(self.components, tick)))
             if self._exporter_names is None:
                 self._exporter_names = exporter_family_names(
                     Report(made_mono=time.monotonic(), **fields))
             families, took_s = self._families(tick, self._exporter_names)
+            with self._errors_lock:
+                errors = frozen_counts(self.collect_errors)
             fields.update(families=tuple(families), collect_s=MappingProxyType(took_s),
-                          collect_errors=frozen_counts(self.collect_errors))
+                          collect_errors=errors)
         return Report(made_mono=time.monotonic(), **fields)

@@ -32,7 +32,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from supervisor.act.component import Component, Context
 from supervisor.act.hibernation import (ContainerLocks, HibernateExecutor, HibernationStats,
@@ -48,6 +48,7 @@ from supervisor.observe.activity import ActivityTracker
 from supervisor.policy.hibernation import (OWNER, PAUSED, STOPPED, HibernationState, candidates,
                                            plan_hibernation, retry_times)
 from supervisor.policy.tick import Tick
+from supervisor.publish.report import Deferred
 from supervisor.publish.hibernation import (HibernationView, LatencyHistogram, api_reply,
                                             metric_families, status_section)
 from supervisor.runtime.wake_watcher import WakeWatcher
@@ -73,6 +74,7 @@ class Hibernation(Component):
         self.activity = activity or ctx.activity or ActivityTracker(ctx.proc)
         self.wake_latency = LatencyHistogram()
         self.ready_latency = LatencyHistogram()
+        self._report_view: tuple[Tick, HibernationView] | None = None
         self.stats = HibernationStats(self.wake_latency, self.ready_latency)
         self.counts = self.stats.counts
         self.locks = ContainerLocks()
@@ -348,8 +350,14 @@ class Hibernation(Component):
             counts["counter_read_errors"] = self.activity.counts["counter_read_errors"]
         return counts
 
-    def status(self, tick: Tick) -> dict[str, Any]:
-        return status_section(tick, self.view())
+    def status(self, tick: Tick) -> Deferred:
+        v = self.view()
+        self._report_view = (tick, v)
+        return Deferred(lambda: status_section(tick, v))
 
-    def collect(self, tick: Tick) -> Iterable:
-        return metric_families(tick, self.view(), self.wake_latency, self.ready_latency)
+    def collect(self, tick: Tick) -> Deferred:
+        # The view status took for this pass's report: status and /metrics show one state.
+        seen = self._report_view
+        v = seen[1] if seen is not None and seen[0] is tick else self.view()
+        wake, ready = self.wake_latency.frozen(), self.ready_latency.frozen()
+        return Deferred(lambda: list(metric_families(tick, v, wake, ready)))

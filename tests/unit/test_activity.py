@@ -66,6 +66,13 @@ def test_one_namespace_read_per_pass_serves_the_snapshot_and_the_tracker(tmp_pat
     assert s.activity.counts["namespace_reads"] == 6
 
 
+def test_a_full_read_of_an_unwatched_container_reads_only_its_interfaces(tmp_path):
+    s, info, proc = sampler_on(tmp_path, full_every_s=0.0)
+    (proc / V1_PID / "net" / "snmp").unlink()  # read only for an activity sample
+    (c,), _ = s.sweep([info], config(), now=100.0)
+    assert c.net is not None and s.activity.counts["counter_read_errors"] == 0
+
+
 def test_hot_passes_read_the_namespace_only_when_a_sample_is_due(tmp_path):
     s, info, _ = sampler_on(tmp_path, full_every_s=3600.0)
     cfg = config()
@@ -89,9 +96,11 @@ def test_sample_snapshot_takes_only_the_samples_the_sweep_did_not(tmp_path):
     snap = s.sample([info], cfg, engine_up=True)  # clock 0.0, not watched yet
     assert s.activity.counts["namespace_reads"] == 1
     s.activity.watch(OWNER, {info.id: Watch(1.0, 10.0, TH)})
-    s.activity.sample_snapshot(snap)  # newly watched: sampled now, from the sweep's reading
+    # Newly watched: sampled now; the sweep read its interfaces only (it was not watched),
+    # so its TCP counters are read once more.
+    s.activity.sample_snapshot(snap)
     s.activity.sample_snapshot(snap)  # already sampled at this time: nothing
-    assert s.activity.counts["namespace_reads"] == 1
+    assert s.activity.counts["namespace_reads"] == 2
     assert s.activity.track(OWNER, info.id).samples[-1].connections == 0
     assert s.activity.quiet_for_s(info.id, 30.0, OWNER) == 30.0
 

@@ -147,6 +147,28 @@ class CaptureLayout:
         return fs.locate(V1_ID, int(V1_PID))
 
 
+def test_a_tick_between_full_reads_shows_the_fresh_counters_and_the_full_reads_limits(
+        tmp_path):
+    import dataclasses
+    from _handmade import config, container
+    from supervisor.adapters.host import HostSampler
+    from supervisor.observe.sampler import Sampler
+    shutil.copytree(FIX / "cgroup_v1", tmp_path / "cgroup_v1")
+    fs = CgroupFS(str(tmp_path / "cgroup_v1"), proc=str(FIX / "proc"))
+    s = Sampler(fs, HostSampler(str(FIX / "proc")), full_every_s=3600.0, clock=lambda: 0.0)
+    info = dataclasses.replace(container("web", cid=V1_ID).info, pid=int(V1_PID))
+    (full,), _ = s.sweep([info], config(), now=100.0)
+    mem = tmp_path / "cgroup_v1" / "memory" / "docker" / V1_ID
+    (mem / "memory.usage_in_bytes").write_text(str(full.stats.memory_usage_bytes + 2**20))
+    (hot,), _ = s.sweep([info], config(), now=101.0)
+    assert s.counts["usage_reads"] == 1
+    assert hot.stats.memory_usage_bytes == full.stats.memory_usage_bytes + 2**20
+    assert hot.stats.memory_working_set_bytes == full.stats.memory_working_set_bytes + 2**20
+    same = ("memory_limit_bytes", "memory_low_bytes", "memory_events", "cpu_quota_cores",
+            "cpuset_cpus", "pids", "cpu_throttled_s", "pressure", "frozen")
+    assert [getattr(hot.stats, f) for f in same] == [getattr(full.stats, f) for f in same]
+
+
 def test_an_unreadable_cgroup_is_one_warning_with_its_path_and_an_error_every_pass(
         tmp_path, caplog):
     import dataclasses

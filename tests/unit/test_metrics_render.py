@@ -24,7 +24,8 @@ from supervisor.publish.exposition import go_float, render
 from supervisor.model.config import HostFacts, load_config
 from supervisor.publish.metrics import CONTAINER_STATES, make_registry
 from supervisor.publish.publisher import ReportBuilder
-from supervisor.publish.report import DurationHistogram, PassMetrics, breach_conditions
+from supervisor.publish.report import (Deferred, DurationHistogram, PassMetrics,
+                                       breach_conditions)
 from supervisor.model.snapshot import (CgroupStats, ContainerInfo, ContainerSample, DiskIO, NetIO,
                                        Pressure)
 
@@ -447,6 +448,59 @@ def test_a_failing_or_clashing_component_loses_only_its_own_metrics():
     took = samples(text)["resource_supervisor_collect_duration_seconds"]
     assert {s.labels["component"] for s in took} == {"exporter", "broken", "clashing"}
     assert all(s.value >= 0 for s in took)
+
+
+def test_deferred_sections_and_families_are_built_once_when_read_from_what_the_pass_froze():
+    built = Counter()
+
+    class Lazy(Component):
+        name = "lazy"
+
+        def __init__(self, ctx):
+            super().__init__(ctx)
+            self.value = 1
+
+        def status(self, tick):
+            v = self.value  # frozen now; built when read
+            return Deferred(lambda: built.update(["status"]) or {"value": v})
+
+        def collect(self, tick):
+            v = self.value
+
+            def fams():
+                built["collect"] += 1
+                g = GaugeMetricFamily("resource_supervisor_lazy_value", "v")
+                g.add_metric([], v)
+                again = GaugeMetricFamily("resource_supervisor_pool_budget_bytes", "again")
+                return [g, again]
+            return Deferred(fams)
+
+    class Broken(Component):
+        name = "broken"
+
+        def status(self, tick):
+            return Deferred(lambda: 1 / 0)
+
+        def collect(self, tick):
+            return Deferred(lambda: 1 / 0)
+    lazy = Lazy(None)
+    view = daemon_view(make_tick(make_cfg(), []), components=[lazy, Broken(None)])
+    report = view.report
+    assert not built  # a pass nobody reads builds nothing
+    lazy.value = 2  # the next pass's state: not what this report shows
+    reg = make_registry(lambda: report)
+    texts = [render(reg.collect()).decode() for _ in range(2)]
+    assert report.sections["lazy"] == {"value": 1} and report.sections["lazy"] == {"value": 1}
+    assert built == Counter(status=1, collect=1)
+    assert all(value(t, "resource_supervisor_lazy_value") == 1 for t in texts)
+    # One family of a name (the exporter's pool_budget_bytes is not written twice).
+    assert texts[0].count("# TYPE resource_supervisor_pool_budget_bytes ") == 1
+    assert report.sections["broken"]["error"].startswith("ZeroDivisionError")
+    assert set(report.sections) == {"lazy", "broken"}
+    later = view.publish()  # the errors of a deferred build are counted into later reports
+    text = render(make_registry(lambda: later).collect()).decode()
+    assert value(text, "resource_supervisor_collect_errors_total", component="broken") == 1
+    assert value(text, "resource_supervisor_collect_errors_total", component="lazy") == 1
 
 
 # ---------------------------------------------------------------------- hostile labels
