@@ -98,7 +98,7 @@ class Leg:
     first_paused: dict = field(default_factory=dict)   # idle service -> first time paused
     requests: list = field(default_factory=list)       # [Request]
     ooms: list = field(default_factory=list)           # [(t, container name, role, class)]
-    actions: list = field(default_factory=list)        # [(t, kind, outcome, name)]
+    actions: list = field(default_factory=list)        # [(t, kind, outcome, name, reason)]
     daemon_cpu_s: float | None = None
     daemon_wall_s: float | None = None
     daemon_rss_max_bytes: int | None = None
@@ -124,8 +124,9 @@ def oom_summary(leg: Leg, roles: dict) -> dict:
         by_class[cls] = by_class.get(cls, 0) + 1
     leakers = leak_name(roles)
     outside = sum(n for c, n in by_container.items() if c not in leakers)
+    stale = sum(n for c, n in by_container.items() if roles.get(c) == "stale")
     return {"by_container": by_container, "by_class": by_class, "total": len(leg.ooms),
-            "outside_leaker": outside}
+            "outside_leaker": outside, "stale": stale}
 
 
 def caused_by_daemon(without: Leg, with_: Leg, roles: dict) -> dict:
@@ -188,7 +189,8 @@ def lost_total(leg: Leg) -> int:
 
 def action_counts(leg: Leg) -> dict:
     out: dict = {}
-    for _t, kind, outcome, _name in leg.actions:
+    for a in leg.actions:
+        kind, outcome = a[1], a[2]
         out[(kind, outcome)] = out.get((kind, outcome), 0) + 1
     return out
 
@@ -205,6 +207,7 @@ def summarise(leg: Leg, roles: dict, classes: dict, budgets: dict, lab_bytes: in
         "released_bytes": leg.released_bytes,
         "hibernated": (hib, n_idle),
         "paused_max": max(leg.paused, default=0),
+        "machine_avail_min": min(leg.avail_bytes, default=None),
         "solo": latency(leg, "critical-solo"),
         "hog": latency(leg, "critical-hog"),
         "active": latency(leg, "active"),
@@ -287,14 +290,19 @@ def table(s_without: dict, s_with: dict) -> list[tuple[str, str, str]]:
         return f"{o['total']} ({parts}; by class: {cls})"
 
     rows.append(("OOM kills (by container; by class)", oom_text(s_without), oom_text(s_with)))
-    rows.append(("OOM kills outside the leaking agent", str(s_without["oom"]["outside_leaker"]),
-                 str(s_with["oom"]["outside_leaker"])))
+    def outside(s):
+        o = s["oom"]
+        return (f"{o['outside_leaker']}" + (f" (the stale-limit agent, under its owner's limit: "
+                                            f"{o['stale']})" if o["stale"] else ""))
+    rows.append(("OOM kills outside the leaking agent", outside(s_without), outside(s_with)))
 
     def res(s):
         r = s["reserve"]
         return (f"{r['seconds']:.0f} s, longest {r['longest_run']} in a row; "
                 f"lowest available {fmt_bytes(r['lowest_available_bytes'])}")
     rows.append(("lab available memory inside the reserve", res(s_without), res(s_with)))
+    rows.append(("the machine's available memory, lowest", fmt_bytes(s_without["machine_avail_min"]),
+                 fmt_bytes(s_with["machine_avail_min"])))
     for pool in sorted(s_without["pools"]):
         def pk(s, pool=pool):
             peak, budget, ratio = s["pools"].get(pool, (0, 0, None))

@@ -37,10 +37,10 @@ def _save(fig, out: str, name: str) -> tuple[str, bytes]:
 
 def _markers(ax, leg, y_top):
     """The supervisor's actions as markers along the top of a plot."""
-    kinds = sorted({k for _t, k, _o, _n in leg.actions})
+    kinds = sorted({a[1] for a in leg.actions if a[1] != "place"})
     marks = "v^<>osdP*Xh"
     for i, kind in enumerate(kinds):
-        ts = [t for t, k, _o, _n in leg.actions if k == kind and t >= 0]
+        ts = [a[0] for a in leg.actions if a[1] == kind and a[0] >= 0]
         if ts:
             ax.plot(ts, [y_top] * len(ts), marks[i % len(marks)], ms=5, alpha=0.7,
                     color=f"C{(i + 2) % 10}", label=f"action: {kind}", linestyle="none")
@@ -203,10 +203,21 @@ def write(out: str, scale, size, svcs, legs, summaries, facts) -> str:
             f"<li>{html.escape(n)}: " + "; ".join(f"{t:.0f}s {html.escape(w)}" for t, w in leg.events[:40])
             + "</li>" for n, leg in legs.items()) + "</ul>",
     ]
+    journal = ""
+    if "with" in legs:
+        acts = [a for a in legs["with"].actions if a[1] != "place"]
+        journal = ("<h2>What the supervisor did (its journal; placements left out)</h2>"
+                    "<table><tr><th>t (s)</th><th>kind</th><th>outcome</th><th>container</th>"
+                    "<th>reason</th></tr>" + "".join(
+                        f"<tr><td>{a[0]:.0f}</td><td>{html.escape(a[1])}</td><td>{html.escape(a[2])}</td>"
+                        f"<td>{html.escape(a[3])}</td><td>{html.escape(str(a[4])[:220])}</td></tr>"
+                        for a in acts[:150]) + "</table>"
+                    + (f"<p>... and {len(acts) - 150} more.</p>" if len(acts) > 150 else ""))
     for (name, data), goals_html in figs:
         b64 = base64.b64encode(data).decode()
         body.append(f"<h3>{html.escape(name)}</h3>{goals_html}"
                     f"<img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>")
+    body.append(journal)
     body.append("</body></html>")
     path = os.path.join(out, "index.html")
     with open(path, "w") as f:
