@@ -33,6 +33,7 @@ RUN_LABEL = "org.resource-supervisor.lab"
 ROLE_LABEL = "org.resource-supervisor.lab.role"
 CLASS_LABEL = "supervisor.class"
 AGENT_PORT = 10210
+OLLAMA_IMAGE = "ollama/ollama:lab"
 OLLAMA_PORT = 11434
 # The rules' reference host: pools 28 GiB + reserve 1.38 GiB (Rule 1.3).
 REF_POOLS_GIB = 28.0
@@ -98,6 +99,11 @@ class Service:
     def pool(self) -> str:
         return self.cls
 
+    @property
+    def kind(self) -> str:
+        """agent | ollama | postgres | redis: the lab image it runs."""
+        return self.image.split("/")[-1].split(":")[0]
+
 
 @dataclass(frozen=True)
 class Sizing:
@@ -136,7 +142,10 @@ def services(scale: Scale) -> list[Service]:
         Service("postgres", "lab/postgres", 1, "infrastructure", "name", "infra",
                 mem_limit_bytes=96 * MIB),
         Service("redis", "lab/redis", 1, "infrastructure", "image", "infra"),
-        Service("ollama", "lab/ollama", 1, "critical", "name", "hog",
+        # lab/ollama tagged as Ollama's own image (scripts/lab-run tags it in the lab
+        # engine): the supervisor finds an Ollama by image or container name, and a compose
+        # container is named <project>_ollama_1
+        Service("ollama", OLLAMA_IMAGE, 1, "critical", "name", "hog",
                 env=agent_env(OLLAMA_NUM_PARALLEL=2, OLLAMA_MAX_LOADED_MODELS=1,
                               LAB_OLLAMA_MS_PER_TOKEN=20, LAB_OLLAMA_RESIDENT_MB=32),
                 mem_limit_bytes=128 * MIB),
@@ -205,7 +214,7 @@ def sizing(scale: Scale, svcs: list[Service]) -> Sizing:
     pools = sum(budgets.values())
     reserve = int(pools * REF_RESERVE_GIB / REF_POOLS_GIB)
     # what the services hold at rest, roughly: ~10 MiB an agent, PostgreSQL ~30 MiB
-    resting = sum(30 * MIB if s.image == "lab/postgres" else 10 * MIB for s in svcs)
+    resting = sum(30 * MIB if s.kind == "postgres" else 10 * MIB for s in svcs)
     # the leak: past the lab's pools altogether (into the reserve) with room to spare
     leak = _round_mib(pools - resting - redis_bytes + reserve + max(96 * MIB, pools // 10))
     return Sizing(budgets=budgets, class_limits=class_limits, reserve_bytes=reserve,
@@ -237,12 +246,12 @@ def reservation(limit_bytes: int) -> int:
 def healthcheck(s: Service, interval_s: int) -> dict:
     """Rule 2.2's check (the image's own test, written out), at the scale's interval."""
     tests = {
-        "lab/agent": ["CMD-SHELL", f"curl -fsS -o /dev/null http://127.0.0.1:{AGENT_PORT}/health"],
-        "lab/ollama": ["CMD-SHELL", f"curl -fsS -o /dev/null http://127.0.0.1:{OLLAMA_PORT}/api/version"],
-        "lab/postgres": ["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", "postgres"],
-        "lab/redis": ["CMD-SHELL", "redis-cli -h 127.0.0.1 ping | grep -qx PONG"],
+        "agent": ["CMD-SHELL", f"curl -fsS -o /dev/null http://127.0.0.1:{AGENT_PORT}/health"],
+        "ollama": ["CMD-SHELL", f"curl -fsS -o /dev/null http://127.0.0.1:{OLLAMA_PORT}/api/version"],
+        "postgres": ["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", "postgres"],
+        "redis": ["CMD-SHELL", "redis-cli -h 127.0.0.1 ping | grep -qx PONG"],
     }
-    return {"test": tests[s.image], "interval": f"{interval_s}s", "timeout": "10s",
+    return {"test": tests[s.kind], "interval": f"{interval_s}s", "timeout": "10s",
             "retries": 3, "start_period": "60s"}
 
 
