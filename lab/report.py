@@ -223,3 +223,41 @@ def write(out: str, scale, size, svcs, legs, summaries, facts) -> str:
     with open(path, "w") as f:
         f.write("\n".join(body))
     return path
+
+
+def write_markdown(out: str, summary: dict) -> str:
+    """README.md beside the report (what a repository browser shows): the machine, the
+    table and the goals from ``summary.json``, the PNGs linked."""
+    f = summary["facts"]
+    beside = ", ".join(f.get("beside") or []) or "nothing heavy"
+    lines = [
+        f"# Service lab, {summary['scale']} scale",
+        "",
+        f"`scripts/lab --scale {summary['scale']}` on {f['cores']} cores ({f['cpu']}), "
+        f"{f['memory_gib']} GiB, kernel {f['kernel']}, cgroup {f['cgroup']}, {f['date']}; "
+        f"load average {f['load_avg']} at the start, {f.get('load_avg_end', '?')} at the end; "
+        f"running beside: {beside}; whole run {f.get('runtime_s', '?')} s. "
+        "The full report with the plots: `index.html`.",
+        "",
+        "| | without the supervisor | with the supervisor |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary["table"]]
+    lines += ["", "Goals (the leg with the supervisor):", ""]
+    for goal, fig, met in summary["goals"]:
+        verdict = "met" if met else ("n/a" if met is None else "**not met**")
+        lines.append(f"- {goal}: {fig}: {verdict}")
+    lines += [""] + [f"![{n}]({n})" for n in ("pools.png", "reserve.png", "hibernated.png",
+                                              "idle-memory.png", "latency.png")]
+    path = os.path.join(out, "README.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    # python -m lab.report DIR: README.md again from DIR/summary.json
+    import json
+    import sys
+    with open(os.path.join(sys.argv[1], "summary.json")) as fh:
+        print(write_markdown(sys.argv[1], json.load(fh)))
