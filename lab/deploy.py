@@ -10,8 +10,9 @@ agents), each phase started once the one before is healthy (``depends_on: condit
 service_healthy``), every service with a Rule 2.2 health check, some with Rule 1.1
 limits (``mem_limit`` + ``mem_reservation`` at 50-75 %) and some without, Rule 2.3's
 bounded restarts (``on-failure:3``), and classes given the ways operators write them: a
-``supervisor.class`` label on some, compose service names (``postgres``, ``redis``,
-``ollama``, ``orchestrator-N``) or images on the others, the default class for the rest.
+``supervisor.class`` label on some, compose service names (``postgres``, ``ollama``,
+``orchestrator-N``) or images (``session-cache`` runs Redis) on the others, the default
+class for the rest.
 Every service runs with ``network_mode: none``: clients reach a service inside its own
 network namespace only.
 
@@ -141,7 +142,8 @@ def services(scale: Scale) -> list[Service]:
     out = [
         Service("postgres", "lab/postgres", 1, "infrastructure", "name", "infra",
                 mem_limit_bytes=96 * MIB),
-        Service("redis", "lab/redis", 1, "infrastructure", "image", "infra"),
+        # named for its use, so only its image (redis) says it is infrastructure
+        Service("session-cache", "lab/redis", 1, "infrastructure", "image", "infra"),
         # lab/ollama tagged as Ollama's own image (scripts/lab-run tags it in the lab
         # engine): the supervisor finds an Ollama by image or container name, and a compose
         # container is named <project>_ollama_1
