@@ -15,8 +15,13 @@ chosen at start (``AGENT_BEHAVIOUR``) and switchable while it runs
 
 Routes: ``GET /health`` (200 ``ok``), ``GET /metrics`` (Prometheus text format),
 ``GET /`` (a small JSON answer), ``GET|POST /behaviour``, ``POST /release``,
-``GET /bytes?n=N`` (N bytes of body, a client with data to fetch) and
-``GET /slow?seconds=S&bytes=N`` (N bytes spread over S seconds, data in flight).
+``GET /bytes?n=N`` (N bytes of body, a client with data to fetch),
+``GET /slow?seconds=S&bytes=N`` (N bytes spread over S seconds, data in flight) and
+``GET /work?ms=N`` (N ms of CPU in the handler, then a small answer: a request whose
+latency shows CPU contention).
+
+``AGENT_WARM_MB`` (default 0): memory taken and held from the start (a warm cache, part of
+what the service needs to run; ``/release`` leaves it).
 
 Listens on ``AGENT_BIND``:``AGENT_PORT`` (default 127.0.0.1:10210). Standard library only.
 """
@@ -37,7 +42,8 @@ PAGE_BYTES = 4096
 BEHAVIOURS = ("idle", "steady", "bursty", "leaking")
 # /metrics counts requests by path; anything else is "other" so a client cannot grow the
 # label set without bound.
-KNOWN_PATHS = ("/", "/health", "/metrics", "/behaviour", "/release", "/bytes", "/slow")
+KNOWN_PATHS = ("/", "/health", "/metrics", "/behaviour", "/release", "/bytes", "/slow", "/work")
+MAX_WORK_MS = 10_000
 MAX_BODY_BYTES = 64 * MIB
 
 
@@ -251,6 +257,15 @@ def make_handler(agent: Agent, quiet: bool):
                     self._send(200, b"x" * n, "application/octet-stream")
             elif path == "/slow":
                 self._slow(q)
+            elif path == "/work":
+                ms = self._int(q, "ms", 10)
+                if ms is not None:
+                    cpu_s = min(ms, MAX_WORK_MS) / 1000.0
+                    start = time.thread_time()
+                    while time.thread_time() - start < cpu_s:
+                        for _ in range(2000):
+                            pass
+                    self._json(200, {"worked_ms": round((time.thread_time() - start) * 1000, 3)})
             else:
                 self._json(404, {"error": f"not found: {path}"})
 
@@ -320,6 +335,8 @@ def main() -> int:
         leak_mib_per_s=env_number("AGENT_LEAK_MB_PER_S", 8),
         leak_max_mib=env_number("AGENT_LEAK_MAX_MB", 256),
     )
+    # the warm cache is held by main() for the life of the process
+    warm = touched(int(env_number("AGENT_WARM_MB", 0) * MIB))
     server = ThreadingHTTPServer((bind, port), make_handler(agent, os.environ.get("AGENT_LOG") != "1"))
     server.daemon_threads = True
     # As PID 1 of its container the process gets no default action for SIGTERM: without a
@@ -333,6 +350,7 @@ def main() -> int:
     finally:
         agent.stop()
         server.server_close()
+        del warm
     return 0
 
 
