@@ -187,13 +187,34 @@ class Recreator:
             self.del_state(key)
             raise RecreateError(f"new container did not come up: {problem}; {how}",
                                 rolled_back=True)
-        try:
-            if not auto_remove:
-                self.engine.remove(old_id)
-        except (ContainerGone, EngineRefused) as e:
-            notes.append(f"old container not removed: {e}")
+        if not auto_remove:
+            note = self._remove_old(old_id)
+            if note:
+                notes.append(note)
         self.del_state(key)
         return Recreated(old_id=old_id, new_id=new_id, notes=tuple(notes))
+
+    def _remove_old(self, old_id: str, timeout_s: float = 10.0) -> str:
+        """Remove the stopped old container; '' when it is gone, else why it is kept.
+        Under Docker's systemd cgroup driver (docker 20.10, a systemd host) a remove right
+        after the swap answered "No such container" for a container that inspect still
+        showed, and the same remove a few seconds later worked: a 404 is believed only
+        once inspect agrees (issue 16's lane)."""
+        deadline = self.clock() + timeout_s
+        while True:
+            try:
+                self.engine.remove(old_id)
+                return ""
+            except EngineRefused as e:
+                return f"old container not removed: {e}"
+            except ContainerGone as e:
+                try:
+                    self.engine.inspect_raw(old_id)
+                except ContainerGone:
+                    return ""
+                if self.clock() >= deadline:
+                    return f"old container not removed: {e}"
+            self.sleep(0.5)
 
     def rollback(self, attrs: dict, new_id: str, aside: str, was_running: bool) -> str:
         """Put the old container back under its name. Returns what was done."""

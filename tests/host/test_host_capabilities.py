@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+from fake_ollama import FakeOllama
 from _hostlib import (UNIT, cgroup_of_pid, run, status_json, supctl, systemctl, wait_active,
                       wait_for)
 
@@ -20,8 +21,12 @@ HTTPD = (f"mkdir -p /www && echo '{PAGE}' >/www/index.html && "
 
 
 def _with_standard(text: str, **values: str) -> str:
-    head, sep, rest = text.partition("[classes.standard]\n")
-    assert sep, "no [classes.standard] in the config"
+    return _with_section(text, "classes.standard", **values)
+
+
+def _with_section(text: str, section: str, **values: str) -> str:
+    head, sep, rest = text.partition(f"[{section}]\n")
+    assert sep, f"no [{section}] in the config"
     body, nxt, tail = rest.partition("\n[")
     for k, v in values.items():
         body, n = re.subn(rf"^{k} = .*$", f"{k} = {v}", body, flags=re.M)
@@ -138,3 +143,45 @@ def test_the_ladder_throttles_through_memory_high_and_systemd_keeps_it(unit_conf
     assert run("systemctl", "show", "-P", "MemoryHigh", scope.name).stdout.strip() == high
     systemctl("daemon-reload")
     assert (scope / "memory.high").read_text().strip() == high
+
+
+def test_the_ollama_governor_recreates_an_idle_ollama_with_its_settings(unit_config, containers,
+                                                                         docker_client):
+    """Rule 12.1 under the unit: an Ollama container started with OLLAMA_NUM_PARALLEL=8 is
+    recreated by the unit once its API says no model is loaded (the API is the documented
+    one, served by the test on the guest's loopback), keeping its name and labels, in a
+    systemd scope of its own."""
+    fake = FakeOllama().start()
+    try:
+        text = _with_section(unit_config.read_text(), "ollama", policy='"enforce"',
+                             api_url=f'"{fake.url}"', idle_for='"1s"', model_idle_for='"1s"')
+        unit_config.write_text(text)
+        systemctl("reload", UNIT)
+        wait_active()
+        name = f"rs-test-ollama-{uuid.uuid4().hex[:6]}"
+        old = containers.run("trap 'exit 0' TERM; sleep 3600 & wait", name=name,
+                             labels={"supervisor.ollama": "true"},
+                             environment={"OLLAMA_NUM_PARALLEL": "8", "KEEP": "me"})
+
+        def recreated():
+            got = docker_client.api.inspect_container(name)
+            return got["Id"] != old.id and got["State"]["Running"] and got
+        new = wait_for(recreated, timeout=120, interval=1, what="the Ollama container recreated")
+        env = new["Config"]["Env"]
+        assert "OLLAMA_NUM_PARALLEL=2" in env and "OLLAMA_MAX_LOADED_MODELS=1" in env, env
+        assert "KEEP=me" in env and "OLLAMA_NUM_PARALLEL=8" not in env, env
+        assert new["Config"]["Labels"]["supervisor.ollama"] == "true"
+        assert cgroup_of_pid(new["State"]["Pid"]).name == f"docker-{new['Id']}.scope"
+        # the row is written once the swap is done: the new one kept running, the old removed
+        rows = wait_for(lambda: [r for r in _journal("ollama_recreate")
+                                 if (r.get("target") in (old.id, name) or name in str(r))
+                                 and r.get("outcome") not in (None, "pending")],
+                        timeout=60, what="the recreate's journal row")
+        print("journal:", json.dumps(rows[-1], sort_keys=True)[:1500])
+        assert rows[-1]["outcome"] == "ok", rows[-1]
+        assert f"recreated as {new['Id'][:12]}" in rows[-1]["detail"], rows[-1]
+        assert "not removed" not in rows[-1]["detail"], rows[-1]
+        names = [c.name for c in docker_client.containers.list(all=True)]
+        assert not any(n.startswith(f"{name}-replaced") for n in names), names  # old one gone
+    finally:
+        fake.close()
