@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from _harness import daemon_stepped, daemon_thread
-from conftest import ROOT, metrics_text, stop_process, wait_for
+from _testkit import ROOT, metrics_text, stop_process, wait_for
 from supervisor.publish.control import request
 
 __all__ = ["CONTAINER_KINDS", "DaemonProcess", "SecondEngine", "daemon_stepped", "daemon_thread",

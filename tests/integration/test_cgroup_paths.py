@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import wait_for
+from _testkit import wait_for
 from supervisor.adapters.engine import Engine
 from supervisor.adapters.cgroups import CgroupFS, parse_proc_cgroup
 from supervisor.adapters.host import HostSampler

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from ._procs import daemon_thread
-from conftest import IMAGE, ROOT, RUN_ID, TEST_LABEL, wait_for
+from _testkit import IMAGE, ROOT, RUN_ID, TEST_LABEL, wait_for
 from supervisor.model.config import shipped_config_path
 from supervisor.publish.control import request
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import class_table, wait_for
+from _testkit import class_table, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 
 from ._procs import DaemonProcess, journal_integrity, journal_states

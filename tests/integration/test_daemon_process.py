@@ -6,7 +6,7 @@ import sys
 import time
 
 from ._procs import DaemonProcess
-from conftest import ROOT, wait_for
+from _testkit import ROOT, wait_for
 
 
 def test_daemon_stays_up_without_an_engine_and_says_so(make_config, tmp_path):

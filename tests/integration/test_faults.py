@@ -11,7 +11,7 @@ import time
 import docker
 import pytest
 
-from conftest import RUN_ID, Containers, class_table, metric_value, wait_for
+from _testkit import RUN_ID, Containers, class_table, metric_value, wait_for
 
 from ._procs import CONTAINER_KINDS, DaemonProcess, SecondEngine
 

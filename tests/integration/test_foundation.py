@@ -2,7 +2,7 @@
 move with real memory, and the inventory follows the event stream."""
 
 
-from conftest import RUN_ID, TEST_LABEL, wait_for
+from _testkit import RUN_ID, TEST_LABEL, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.adapters.engine import Engine
 from supervisor.adapters.host import HostSampler

@@ -11,7 +11,7 @@ import time
 
 from ._procs import daemon_thread
 from .test_lab_images import AGENT_PORT, lab, lab_run, wait_healthy
-from conftest import metrics_text, wait_for
+from _testkit import metrics_text, wait_for
 from supervisor.publish.control import request
 
 FIXTURES = (lab, lab_run)  # the lab images' fixtures, used here by name

@@ -12,7 +12,7 @@ import sys
 import time
 
 from ._procs import DaemonProcess, daemon_thread
-from conftest import ROOT, class_table, metrics_text, wait_for
+from _testkit import ROOT, class_table, metrics_text, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.publish.control import request
 from supervisor.adapters.netdiag import list_tcp, open_probe

@@ -12,7 +12,7 @@ from supervisor.adapters.history_store import FILE_NAME, HistoryStore, StoredHis
 from supervisor.policy.placement import ADAPTIVE_MIN_HISTORY_S
 
 from ._procs import DaemonProcess
-from conftest import wait_for
+from _testkit import wait_for
 
 MIB = 1 << 20
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, RUN_ID, class_table, wait_for
+from _testkit import ROOT, RUN_ID, class_table, wait_for
 
 from ._procs import DaemonProcess
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, RUN_ID, TEST_LABEL, wait_for
+from _testkit import ROOT, RUN_ID, TEST_LABEL, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 
 MIB = 2**20

@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 from . import _procs
-from conftest import RUN_ID, class_table, metrics_text, wait_for
+from _testkit import RUN_ID, class_table, metrics_text, wait_for
 from supervisor.model.actions import Action
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.component import Context

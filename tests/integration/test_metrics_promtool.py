@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ._procs import DaemonProcess
-from conftest import ROOT, class_table, wait_for
+from _testkit import ROOT, class_table, wait_for
 
 PROM = ROOT / "config" / "prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import RUN_ID, class_table, wait_for
+from _testkit import RUN_ID, class_table, wait_for
 from fake_ollama import FakeOllama, keep_busy
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.act.core_actions import CoreActions

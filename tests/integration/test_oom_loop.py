@@ -11,7 +11,7 @@ and /metrics says so; the limit the supervisor gave is raised (pool with room) o
 
 import time
 
-from conftest import metric_value, metrics_text, wait_for
+from _testkit import metric_value, metrics_text, wait_for
 
 from ._procs import daemon_thread
 from supervisor.cli.supctl import EXIT_EXHAUSTED, health_code

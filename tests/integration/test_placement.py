@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import RUN_ID, class_table, remove_test_cgroup, wait_for
+from _testkit import RUN_ID, class_table, remove_test_cgroup, wait_for
 
 from ._procs import daemon_stepped, daemon_thread
 from supervisor.adapters.cgroups import CgroupFS

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from conftest import RUN_ID, class_table, remove_test_cgroup, wait_for
+from _testkit import RUN_ID, class_table, remove_test_cgroup, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.publish.status import build_status
 

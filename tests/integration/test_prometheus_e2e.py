@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, free_port, stop_process, wait_for
+from _testkit import ROOT, free_port, stop_process, wait_for
 from supervisor.runtime.daemon import Daemon
 
 from ._procs import daemon_stepped

@@ -14,7 +14,7 @@ import time
 import docker
 from prometheus_client import generate_latest
 
-from conftest import class_table, metric_value, wait_for
+from _testkit import class_table, metric_value, wait_for
 from supervisor.adapters.cgroups import CgroupFS
 from supervisor.adapters.engine import Engine
 from supervisor.observe.inventory import Inventory

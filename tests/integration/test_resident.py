@@ -10,7 +10,7 @@ import pytest
 
 from . import test_lab_images as lab_images
 from ._procs import daemon_thread
-from conftest import RUN_ID, TEST_LABEL, wait_for
+from _testkit import RUN_ID, TEST_LABEL, wait_for
 from supervisor.adapters.cgroups import CgroupFS, stat_value
 from supervisor.publish.control import request
 

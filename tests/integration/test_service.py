@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_for
+from _testkit import ROOT, wait_for
 from supervisor.model.actions import Action, Outcome
 from supervisor.act.component import Component
 

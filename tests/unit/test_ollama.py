@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from _testkit import wait_for
 from fake_ollama import FakeOllama
 import _handmade as handmade
 from supervisor.model.actions import ActionResult
