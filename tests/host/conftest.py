@@ -10,7 +10,6 @@ have done to it.
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -18,11 +17,11 @@ import pytest
 
 HOST_DIR = Path(__file__).parent
 sys.path.insert(0, str(HOST_DIR))
+# the busybox container helpers are the v2 lane's (the same image and label, another guest)
+sys.path.insert(1, str(HOST_DIR.parent / "v2"))
 
 from _hostlib import CONFIG, DROPIN_DIR, IN_LANE, SKIP_REASON, systemctl, wait_active  # noqa: E402
-
-TEST_IMAGE = "rs-test/busybox:latest"
-TEST_LABEL = {"rs-test": "1"}
+from _v2lib import TEST_IMAGE, Containers  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,32 +58,6 @@ def docker_client():
         except Exception:  # noqa: BLE001
             pass
     client.close()
-
-
-class Containers:
-    """Starts busybox containers (--network none, label rs-test=1) and removes them."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-        self.started: list = []
-
-    def run(self, command: str = "sleep 3600", **kwargs):
-        labels = {**TEST_LABEL, **kwargs.pop("labels", {})}
-        name = kwargs.pop("name", f"rs-test-{uuid.uuid4().hex[:10]}")
-        kwargs.setdefault("network_mode", "none")
-        c = self.client.containers.run(TEST_IMAGE, ["sh", "-c", command], name=name,
-                                       detach=True, labels=labels, **kwargs)
-        self.started.append(c)
-        c.reload()
-        return c
-
-    def cleanup(self) -> None:
-        for c in self.started:
-            try:
-                c.remove(force=True)
-            except Exception:  # noqa: BLE001
-                pass
-        self.started.clear()
 
 
 @pytest.fixture
