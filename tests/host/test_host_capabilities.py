@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import docker
 from fake_ollama import FakeOllama
 from _hostlib import (UNIT, cgroup_of_pid, run, status_json, supctl, systemctl, wait_active,
                       wait_for)
@@ -164,7 +165,10 @@ def test_the_ollama_governor_recreates_an_idle_ollama_with_its_settings(unit_con
                              environment={"OLLAMA_NUM_PARALLEL": "8", "KEEP": "me"})
 
         def recreated():
-            got = docker_client.api.inspect_container(name)
+            try:
+                got = docker_client.api.inspect_container(name)
+            except docker.errors.NotFound:  # mid-swap: the old one renamed, the new not made
+                return None
             return got["Id"] != old.id and got["State"]["Running"] and got
         new = wait_for(recreated, timeout=120, interval=1, what="the Ollama container recreated")
         env = new["Config"]["Env"]
