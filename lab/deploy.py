@@ -51,6 +51,7 @@ class Scale:
     spec_agents: int          # phase 3 besides the agent-owned PostgreSQL and Redis
     health_interval_s: int    # Rule 2.2 says 30 s; shorter for CI
     idle_after_s: int         # the lab config's idle_after (shipped: 5 m)
+    settle_s: int             # the lab config's history.settle (shipped: 60 s)
     # timeline, seconds from its start
     solo_s: int               # critical requests with the host otherwise idle
     hog_s: int                # then the same requests while Ollama burns CPU
@@ -72,13 +73,13 @@ class Scale:
 SCALES = {
     # CI: 4 + 4 + 10, the whole invocation (both legs) within a few minutes
     "small": Scale("small", critical_agents=1, perf_agents=4, spec_agents=8,
-                   health_interval_s=5, idle_after_s=20,
+                   health_interval_s=5, idle_after_s=20, settle_s=15,
                    solo_s=15, hog_s=25, leak_at_s=20, leak_mib_per_s=12, redis_at_s=25,
                    redis_steps=4, stale_at_s=30, back_at_s=82, end_s=110,
                    wakes_per_client=2),
     # the rules' 15 + 25 + 70
     "full": Scale("full", critical_agents=12, perf_agents=25, spec_agents=68,
-                  health_interval_s=30, idle_after_s=120,
+                  health_interval_s=30, idle_after_s=120, settle_s=60,
                   solo_s=45, hog_s=90, leak_at_s=120, leak_mib_per_s=16, redis_at_s=140,
                   redis_steps=8, stale_at_s=200, back_at_s=200, end_s=330,
                   wakes_per_client=3),
@@ -326,6 +327,7 @@ def lab_config(shipped: dict, scale: Scale, size: Sizing, *, run: str, cores: in
             cls["idle_after"] = f"{scale.idle_after_s}s"
     for pool, budget in size.budgets.items():
         data["pools"].setdefault(pool, {})["budget"] = f"{budget // MIB}MiB"
+    data.setdefault("history", {})["settle"] = f"{scale.settle_s}s"
     # Ollama's "at most 4 CPUs" is a third of the reference host's 12
     ol = data["ollama"]
     ol["cpu_cores"] = round(float(ol["cpu_cores"]) * cores / ref_cores, 2)

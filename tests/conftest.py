@@ -82,6 +82,10 @@ def make_config(tmp_path, request):
             "manage": {"require_labels": {TEST_LABEL: RUN_ID}, "default_class": "standard"},
             "docker": {"host": os.environ.get("DOCKER_HOST", "")},
             "intervals": {"tick": "0.2s", "reconcile": "1s"},
+            # Limits at once: these busybox containers have no warm-up, and the tests are of
+            # what placement writes. The settle itself has tests of its own
+            # (test_placement.py: a service that warms up after its start).
+            "history": {"settle": "0s"},
             # Pool cgroups would go under the host's cgroup root: a test turns them on
             # with a parent of its own (and removes it).
             "pool_cgroups": {"enabled": False},

@@ -27,8 +27,9 @@ from supervisor.model import rules
 from supervisor.model.actions import Action, Outcome
 from supervisor.model.errors import CgroupError, EngineRefused
 from supervisor.model.units import format_bytes
-from supervisor.policy.placement import (MEMORY_FIELDS, Desired, PlacementMemory, resources_of,
-                                         split_update, update_kwargs, writes_new_limit)
+from supervisor.policy.placement import Desired, PlacementMemory
+from supervisor.policy.placement_diff import (MEMORY_FIELDS, resources_of, split_update,
+                                              update_kwargs, writes_new_limit)
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.act.component import Context

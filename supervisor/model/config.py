@@ -169,8 +169,13 @@ class HistorySection(_Section):
     window: Duration = "1h"
     percentile: float = Field(99.0, gt=0, le=100)
     headroom: float = Field(0.20, ge=0)
+    # A container without a memory limit gets one only once it has run this long (and its
+    # health check, if any, has passed), never below the peak working set seen meanwhile:
+    # a limit written in a service's first seconds sees only its interpreter loading and
+    # OOM-kills it when it warms up (Rule 2.2's start_period is 60 s).
+    settle: Duration = "60s"
 
-    _v = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
+    _v = field_validator("window", "settle")(classmethod(lambda cls, v: _check_duration(v)))
 
 
 class LadderSection(_Section):

@@ -18,6 +18,8 @@ Invariants these rules carry, each proven over generated snapshots and configs b
    actuator's one rate limiter).
 6. A dry run plans exactly what the live run plans; planning twice from the same input
    gives the same plan and changes no state.
+7. No memory limit is given to a container without one before it has settled
+   (``limit_settled``): running ``history.settle`` long, its health check (if any) passed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from supervisor.model.classify import label_is_false
+from supervisor.model.units import docker_time_s
 
 if TYPE_CHECKING:  # pragma: no cover
     from supervisor.model.config import ClassConfig, Config
@@ -179,6 +182,22 @@ def memory_limit(wanted_bytes: int, working_set_bytes: int | None, headroom: flo
     below its floor. A class default smaller than what a running service uses would make
     the kernel reclaim-fail (v1) or OOM-kill (v2) it, at every start after a restart."""
     return max(wanted_bytes, memory_floor_bytes(working_set_bytes, headroom))
+
+
+def limit_settled(started_at: str, health: str, now_s: float, settle_s: float) -> bool:
+    """Whether a container without a memory limit may be given one now: it has run at
+    least ``settle_s`` and is not still in its health check's start ("starting"). Before
+    that its working set is its warm-up's, not its need: a class default written at
+    second 1 OOM-killed a service holding a 24 MiB cache on every start (the service lab,
+    issue 15). An unknown start, or one the clock puts in the future, is no evidence of
+    youth: settled (the limit is still floored by the working set)."""
+    if health == "starting":
+        return False
+    started_s = docker_time_s(started_at)
+    if started_s is None or settle_s <= 0:
+        return True
+    age_s = now_s - started_s
+    return age_s < 0 or age_s >= settle_s
 
 
 def limit_is_safe(limit_bytes: int, working_set_bytes: int | None, headroom: float) -> bool:

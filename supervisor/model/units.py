@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 import re
 
 _SIZE_UNITS = {
@@ -111,3 +112,25 @@ def _format_cpuset(cores: tuple[int, ...]) -> str:
     if run:
         out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
     return ",".join(out)
+
+
+def docker_time_s(text: str) -> float | None:
+    """Epoch seconds of Docker's RFC 3339 time with nanoseconds ("2024-05-01T12:34:56.
+    123456789Z"); None for its zero time ("0001-01-01T00:00:00Z") or an unreadable one."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, rest = text.partition(".")
+    frac, tz = "", "Z"
+    if rest:
+        i = next((k for k, ch in enumerate(rest) if not ch.isdigit()), len(rest))
+        frac, tz = rest[:i], rest[i:] or "Z"
+    elif head.endswith("Z"):
+        head = head[:-1]
+    elif len(head) > 19:
+        head, tz = head[:19], head[19:]
+    try:
+        dt = datetime.fromisoformat(head + ("." + frac[:6] if frac else "")
+                                    + ("+00:00" if tz == "Z" else tz))
+    except ValueError:
+        return None
+    return dt.timestamp()

@@ -11,12 +11,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime
 from typing import Callable
 
 from supervisor.adapters.engine import Engine
 from supervisor.model.errors import ContainerGone, EngineUnavailable
 from supervisor.model.snapshot import ContainerInfo
+from supervisor.model.units import docker_time_s
 
 log = logging.getLogger(__name__)
 
@@ -34,28 +34,6 @@ Listener = Callable[[str, str, dict], None]  # (action, container id, raw event)
 # OOM kills remembered per container: the newest this many, none older than this.
 OOM_KILLS_KEPT = 32
 OOM_KILLS_MAX_AGE_S = 3600.0
-
-
-def docker_time_s(text: str) -> float | None:
-    """Epoch seconds of Docker's RFC 3339 time with nanoseconds ("2024-05-01T12:34:56.
-    123456789Z"); None for its zero time ("0001-01-01T00:00:00Z") or an unreadable one."""
-    if not text or text.startswith("0001-"):
-        return None
-    head, _, rest = text.partition(".")
-    frac, tz = "", "Z"
-    if rest:
-        i = next((k for k, ch in enumerate(rest) if not ch.isdigit()), len(rest))
-        frac, tz = rest[:i], rest[i:] or "Z"
-    elif head.endswith("Z"):
-        head = head[:-1]
-    elif len(head) > 19:
-        head, tz = head[:19], head[19:]
-    try:
-        dt = datetime.fromisoformat(head + ("." + frac[:6] if frac else "")
-                                    + ("+00:00" if tz == "Z" else tz))
-    except ValueError:
-        return None
-    return dt.timestamp()
 
 
 def event_time_s(ev: dict, default: float) -> float:

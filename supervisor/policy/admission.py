@@ -21,6 +21,9 @@ from supervisor.model import rules
 from supervisor.model.pools import PoolUsage, admit
 
 HELD = "held"  # a container whose limit cannot be changed now: its current one is kept
+# A container without a limit that has not settled yet (``rules.limit_settled``): it is
+# given none until it has, and holds none of the pool's room meanwhile.
+SETTLING = "settling"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Candidate:
     current_bytes: int  # its limit now; 0 = none
     changeable: bool  # running: its limit can be set now
     started_at: str = ""  # Docker's RFC 3339 StartedAt: sorts in time order
+    settling: bool = False  # no limit yet and not settled: none is given now
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Admission:
     pool: str
     wanted_bytes: int
     granted_bytes: int  # 0 when over budget
-    verdict: str  # fits | shrunk | over-budget | held
+    verdict: str  # fits | shrunk | over-budget | held | settling
     room_bytes: int  # what the pool had left when this member's turn came
     floor_bytes: int
 
@@ -71,10 +75,10 @@ def admit_pool(pool: str, budget_bytes: int, members: Iterable[Candidate]) -> li
     for c in ordered:
         pending_held -= c.current_bytes
         room = max(0, budget_bytes - allocated)
-        if not c.changeable:
+        if not c.changeable or c.settling:
             allocated += c.current_bytes
-            out.append(Admission(c.id, c.name, pool, c.wanted_bytes, c.current_bytes, HELD,
-                                 room, c.floor_bytes))
+            out.append(Admission(c.id, c.name, pool, c.wanted_bytes, c.current_bytes,
+                                 SETTLING if c.settling else HELD, room, c.floor_bytes))
             continue
         taken = allocated + (pending_held if c.wanted_bytes > c.current_bytes else 0)
         granted, verdict = admit(PoolUsage(pool, budget_bytes, taken, 0), c.wanted_bytes,

@@ -25,9 +25,11 @@ from supervisor.model.actions import Action
 from supervisor.model.config import ClassConfig, Config
 from supervisor.model.pools import FITS, OVER_BUDGET
 from supervisor.model.snapshot import LIVE_STATES, ContainerInfo, ContainerSample
-from supervisor.model.units import format_bytes, format_cpuset, parse_cpuset
+from supervisor.model.units import format_bytes, format_cpuset
 from supervisor.observe.history import History, recommend_limit
-from supervisor.policy.admission import HELD, Admission, Candidate, admit_all
+from supervisor.policy.admission import HELD, SETTLING, Admission, Candidate, admit_all
+from supervisor.policy.placement_diff import (Desired, describe_changes, fmt_mem, resources_of,
+                                              update_kwargs)
 from supervisor.policy.tick import Tick
 
 # Adaptive limits wait for this much history: a percentile of the first minutes is only
@@ -46,44 +48,7 @@ SOURCE_FLOOR = "usage-floor"
 #: or, its pool having no room for the raise, removed.
 SOURCE_OOM_RAISE, SOURCE_OOM_REMOVED = "oom-raise", "oom-removed"
 
-#: Engine.update arguments by the call they go in (see ``split_update``).
-CPU_FIELDS = frozenset({"cpuset_cpus", "cpu_quota", "cpu_period", "nano_cpus"})
-MEMORY_FIELDS = frozenset({"mem_limit", "mem_reservation", "memswap_limit"})
-
-
 # ---------------------------------------------------------------- desired values
-
-
-@dataclass(frozen=True)
-class Desired:
-    """What one container's Docker resources should be. ``None`` memory fields: memory is
-    left as it is (the pool had no room to grant, or the container is not running)."""
-
-    cpuset_cpus: str
-    cpu_quota_cores: float | None  # None = no CPU quota
-    memory_limit_bytes: int | None
-    memory_reservation_bytes: int | None
-    memory_swap_bytes: int | None
-    limit_source: str = ""  # override | adaptive | existing | class-default | usage-floor
-    admission: str = ""  # fits | shrunk | over-budget | held
-
-    def to_params(self) -> dict[str, Any]:
-        return {"cpuset_cpus": self.cpuset_cpus, "cpu_quota_cores": self.cpu_quota_cores,
-                "memory_limit_bytes": self.memory_limit_bytes,
-                "memory_reservation_bytes": self.memory_reservation_bytes,
-                "memory_swap_bytes": self.memory_swap_bytes,
-                "limit_source": self.limit_source, "admission": self.admission}
-
-    @classmethod
-    def from_params(cls, p: dict[str, Any]) -> "Desired":
-        def opt_int(k: str) -> int | None:
-            return None if p.get(k) is None else int(p[k])
-        q = p.get("cpu_quota_cores")
-        return cls(cpuset_cpus=str(p["cpuset_cpus"]), cpu_quota_cores=None if q is None else float(q),
-                   memory_limit_bytes=opt_int("memory_limit_bytes"),
-                   memory_reservation_bytes=opt_int("memory_reservation_bytes"),
-                   memory_swap_bytes=opt_int("memory_swap_bytes"),
-                   limit_source=str(p.get("limit_source", "")), admission=str(p.get("admission", "")))
 
 
 def class_cpuset(cls: ClassConfig, cfg: Config) -> str:
@@ -117,8 +82,31 @@ def working_set_of(c: ContainerSample) -> int:
     return c.stats.memory_working_set_bytes if c.stats else 0
 
 
+def limit_basis_bytes(c: ContainerSample, history: History | None) -> int:
+    """The use a new limit for ``c`` must cover (plus headroom): its working set, running;
+    for one that holds no limit yet, the highest working set seen of it, now or in its
+    history (earlier runs included: the history is by container id, and a restart keeps
+    the id). It has settled by then, and its warm-up is part of its need."""
+    if c.info.state != "running":
+        return 0
+    ws = working_set_of(c)
+    if c.info.memory_limit_bytes or not ws or history is None:
+        return ws
+    return max(int(history.percentile(c.info.id, 100.0) or 0), ws)
+
+
+def settling(c: ContainerSample, cfg: Config, override: dict[str, Any], now_s: float) -> bool:
+    """A running container without a memory limit (and none asked for by another
+    component) that has not settled yet (``rules.limit_settled``): it gets no limit now."""
+    return (c.info.state == "running" and not c.info.memory_limit_bytes
+            and not override.get("memory_limit_bytes")
+            and not rules.limit_settled(c.info.started_at, c.info.health, now_s,
+                                        cfg.settings.history.settle))
+
+
 def wanted_limit(c: ContainerSample, cls: ClassConfig, cfg: Config, override: dict[str, Any],
-                 history: History | None, now_s: float | None = None) -> tuple[int, str]:
+                 history: History | None, now_s: float | None = None,
+                 basis_bytes: int | None = None) -> tuple[int, str]:
     """The memory limit a container should hold before pool admission, and why: another
     component's override; the adaptive recommendation (when the class enables it and
     history is long enough); the limit it already has; else the class default.
@@ -126,11 +114,13 @@ def wanted_limit(c: ContainerSample, cls: ClassConfig, cfg: Config, override: di
     A new limit (anything but the one it holds) is never below its working set plus the
     headroom (``rules.memory_limit``): a class default under what a running service uses
     would make the kernel refuse it (cgroup v1) or OOM-kill the service (v2), and after a
-    restart it would land at the start event and kill it on every start (issue 13). The
-    limit it already holds is kept as it is (no write), whatever its use."""
+    restart it would land at the start event and kill it on every start (issue 13). For a
+    container that holds no limit yet, that working set is the peak seen of it
+    (``limit_basis_bytes``, or ``basis_bytes`` when the caller has it already). The limit
+    it already holds is kept as it is (no write), whatever its use."""
     headroom = cfg.settings.history.headroom
-    ws = working_set_of(c) if c.info.state == "running" else 0
     current = c.info.memory_limit_bytes
+    ws = limit_basis_bytes(c, history) if basis_bytes is None else basis_bytes
 
     def floored(want: int, source: str) -> tuple[int, str]:
         limit = rules.memory_limit(want, ws, headroom)
@@ -166,7 +156,8 @@ def desired_resources(c: ContainerSample, cfg: Config, *, override: dict[str, An
     # The tightest satisfies them all (an override never lifts a container above its class).
     quota = rules.effective_cpu_cores({"class": cls.cpu_quota_cores,
                                        "override": ov.get("cpu_quota_cores")})
-    if admission is None or admission.verdict in (OVER_BUDGET, HELD) or admission.granted_bytes <= 0:
+    if admission is None or admission.verdict in (OVER_BUDGET, HELD, SETTLING) \
+            or admission.granted_bytes <= 0:
         return Desired(cpuset, quota, None, None, None, limit_source,
                        admission.verdict if admission else "")
     limit = admission.granted_bytes
@@ -179,92 +170,6 @@ def desired_resources(c: ContainerSample, cfg: Config, *, override: dict[str, An
         res = rules.reservation_for(limit, cls.reservation_ratio)
     # Swap limit = memory limit: no swap beyond the limit.
     return Desired(cpuset, quota, limit, res, limit, limit_source, admission.verdict)
-
-
-# ---------------------------------------------------------------- differences
-
-
-def same_cpuset(current: str, desired: str) -> bool:
-    """Compared as sets of cores ("0,1" == "0-1"). Docker's "" (no pinning) differs from
-    any explicit list: placement always writes the cores out."""
-    if not current:
-        return not desired
-    try:
-        return parse_cpuset(current) == parse_cpuset(desired)
-    except ValueError:
-        return False
-
-
-def update_kwargs(info: ContainerInfo, d: Desired, *, swap_limit_supported: bool = True
-                  ) -> dict[str, Any]:
-    """The Engine.update arguments that bring ``info`` to ``d``: empty when it is there
-    already (then no update call is made)."""
-    kw: dict[str, Any] = {}
-    if not same_cpuset(info.cpuset_cpus, d.cpuset_cpus):
-        kw["cpuset_cpus"] = d.cpuset_cpus
-    cpu = rules.cpu_update_params(info.nano_cpus, info.cpu_quota_us, info.cpu_period_us,
-                                  d.cpu_quota_cores)
-    if cpu:
-        kw.update(cpu)
-    if d.memory_limit_bytes is not None:
-        swap_differs = swap_limit_supported and info.memory_swap_bytes != d.memory_swap_bytes
-        if (info.memory_limit_bytes != d.memory_limit_bytes
-                or info.memory_reservation_bytes != d.memory_reservation_bytes or swap_differs):
-            # The three go together: Docker checks limit <= swap limit and
-            # reservation <= limit against the values already set.
-            kw["mem_limit"] = d.memory_limit_bytes
-            kw["mem_reservation"] = d.memory_reservation_bytes
-            kw["memswap_limit"] = d.memory_swap_bytes
-    return kw
-
-
-def split_update(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(CPU arguments, memory arguments) of one update: they go to the engine as two
-    calls (see ``act.placement``)."""
-    return ({k: v for k, v in kw.items() if k in CPU_FIELDS},
-            {k: v for k, v in kw.items() if k in MEMORY_FIELDS})
-
-
-def writes_new_limit(info: ContainerInfo, kw: dict[str, Any]) -> bool:
-    """Whether ``kw`` writes a memory limit other than the one ``info`` holds (what the
-    floor must be checked for; re-writing the same limit changes nothing)."""
-    return "mem_limit" in kw and kw["mem_limit"] != info.memory_limit_bytes
-
-
-def resources_of(info: ContainerInfo) -> dict[str, Any]:
-    """The Docker values placement manages, as journaled before/after."""
-    return {"cpuset_cpus": info.cpuset_cpus, "cpu_limit_cores": info.cpu_limit_cores,
-            "memory_limit_bytes": info.memory_limit_bytes,
-            "memory_reservation_bytes": info.memory_reservation_bytes,
-            "memory_swap_bytes": info.memory_swap_bytes}
-
-
-def fmt_mem(n: int) -> str:
-    return "none" if n <= 0 else format_bytes(n)
-
-
-def describe_changes(info: ContainerInfo, kw: dict[str, Any]) -> str:
-    parts = []
-    if "cpuset_cpus" in kw:
-        parts.append(f"cpuset {info.cpuset_cpus or 'all'} -> {kw['cpuset_cpus']}")
-    if "cpu_quota" in kw or "nano_cpus" in kw:
-        cur = info.cpu_limit_cores
-        if kw.get("cpu_quota") == -1:
-            new = "none"
-        elif "nano_cpus" in kw:
-            new = f"{kw['nano_cpus'] / 1e9:g}"
-        else:
-            new = f"{kw['cpu_quota'] / kw['cpu_period']:g}"
-        parts.append(f"cpu {'none' if cur is None else f'{cur:g}'} -> {new} cores")
-    if "mem_limit" in kw:
-        parts.append(f"memory limit {fmt_mem(info.memory_limit_bytes)} -> {fmt_mem(kw['mem_limit'])}")
-        if info.memory_reservation_bytes != kw["mem_reservation"]:
-            parts.append(f"reservation {fmt_mem(info.memory_reservation_bytes)} -> "
-                         f"{fmt_mem(kw['mem_reservation'])}")
-        if info.memory_swap_bytes != kw["memswap_limit"]:
-            parts.append(f"swap limit {fmt_mem(info.memory_swap_bytes)} -> "
-                         f"{fmt_mem(kw['memswap_limit'])}")
-    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------- the plan
@@ -377,14 +282,16 @@ def admission_candidates(tick: Tick, oom: dict[str, OomCase] | None = None,
         if c.info.id in released:
             sources[c.info.id] = SOURCE_OOM_REMOVED
             continue
-        wanted, source = wanted_limit(c, cls, cfg, tick.overrides.get(c.info.id, {}), tick.history,
-                                     tick.now)
+        override = tick.overrides.get(c.info.id, {})
+        basis = limit_basis_bytes(c, tick.history)
+        wanted, source = wanted_limit(c, cls, cfg, override, tick.history, tick.now, basis)
         running = c.info.state == "running"
-        floor = rules.memory_floor_bytes(working_set_of(c) if running else 0, headroom)
+        floor = rules.memory_floor_bytes(basis, headroom)
         out.append(Candidate(id=c.info.id, name=c.info.name, pool=cls.pool, wanted_bytes=wanted,
                              floor_bytes=max(cls.memory_min_bytes, floor),
                              current_bytes=c.info.memory_limit_bytes,
-                             changeable=running, started_at=c.info.started_at))
+                             changeable=running, started_at=c.info.started_at,
+                             settling=settling(c, cfg, override, tick.now)))
         sources[c.info.id] = source
     return out, sources
 
@@ -476,7 +383,9 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
             continue
         if cid not in events and tick.now < mem.retry_at.get(cid, 0.0):
             continue
-        kind = "repair drift" if cid in mem.placed else "place"
+        # A first memory limit (the container has settled) is placement, not a repair.
+        first_limit = "mem_limit" in kw and not c.info.memory_limit_bytes
+        kind = "repair drift" if cid in mem.placed and not first_limit else "place"
         why = f"{kind} ({cls.name}, {d.limit_source or 'memory untouched'}"
         if d.admission and d.admission != FITS:
             why += f", {d.admission}"

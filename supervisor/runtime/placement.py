@@ -21,10 +21,12 @@ from supervisor.act.placement import place
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.params import Param
 from supervisor.model.pools import OVER_BUDGET, SHRUNK
+from supervisor.policy.admission import SETTLING
 from supervisor.model.snapshot import LIVE_STATES
 from supervisor.policy.placement import (SOURCE_OOM_REMOVED, Desired, PlacementMemory,
                                          PlacementPlan, oom_cases, place_key, plan_placement,
-                                         recommendations, update_kwargs)
+                                         recommendations)
+from supervisor.policy.placement_diff import update_kwargs
 from supervisor.policy.tick import Tick
 from supervisor.publish.report import Deferred
 
@@ -58,12 +60,15 @@ def plan_status(p: PlacementPlan, tick: Tick, swap_limit_supported: bool, counts
         }
     pools: dict[str, dict[str, Any]] = {}
     for adm in p.admissions.values():
-        row = pools.setdefault(adm.pool, {"granted_bytes": 0, "over_budget": [], "shrunk": []})
+        row = pools.setdefault(adm.pool, {"granted_bytes": 0, "over_budget": [], "shrunk": [],
+                                          "settling": []})
         row["granted_bytes"] += adm.granted_bytes
         if adm.verdict == OVER_BUDGET:
             row["over_budget"].append(adm.to_dict())
         elif adm.verdict == SHRUNK:
             row["shrunk"].append(adm.name)
+        elif adm.verdict == SETTLING:  # no memory limit yet: given once it has settled
+            row["settling"].append(adm.name)
     return {"admission_policy": tick.cfg.settings.manage.admission,
             "swap_limit_supported": swap_limit_supported,
             "counts": counts, "pending": len(p.pending),

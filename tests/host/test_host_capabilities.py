@@ -9,10 +9,12 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 
 import docker
 from fake_ollama import FakeOllama
+from supervisor.model.units import docker_time_s
 from _hostlib import (UNIT, cgroup_of_pid, run, status_json, supctl, systemctl, wait_active,
                       wait_for)
 
@@ -83,7 +85,11 @@ def test_placement_sets_limits_through_docker_on_a_scope(containers):
     def placed():
         c.reload()
         return c.attrs["HostConfig"]["Memory"] > 0 and c.attrs["HostConfig"]["CpusetCpus"] and c.attrs
-    attrs = wait_for(placed, timeout=90, what="the daemon's limit and cpuset on the container")
+    # The shipped config gives a container its memory limit once it has settled
+    # (history.settle, 60 s), then on the next reconcile pass (10 s): TCG is slow besides.
+    attrs = wait_for(placed, timeout=180, what="the daemon's limit and cpuset on the container")
+    age_s = time.time() - docker_time_s(attrs["State"]["StartedAt"])
+    assert age_s >= 59, f"a memory limit {age_s:.1f} s after the start, before the settle"
     hc = attrs["HostConfig"]
     want = str(hc["Memory"] // 4096 * 4096)  # the kernel keeps whole pages
     try:

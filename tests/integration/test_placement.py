@@ -75,6 +75,37 @@ def test_new_container_gets_class_limit_reservation_and_cores(make_config, conta
         assert code == 404
 
 
+def test_a_service_that_warms_up_gets_its_limit_only_once_settled(make_config, containers,
+                                                                  docker_client):
+    """The service lab's stale agent, on busybox: started without a limit, it fills a 48 MiB
+    cache 2 s after its start. A class default of 32 MiB written at once OOM-killed such a
+    service on every start; with history.settle the limit comes after the settle, at its
+    peak plus headroom, and the service keeps running."""
+    classes = class_table("infrastructure", "standard",
+                          standard={"cpuset": "1", "memory_limit": "32MiB"})
+    cfg, path = make_config({"classes": classes, "history": {"settle": "8s"}})
+    with daemon_thread(cfg, path) as d:
+        c = containers.run(labels={"supervisor.class": "standard"}, shm_size="128m",
+                           command="sleep 2; head -c 48m /dev/zero > /dev/shm/cache; sleep 3600")
+        c.reload()
+        started_s = time.time()
+        # its cores at once, its memory left alone meanwhile
+        wait_for(lambda: host_config(docker_client, c)["CpusetCpus"] == "1", 10, what="cpuset")
+        while time.time() - started_s < 6:
+            assert host_config(docker_client, c)["Memory"] == 0, "a limit before the settle"
+            time.sleep(0.25)
+        hc = wait_for(lambda: (h := host_config(docker_client, c))["Memory"] and h, 20,
+                      what="the memory limit after the settle")
+        assert hc["Memory"] >= int(48 * MIB * 1.2), hc["Memory"]  # its peak plus headroom
+        placed = [r for r in rows(d, "place") if r["target"] == c.id and r["outcome"] == "ok"
+                  and r["after"]["memory_limit_bytes"]]
+        assert placed and "usage-floor" in placed[-1]["reason"], placed
+        time.sleep(2)
+        c.reload()
+        st = c.attrs["State"]
+        assert st["Running"] and not st["OOMKilled"] and c.attrs["RestartCount"] == 0, st
+
+
 def test_correct_container_untouched_and_drift_reverted(make_config, containers, docker_client):
     cfg, path = make_config({"classes": CLASSES})
     c = containers.run(labels={"supervisor.class": "standard"}, cpuset_cpus="1", mem_limit="64m",

@@ -116,3 +116,10 @@ def test_bad_env_override_names_the_key(monkeypatch):
 ])
 def test_scaled_cpusets(written, actual, expected):
     assert scale_cores(written, 12, actual) == expected
+
+
+def test_history_settle_is_a_duration_and_a_bad_one_names_its_key():
+    assert load_config(shipped_config_path(), host=TWO_CORES).settings.history.settle == 60.0
+    with pytest.raises(ConfigError) as exc:
+        load_config(data={"history": {"settle": "a while"}}, host=TWO_CORES)
+    assert any(k == "history.settle" for k, _ in exc.value.problems), exc.value.problems

@@ -17,6 +17,7 @@ import os
 import tempfile
 import threading
 from collections import Counter, deque
+from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -52,6 +53,9 @@ class _NoHost:
 
 # ---------------------------------------------------------------- generated inputs
 
+SIM_START_S = 1_800_000_000.0  # the simulated clock at the first pass (epoch seconds)
+
+
 @st.composite
 def configs(draw):
     """The classes the rules name, with the flags an operator might get wrong: an
@@ -80,6 +84,7 @@ def configs(draw):
                 "max_actions_per_minute": draw(st.integers(1, 4)), "psi_duration": "4s",
                 "hibernate_idle_after": "5s"},
         manage={"admission": draw(st.sampled_from(["alert", "strict"]))},
+        history={"settle": draw(st.sampled_from(["0s", "20s", "60s"]))},
         # Pool cgroups are the kernel's own enforcement, written to the host's cgroup tree;
         # the modelled host has none.
         pool_cgroups={"enabled": False},
@@ -95,9 +100,17 @@ def worlds(draw):
         cls = draw(st.sampled_from(CLASSES))
         ws = draw(st.integers(1, 400)) * MIB
         limit = draw(st.sampled_from([0, 0, ws * 2, ws + 8 * MIB, 256 * MIB]))
-        out.append(container(f"{cls}-{i}", cls=cls, working_set=ws, limit=limit,
-                             state=draw(st.sampled_from(["running"] * 5 + ["paused", "exited"]))))
+        c = container(f"{cls}-{i}", cls=cls, working_set=ws, limit=limit,
+                      state=draw(st.sampled_from(["running"] * 5 + ["paused", "exited"])),
+                      # started up to two minutes before the simulation's first pass
+                      started_at=docker_time(SIM_START_S - draw(st.floats(0.0, 120.0))))
+        health = draw(st.sampled_from(["", "", "starting", "healthy", "unhealthy"]))
+        out.append(dataclasses.replace(c, info=dataclasses.replace(c.info, health=health)))
     return out
+
+
+def docker_time(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @st.composite
@@ -117,7 +130,7 @@ class Sim:
     def __init__(self, cfg, world):
         self.cfg = cfg
         self.world = {c.info.id: c for c in world}
-        self.now = 10_000.0
+        self.now = SIM_START_S
         self.dir = tempfile.mkdtemp(prefix="rs-invariants-")
         self.journal = Journal(os.path.join(self.dir, "journal.sqlite3"), 10_000)
         self.ctx = Context(engine=_NoHost("engine"), inventory=_NoHost("inventory"),
@@ -272,6 +285,34 @@ def test_no_memory_limit_below_working_set_plus_headroom(cfg, world, timeline):
                 floor = ws.get(a.target, 0) * (1 + headroom)
                 assert limit >= floor, f"{a.describe()}: below the floor {floor:.0f}"
     run_timeline(cfg, world, timeline, check)
+
+
+@SETTINGS
+@given(configs(), worlds(), timelines())
+def test_no_memory_limit_for_a_container_that_has_not_settled(cfg, world, timeline):
+    """Invariant 7: a container without a limit gets none before it has run history.settle
+    and while its health check is still "starting"."""
+    settle_s = cfg.settings.history.settle
+    started = {c.info.id: epoch_of(c.info.started_at) for c in world}
+
+    def check(sim, tick):
+        actions, _, _ = plan(sim, tick)
+        info = {c.info.id: c.info for c in tick.snapshot.containers}
+        for a in actions:
+            i = info.get(a.target)
+            if a.kind != "place" or i is None or i.memory_limit_bytes or not a.params.get(
+                    "memory_limit_bytes") or a.params.get("oom"):
+                continue
+            # Worked out here, not by the rule under test.
+            young = sim.now - started[a.target] < settle_s
+            assert not young and i.health != "starting", \
+                f"{a.describe()}: {sim.now - started[a.target]:.1f}s old, health {i.health!r}"
+    run_timeline(cfg, world, timeline, check)
+
+
+def epoch_of(docker_time_text: str) -> float:
+    return datetime.strptime(docker_time_text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=timezone.utc).timestamp()
 
 
 @SETTINGS

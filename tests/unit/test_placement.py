@@ -2,6 +2,8 @@
 reservation and swap limit per class; update arguments only where Docker's values
 differ; events place at once, reconcile passes repair drift."""
 
+import dataclasses
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,9 +11,9 @@ from _handmade import MIB, config, container, tick
 from supervisor.act.cpu import cpu_params
 from supervisor.model.rules import reservation_for, reservation_in_range
 from supervisor.observe.history import History
-from supervisor.policy.placement import (PlacementMemory, desired_resources,
-                                         plan_placement, same_cpuset, split_update, update_kwargs,
-                                         writes_new_limit)
+from supervisor.policy.placement import PlacementMemory, desired_resources, plan_placement
+from supervisor.policy.placement_diff import (same_cpuset, split_update, update_kwargs,
+                                              writes_new_limit)
 
 
 def places(plan):
@@ -339,3 +341,75 @@ def test_no_limit_is_written_below_usage_plus_headroom_and_pools_stay_within_bud
     held = sum(a.granted_bytes for a in p.admissions.values() if a.verdict == "held")
     # Held (paused) members count as they are; what admission hands out fits beside them.
     assert granted <= max(0, cfg.pools["standard"].budget_bytes - held)
+
+
+# ---------------------------------------------------------------- settling (history.settle)
+
+def docker_time(epoch_s: float) -> str:
+    """Docker's StartedAt for an epoch time (RFC 3339, UTC, with a fraction)."""
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+START_S = 1_800_000_000.0  # when the container below started
+
+
+def warm_agent(**kw):
+    """A container started without a memory limit at START_S, 4 MiB used so far."""
+    return container(cls="standard", started_at=docker_time(START_S), working_set=4 * MIB, **kw)
+
+
+def test_a_new_container_gets_no_memory_limit_before_it_has_settled():
+    """The service lab's stale agent: a class default (20 MiB) written at its second 1 (4 MiB
+    used) OOM-killed it when its 24 MiB cache warmed up. Until it has run history.settle, its
+    memory is left alone; its cores are placed at once."""
+    cfg = config(history={"settle": "60s"})
+    c = warm_agent()
+    p = plan_placement(tick(cfg, [c], now=START_S + 5))
+    assert p.admissions[c.info.id].verdict == "settling"
+    d = p.desired[c.info.id]
+    assert d.memory_limit_bytes is None and d.cpuset_cpus == "0-3"
+    a = places(p)[c.info.id]
+    assert a.params["fields"] == ["cpuset_cpus"], a.reason
+    assert p.admissions[c.info.id].granted_bytes == 0
+
+
+def test_a_settled_container_gets_at_least_its_peak_working_set_plus_headroom():
+    """After the settle its limit is the class default (40 MiB) raised to the highest working
+    set seen (50 MiB during its warm-up) plus 20% headroom, though it uses 10 MiB now."""
+    cfg = config(history={"settle": "60s"})
+    c = warm_agent()
+    h = History(3600, 1.0)
+    for ws in (4 * MIB, 50 * MIB, 30 * MIB):
+        h.record(c.info.id, ws)
+    now = dataclasses.replace(c.stats, memory_working_set_bytes=10 * MIB)
+    c = dataclasses.replace(c, stats=now)
+    p = plan_placement(tick(cfg, [c], now=START_S + 61, history=h), PlacementMemory(placed={c.info.id}))
+    d = p.desired[c.info.id]
+    assert d.memory_limit_bytes == 60 * MIB and d.limit_source == "usage-floor"
+    a = places(p)[c.info.id]
+    assert "mem_limit" in a.params["fields"]
+    # its first limit is placement, not a drift repair (its cores were placed before)
+    assert a.reason.startswith("place ("), a.reason
+
+
+def test_a_health_check_still_starting_keeps_the_container_settling():
+    cfg = config(history={"settle": "60s"})
+    c = warm_agent()
+    c = dataclasses.replace(c, info=dataclasses.replace(c.info, health="starting"))
+    p = plan_placement(tick(cfg, [c], now=START_S + 300))
+    assert p.admissions[c.info.id].verdict == "settling"
+    healthy = dataclasses.replace(c, info=dataclasses.replace(c.info, health="healthy"))
+    p = plan_placement(tick(cfg, [healthy], now=START_S + 300))
+    assert p.desired[healthy.info.id].memory_limit_bytes == 40 * MIB
+
+
+def test_settling_applies_only_to_a_container_without_a_limit():
+    """A limit the container holds (its owner's) is judged as before: kept; a settle of 0 s
+    gives the default at once."""
+    cfg = config(history={"settle": "60s"})
+    owned = warm_agent(limit=30 * MIB, reservation=20 * MIB, swap=30 * MIB, cpuset="0-3")
+    p = plan_placement(tick(cfg, [owned], now=START_S + 1))
+    assert p.admissions[owned.info.id].verdict == "fits" and p.actions == ()
+    p = plan_placement(tick(config(history={"settle": "0s"}), [warm_agent()], now=START_S + 1))
+    assert [d.memory_limit_bytes for d in p.desired.values()] == [40 * MIB]

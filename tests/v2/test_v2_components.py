@@ -33,6 +33,8 @@ def config(tmp_path, **standard):
         "pool_cgroups": {"enabled": False},
         "docker": {"host": os.environ.get("DOCKER_HOST", "")},
         "intervals": {"tick": "0.2s", "reconcile": "1s"},
+        # limits at once: busybox has no warm-up to wait out (history.settle)
+        "history": {"settle": "0s"},
         "metrics": {"listen": "127.0.0.1:10499"},
         "control": {"socket": str(tmp_path / "control.sock")},
     })

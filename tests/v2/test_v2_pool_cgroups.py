@@ -38,6 +38,8 @@ def daemon(docker_client, tmp_path):
         "manage": {"require_labels": {"rs-test": "1"}, "default_class": "standard"},
         "docker": {"host": os.environ.get("DOCKER_HOST", "")},
         "pool_cgroups": {"enabled": True, "parent": parent},
+        # limits at once: busybox has no warm-up to wait out (history.settle)
+        "history": {"settle": "0s"},
         "control": {"socket": str(tmp_path / "control.sock")},
     })
     try:
