@@ -205,6 +205,9 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
             no_room.append(_c(f"  NO MEMORY LIMIT: {names} in pool {name} run without any "
                               "memory limit: the pool had no room for one", STATE_COLOUR["over"],
                               color))
+        if p.get("settling"):
+            no_room.append(f"  settling: {', '.join(p['settling'])} in pool {name} get a memory "
+                           "limit once settled (history.settle)")
     out += no_room
 
     out.append("")

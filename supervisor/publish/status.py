@@ -111,6 +111,18 @@ def unlimited_no_room(pools: dict[str, dict[str, Any]], rows: list[dict[str, Any
     return out
 
 
+def settling(pools: dict[str, dict[str, Any]], sections: Any) -> dict[str, list[str]]:
+    """Per pool, the managed containers given no memory limit yet because they have not
+    settled (placement's ``pools.<pool>.settling``; history.settle): not an exhaustion,
+    they get one once they have."""
+    placement = sections.get("placement") if hasattr(sections, "get") else None
+    by_pool = placement.get("pools") if isinstance(placement, dict) else None
+    if not isinstance(by_pool, dict):
+        return {}
+    return {pool: sorted(row["settling"]) for pool, row in by_pool.items()
+            if pool in pools and isinstance(row, dict) and row.get("settling")}
+
+
 def oom_summary(rows: list[dict[str, Any]], sections: Any) -> dict[str, Any]:
     """OOM restart loops (managed containers OOM-killed ``rules.OOM_LOOP_KILLS`` times
     within ``rules.OOM_LOOP_WINDOW_S``) and the containers whose own limit placement
@@ -193,6 +205,8 @@ def build_status(source: Any) -> dict[str, Any]:
         row["oom_loop"] = c.managed and row["oom_kills_recent"] >= rules.OOM_LOOP_KILLS
     for pool, names in unlimited_no_room(pools, rows, sections).items():
         pools[pool]["unlimited_no_room"] = names
+    for pool, names in settling(pools, sections).items():
+        pools[pool]["settling"] = names
     for name, section in sections.items():
         if section is not None:
             out[name] = section

@@ -91,6 +91,10 @@ def test_a_service_that_warms_up_gets_its_limit_only_once_settled(make_config, c
         started_s = time.time()
         # its cores at once, its memory left alone meanwhile
         wait_for(lambda: host_config(docker_client, c)["CpusetCpus"] == "1", 10, what="cpuset")
+        # status says why it has no limit yet (and supctl's exit code is not "exhausted")
+        wait_for(lambda: build_status(d)["pools"]["standard"].get("settling") == [c.name], 5,
+                 what="the container listed as settling in status")
+        assert "unlimited_no_room" not in build_status(d)["pools"]["standard"]
         while time.time() - started_s < 6:
             assert host_config(docker_client, c)["Memory"] == 0, "a limit before the settle"
             time.sleep(0.25)

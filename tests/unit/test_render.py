@@ -12,10 +12,12 @@ from supervisor.cli.supctl import EXIT_ENGINE_DOWN, EXIT_EXHAUSTED, EXIT_OK, EXI
 from supervisor.cli.render import (format_duration, render_findings, render_journal_entry,
                                render_plan, render_recommend, render_status)
 from supervisor.policy.breaches import pool_signals
+from supervisor.policy.placement import plan_placement
 from supervisor.publish.exposition import render
 from supervisor.publish.metrics import make_registry
 from supervisor.publish.publisher import ReportBuilder
 from supervisor.publish.status import build_status, cpu_percent, hibernation_rows
+from supervisor.runtime.placement import plan_status
 
 MIB = 2**20
 GIB = 2**30
@@ -263,6 +265,17 @@ def test_at_exactly_the_budget_every_surface_says_over(working_set, want, code):
     assert health_code(st) == code
 
 
+class StaticSection(Component):
+    """A component whose status section is ``section`` as given."""
+
+    def __init__(self, name, section):
+        super().__init__(None)
+        self.name, self.section = name, section
+
+    def status(self, tick):
+        return self.section
+
+
 class PlacementSection(Component):
     """Placement's status section as the daemon publishes it: admission's verdicts."""
 
@@ -344,3 +357,20 @@ def test_a_journal_row_is_one_line_even_for_a_multi_line_engine_error():
     assert "\n" not in line
     assert line.endswith("class default after restart [refused: 500 Server Error failed to write "
                          "memory.limit_in_bytes: device busy]")
+
+
+def test_a_container_still_settling_is_listed_and_is_no_exhaustion():
+    """A new container without a limit before history.settle: status lists it under its
+    pool's ``settling`` (from placement's section), the text says so, the exit code stays 0."""
+    cfg = handmade_config(history={"settle": "60s"})
+    young = handmade_container("young", working_set=5 * MIB, started_at="2027-01-15T08:00:00Z")
+    t = handmade_tick(cfg, [young], now=1_800_000_010.0)
+    plan = plan_placement(t)
+    assert plan.admissions[young.info.id].verdict == "settling"
+    section = plan_status(plan, t, True, Counter(), {})  # placement's own section
+    assert section["pools"]["standard"]["settling"] == ["young"]
+    st = build_status(report_of(t, [StaticSection("placement", section)]))
+    assert st["pools"]["standard"]["settling"] == ["young"]
+    assert "settling: young in pool standard get a memory limit once settled" in \
+        render_status(st, width=160)
+    assert health_code(st) == EXIT_OK
