@@ -89,14 +89,21 @@ def report_of(source: Any) -> Report:
     return source if isinstance(source, Report) else source.report
 
 
+def placement_pools(sections: Any) -> dict[str, Any]:
+    """Placement's per-pool admission verdicts (its section's ``pools``), or {} when the
+    pass published none."""
+    placement = sections.get("placement") if hasattr(sections, "get") else None
+    by_pool = placement.get("pools") if isinstance(placement, dict) else None
+    return by_pool if isinstance(by_pool, dict) else {}
+
+
 def unlimited_no_room(pools: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
                       sections: Any) -> dict[str, list[str]]:
     """Per pool, the managed containers that run without any memory limit because the
     pool had no room for them: admission's verdict over-budget (placement's section,
     ``pools.<pool>.over_budget``) for a running container whose limit is none."""
-    placement = sections.get("placement") if hasattr(sections, "get") else None
-    by_pool = placement.get("pools") if isinstance(placement, dict) else None
-    if not isinstance(by_pool, dict):
+    by_pool = placement_pools(sections)
+    if not by_pool:
         return {}
     unlimited = {r["id"]: r["name"] for r in rows
                  if r.get("managed") and r.get("state") == "running"
@@ -115,11 +122,7 @@ def settling(pools: dict[str, dict[str, Any]], sections: Any) -> dict[str, list[
     """Per pool, the managed containers given no memory limit yet because they have not
     settled (placement's ``pools.<pool>.settling``; history.settle): not an exhaustion,
     they get one once they have."""
-    placement = sections.get("placement") if hasattr(sections, "get") else None
-    by_pool = placement.get("pools") if isinstance(placement, dict) else None
-    if not isinstance(by_pool, dict):
-        return {}
-    return {pool: sorted(row["settling"]) for pool, row in by_pool.items()
+    return {pool: sorted(row["settling"]) for pool, row in placement_pools(sections).items()
             if pool in pools and isinstance(row, dict) and row.get("settling")}
 
 

@@ -21,8 +21,8 @@ from supervisor.act.placement import place
 from supervisor.model.actions import Action, ActionResult, Outcome
 from supervisor.model.params import Param
 from supervisor.model.pools import OVER_BUDGET, SHRUNK
-from supervisor.policy.admission import SETTLING
 from supervisor.model.snapshot import LIVE_STATES
+from supervisor.policy.admission import SETTLING
 from supervisor.policy.placement import (SOURCE_OOM_REMOVED, Desired, PlacementMemory,
                                          PlacementPlan, oom_cases, place_key, plan_placement,
                                          recommendations)
