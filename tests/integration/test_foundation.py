@@ -39,7 +39,9 @@ def test_working_set_grows_with_40_mib_of_tmpfs(containers):
     # exec's own short-lived memory and page cache come and go in the same window (a run
     # on a busy machine saw 36.7 MiB)
     assert 34 * MIB <= grown <= 46 * MIB, f"working set grew by {grown / MIB:.1f} MiB"
-    assert fs.read_usage(loc).memory_working_set_bytes == after
+    # The sampler's light read gives the same working set as the full read: the same
+    # counters, read a moment later (the exec's last pages may still be leaving: 8 KiB seen)
+    assert abs(fs.read_usage(loc).memory_working_set_bytes - after) <= 256 * 1024
 
 
 def test_inventory_follows_events_without_a_relist(docker_host, containers):

@@ -101,9 +101,11 @@ def test_a_service_that_warms_up_gets_its_limit_only_once_settled(make_config, c
         hc = wait_for(lambda: (h := host_config(docker_client, c))["Memory"] and h, 20,
                       what="the memory limit after the settle")
         assert hc["Memory"] >= int(48 * MIB * 1.2), hc["Memory"]  # its peak plus headroom
-        placed = [r for r in rows(d, "place") if r["target"] == c.id and r["outcome"] == "ok"
-                  and r["after"]["memory_limit_bytes"]]
-        assert placed and "usage-floor" in placed[-1]["reason"], placed
+        # the journal row is finished once the update call has returned (inspect is earlier)
+        placed = wait_for(lambda: [r for r in rows(d, "place") if r["target"] == c.id
+                                   and r["outcome"] == "ok" and r["after"]["memory_limit_bytes"]],
+                          10, what="the journal row of the limit")
+        assert "usage-floor" in placed[-1]["reason"], placed
         time.sleep(2)
         c.reload()
         st = c.attrs["State"]
