@@ -124,10 +124,13 @@ def test_memory_high_throttles_unreclaimable_growth(containers):
     assert c.exec_run(["touch", "/tmp/go"]).exit_code == 0
     st = wait_for(lambda: (s := kv(cg / "memory.stat"))["anon"] >= 22 * MiB and s,
                   timeout=120, interval=0.25, what="24 MiB of anon memory")
-    time.sleep(0.5)
+    # Counted when dd's 24 MiB read() returns to user mode (mm/memcontrol.c:
+    # mem_cgroup_handle_over_high -> reclaim_high), seconds later under an emulated CPU.
+    ev1, psi1 = wait_for(lambda: ((e := kv(cg / "memory.events"))["high"] > ev0["high"]
+                                  and (p := parse_pressure(cg / "memory.pressure"))["some"]["total"]
+                                  > psi0["some"]["total"] and (e, p)),
+                         timeout=60, interval=0.25, what="memory.events high and memory PSI to count the stall")
     cur = int(read(cg / "memory.current"))
-    ev1 = kv(cg / "memory.events")
-    psi1 = parse_pressure(cg / "memory.pressure")
     print(f"memory.high {high / MiB:.0f} MiB, memory.current {cur / MiB:.1f} MiB (anon {st['anon'] / MiB:.1f}); "
           f"memory.events high {ev0['high']} -> {ev1['high']}, max {ev1['max']}, oom_kill {ev1['oom_kill']}; "
           f"memory.pressure some total {psi0['some']['total']:.0f} -> {psi1['some']['total']:.0f} us, "

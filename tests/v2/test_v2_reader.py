@@ -104,7 +104,13 @@ def test_read_stats_pressure_counts_memory_stall(fs, containers):
     p0 = fs.read_stats(loc).pressure["memory"]
     c.exec_run(["touch", "/tmp/go"])
     wait_for(lambda: kv(f"{loc.dir('memory')}/memory.stat")["anon"] >= 22 * MiB, timeout=120, what="anon growth")
-    st = fs.read_stats(loc)
+    # The breach is counted (memory.events "high", the reclaim stall in PSI) when dd's one
+    # 24 MiB read() returns to user mode (mm/memcontrol.c: try_charge only sets
+    # notify-resume; mem_cgroup_handle_over_high -> reclaim_high counts and stalls), which
+    # under an emulated CPU can come seconds after the pages were charged.
+    st = wait_for(lambda: ((s := fs.read_stats(loc)).memory_events["high"] > 0
+                           and s.pressure["memory"].some_total_us > p0.some_total_us and s),
+                  timeout=60, interval=0.25, what="memory.events high and memory PSI to count the stall")
     p1 = st.pressure["memory"]
     print(f"memory.high {st.memory_high_bytes}, usage {st.memory_usage_bytes / MiB:.1f} MiB, "
           f"events {st.memory_events}, memory PSI some total {p0.some_total_us} -> {p1.some_total_us} us")
