@@ -44,6 +44,7 @@ class _Cached:
     full_at: float
     files: UsageFiles | None = None  # the hot-path files, open while the container lives
     values: list | None = None  # ``full``'s field values in order, for the tick's copies
+    last: CgroupStats | None = None  # the last tick's copy: served again while nothing moved
 
 
 class Sampler:
@@ -110,14 +111,22 @@ class Sampler:
                 cached.files = self.cgroups.open_usage(cached.loc)
             u = cached.files.read()
             self.counts["usage_reads"] += 1
-            if cached.values is None:
-                cached.values = [getattr(cached.full, f) for f in _STATS_FIELDS]
-            v = cached.values.copy()
-            v[_HOT[0]], v[_HOT[1]], v[_HOT[2]] = (u.memory_usage_bytes, u.memory_working_set_bytes,
-                                                  u.cpu_usage_s)
-            if u.cpu_throttled_s is not None:
-                v[_HOT[3]] = u.cpu_throttled_s
-            stats = CgroupStats(*v)
+            stats = cached.last
+            # An idle container's counters often stand still from one tick to the next:
+            # its last copy (frozen) serves again, and no new one is built.
+            if stats is None or not (
+                    stats.memory_usage_bytes == u.memory_usage_bytes
+                    and stats.memory_working_set_bytes == u.memory_working_set_bytes
+                    and stats.cpu_usage_s == u.cpu_usage_s
+                    and (u.cpu_throttled_s is None or stats.cpu_throttled_s == u.cpu_throttled_s)):
+                if cached.values is None:
+                    cached.values = [getattr(cached.full, f) for f in _STATS_FIELDS]
+                v = cached.values.copy()
+                v[_HOT[0]], v[_HOT[1]], v[_HOT[2]] = (u.memory_usage_bytes,
+                                                      u.memory_working_set_bytes, u.cpu_usage_s)
+                if u.cpu_throttled_s is not None:
+                    v[_HOT[3]] = u.cpu_throttled_s
+                stats = cached.last = CgroupStats(*v)
             fresh = self.activity.sample(info, stats, now, full=False, engine_up=engine_up)
             if fresh is not None:
                 cached.net = fresh  # the namespace was read for the tracker: the newer figures

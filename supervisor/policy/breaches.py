@@ -30,6 +30,7 @@ clear). Signals, and the ladder rungs their severity allows (see ladder.py):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from supervisor.model import rules
@@ -162,6 +163,16 @@ def limit_event_count(c: "ContainerSample") -> int | None:
     return sum(int(s.memory_events.get(k, 0)) for k in OOM_EVENT_KEYS.get(s.version, ()))
 
 
+@lru_cache(maxsize=4096)
+def _quiet_oom_signal(cid: str, name: str, version: int, threshold: float) -> Signal:
+    """A container that hit its limit 0 times in the last minute and is in no OOM loop
+    (what ``oom_signals`` would build; frozen, so one value serves every pass)."""
+    return Signal(key=f"oom:{cid}", kind="oom", subject=cid, name=name, resource="memory",
+                  severity=NONE, below_clear=True, value=0.0, threshold=threshold,
+                  summary=f"container {name} hit its own memory limit 0 times in the "
+                          f"last minute ({'/'.join(OOM_EVENT_KEYS.get(version, ()))})")
+
+
 def oom_signals(tick: "Tick", memory: SignalMemory
                 ) -> tuple[list[Signal], dict[str, tuple[tuple[float, int], ...]]]:
     L = tick.cfg.settings.ladder
@@ -191,6 +202,12 @@ def oom_signals(tick: "Tick", memory: SignalMemory
                 seq = seq[older[-1]:]
             samples[c.info.id] = tuple(seq)
             rise = count - seq[0][1]
+        if count is not None and rise == 0 and not loop and rise < L.oom_events_threshold:
+            # The common case, every pass for nearly every container: a quiet signal (it
+            # still clears a breach of this container), the same value each time.
+            out.append(_quiet_oom_signal(c.info.id, c.info.name, c.stats.version,
+                                         float(L.oom_events_threshold)))
+            continue
         hits = count is not None and rise >= L.oom_events_threshold
         parts = []
         if loop or count is None:

@@ -11,9 +11,9 @@ from typing import Any, Iterable
 
 from supervisor.model.classify import COMPOSE_SERVICE_LABEL, label_is_false, label_is_true
 from supervisor.policy.tick import Tick
-from supervisor.model.config import glob_match
+from supervisor.model.config import Config, glob_match
 from supervisor.model.ollama import DEFAULT_PORT, HostProcess, LoadedModel, check_url
-from supervisor.model.snapshot import LIVE_STATES
+from supervisor.model.snapshot import LIVE_STATES, ContainerSample
 from supervisor.model.units import format_cpuset, parse_cpuset
 
 NUM_PARALLEL = "OLLAMA_NUM_PARALLEL"
@@ -363,24 +363,47 @@ class Target:
     cgroup_rel: str = ""
 
 
-def container_targets(tick: Tick, s) -> list[Target]:
+def container_targets(tick: Tick, s, memo: dict[str, tuple] | None = None) -> list[Target]:
+    """The snapshot's Ollama containers. ``memo`` (the caller's, kept between passes):
+    a container's target is worked out again only when its inspect data (a new
+    ContainerInfo), its class or the config changed, not for every container every pass."""
     out = []
+    seen = set()
     for c in tick.snapshot.containers:
         info = c.info
         if not c.managed or info.state not in LIVE_STATES:
             continue
-        how = match_container(info.labels, info.image, info.name, s)
-        if not how:
-            continue
-        env = env_map(info.env)
-        url, note = container_api_url(env, info.ports, s)
-        klass = tick.cfg.classes.get(c.class_name)
-        out.append(Target(
-            key=info.id, kind="container", name=info.name, found_by=how, state=info.state,
-            env=env, cpu_limit_cores=info.cpu_limit_cores, cpuset=info.cpuset_cpus,
-            class_name=c.class_name, class_cpuset=klass.cpuset if klass else None,
-            api_url=url, api_note=note))
+        seen.add(info.id)
+        known = memo.get(info.id) if memo is not None else None
+        if known is not None and known[0] is info and known[1] is tick.cfg \
+                and known[2] == c.class_name:
+            target = known[3]
+        else:
+            target = container_target(c, tick.cfg, s)
+            if memo is not None:
+                memo[info.id] = (info, tick.cfg, c.class_name, target)
+        if target is not None:
+            out.append(target)
+    if memo is not None:
+        for gone in set(memo) - seen:
+            del memo[gone]
     return out
+
+
+def container_target(c: ContainerSample, cfg: Config, s) -> Target | None:
+    """``c`` as an Ollama to govern, or None when it is not one."""
+    info = c.info
+    how = match_container(info.labels, info.image, info.name, s)
+    if not how:
+        return None
+    env = env_map(info.env)
+    url, note = container_api_url(env, info.ports, s)
+    klass = cfg.classes.get(c.class_name)
+    return Target(
+        key=info.id, kind="container", name=info.name, found_by=how, state=info.state,
+        env=env, cpu_limit_cores=info.cpu_limit_cores, cpuset=info.cpuset_cpus,
+        class_name=c.class_name, class_cpuset=klass.cpuset if klass else None,
+        api_url=url, api_note=note)
 
 
 def host_target(hp: HostProcess, s) -> Target:

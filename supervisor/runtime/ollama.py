@@ -72,6 +72,7 @@ from supervisor.observe.activity import ActivityTracker
 from supervisor.policy import ollama_plan, psi
 from supervisor.policy.ollama_plan import ApiObs, Memory, Pass, View
 from supervisor.policy.ollama_policy import ModelTracker, Target, container_targets, host_target
+from supervisor.publish.report import Deferred
 from supervisor.policy.psi import PsiGate
 from supervisor.policy.tick import Tick
 
@@ -89,9 +90,10 @@ class OllamaGovernor(Component):
     which only ``observe`` replaces (``plan`` and ``overrides`` change nothing, so
     ``GET /plan`` leaves no trace); the executors live in ``act.ollama``."""
 
-    # The containers matched as Ollama, kept for the snapshot they came from (a memo that
-    # never feeds a decision of its own): the only attribute planning writes.
-    plan_memo = ("_targets_memo",)
+    # The containers matched as Ollama, kept for the snapshot they came from and per
+    # container (memos that never feed a decision of their own): the only attributes
+    # planning writes.
+    plan_memo = ("_targets_memo", "_by_container")
 
     name = "ollama"
 
@@ -121,6 +123,9 @@ class OllamaGovernor(Component):
         self._thread: threading.Thread | None = None
         self._recover_pending = False  # set by start(): the loop finishes old recreates
         self._targets_memo: tuple | None = None  # (snapshot, config, its container targets)
+        # Per container: (its inspect data, config, class, its target or None), so that
+        # matching is redone only when one of them changed (policy.container_targets).
+        self._by_container: dict[str, tuple] = {}
 
     # ------------------------------------------------------------ polling (thread)
 
@@ -196,7 +201,8 @@ class OllamaGovernor(Component):
         # are matched once per snapshot (overrides, plan and observe each ask).
         memo = self._targets_memo
         if memo is None or memo[0] is not tick.snapshot or memo[1] is not tick.cfg:
-            memo = self._targets_memo = (tick.snapshot, tick.cfg, container_targets(tick, s))
+            memo = self._targets_memo = (tick.snapshot, tick.cfg,
+                                         container_targets(tick, s, self._by_container))
         return memo[2] + [host_target(p, s) for p in procs]
 
     def _pass(self, tick: Tick) -> Pass:
@@ -255,19 +261,25 @@ class OllamaGovernor(Component):
 
     # ------------------------------------------------------------ publishing
 
-    def status(self, tick: Tick) -> dict[str, Any] | None:
-        s = tick.cfg.settings.ollama
-        lad = tick.cfg.settings.ladder
-        high, clear = psi.levels(lad.psi_cpu_some_avg10, lad.clear_ratio)
-        return {
-            "enabled": s.enabled, "policy": s.policy,
-            "cpu_pressure": dict(self.memory.cpu_gate.to_dict(), start_level=high,
-                                 clear_level=clear),
-            "memory_pressure": tick.reserve.breached or self.memory.mem_gate.on,
-            "throttles": self.throttles.snapshot(),
-            "counts": dict(self.counts),
-            "instances": [v.to_dict() for v in self.views.values()],
-        }
+    def status(self, tick: Tick) -> Deferred:
+        # Built when read, from what this pass left: the memory and the views are
+        # replaced by observe, never changed in place; the rest is copied now.
+        memory, views, counts = self.memory, self.views, dict(self.counts)
+        throttles = self.throttles.snapshot()
+
+        def build() -> dict[str, Any]:
+            s = tick.cfg.settings.ollama
+            lad = tick.cfg.settings.ladder
+            high, clear = psi.levels(lad.psi_cpu_some_avg10, lad.clear_ratio)
+            return {
+                "enabled": s.enabled, "policy": s.policy,
+                "cpu_pressure": dict(memory.cpu_gate.to_dict(), start_level=high,
+                                     clear_level=clear),
+                "memory_pressure": tick.reserve.breached or memory.mem_gate.on,
+                "throttles": throttles, "counts": counts,
+                "instances": [v.to_dict() for v in views.values()],
+            }
+        return Deferred(build)
 
     def collect(self, tick: Tick) -> Iterable[GaugeMetricFamily]:
         return metric_families(self.views.values())

@@ -96,6 +96,7 @@ class PoolCgroups(Component):
         # what systemd last said of each pool slice (read on sync and reconcile passes,
         # not every pass: each read is a systemctl call)
         self._slices: dict[str, SliceState] = {}
+        self._drivers_memo: tuple | None = None  # (snapshot, its containers by driver)
 
     @staticmethod
     def _key(cfg: Config) -> tuple:
@@ -210,11 +211,10 @@ class PoolCgroups(Component):
         return ""
 
     def _rel_of(self, path: str) -> str | None:
-        fs = self.ctx.cgroups
-        roots = fs.controller_roots()
-        root = roots.get("unified") or roots.get("memory")
-        if root and path.startswith(root.rstrip("/") + "/"):
-            return path[len(root.rstrip("/")):]
+        roots = self.ctx.cgroups.controller_roots()
+        root = (roots.get("unified") or roots.get("memory") or "").rstrip("/")
+        if root and path.startswith(root + "/"):
+            return path[len(root):]
         return None
 
     def status(self, tick: Tick) -> dict[str, Any] | None:
@@ -253,9 +253,14 @@ class PoolCgroups(Component):
         return out
 
     def _drivers_seen(self, tick: Tick) -> dict[str, int]:
-        rels = [self._rel_of(c.stats.path) or c.stats.path
-                for c in tick.snapshot.containers if c.stats is not None]
-        return count_cgroup_drivers(rels)
+        """Containers by the cgroup driver that placed them, once per snapshot (the
+        status and the metric family of a pass both ask)."""
+        memo = self._drivers_memo
+        if memo is None or memo[0] is not tick.snapshot:
+            rels = [self._rel_of(c.stats.path) or c.stats.path
+                    for c in tick.snapshot.containers if c.stats is not None]
+            memo = self._drivers_memo = (tick.snapshot, count_cgroup_drivers(rels))
+        return dict(memo[1])
 
     def collect(self, tick: Tick) -> Iterable[GaugeMetricFamily]:
         g = GaugeMetricFamily("resource_supervisor_containers_by_cgroup_driver",

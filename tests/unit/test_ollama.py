@@ -296,7 +296,7 @@ def test_compliant_ollama_gets_no_alert_and_drift_gets_one_alert_until_it_change
     assert "has no effect" in acts[0].reason
     governor.observe(t, [ActionResult(acts[0], ok=True, dry_run=False)])
     assert governor.plan(make_tick(cfg, [bad], 1002.0)) == []  # reported once
-    st = governor.status(t)["instances"][0]
+    st = governor.status(t).get()["instances"][0]
     assert st["compliant"] is False
     assert {c["check"]: c["ok"] for c in st["checks"]} == {
         "num_parallel": False, "max_loaded_models": False, "cpu_limit": False, "cpuset": True}
@@ -357,7 +357,7 @@ def test_memory_pressure_plans_unloads_of_idle_models_only(governor):
     assert [a.params["model"] for a in acts] == ["idle:latest"]
     assert acts[0].params["expires_at"] == idle.expires_at
     governor.observe(t, [])
-    models = {m["name"]: m["in_use"] for m in governor.status(t)["instances"][0]["api"]["models"]}
+    models = {m["name"]: m["in_use"] for m in governor.status(t).get()["instances"][0]["api"]["models"]}
     assert models == {"idle:latest": False, "busy:latest": True}
 
 
