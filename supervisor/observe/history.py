@@ -12,14 +12,20 @@ from supervisor.model import rules
 class Ring:
     """Fixed-size ring of float64 samples."""
 
-    __slots__ = ("buf", "n", "i")
+    __slots__ = ("buf", "n", "i", "_peak")
 
     def __init__(self, size: int):
         self.buf = np.zeros(max(1, size), dtype=np.float64)
         self.n = 0
         self.i = 0
+        self._peak: float | None = None  # the highest sample held; None: to be found again
 
     def push(self, value: float) -> None:
+        if self._peak is not None:
+            if self.n == len(self.buf) and self.buf[self.i] >= self._peak:
+                self._peak = None  # the highest sample leaves the window
+            elif value > self._peak:
+                self._peak = float(value)
         self.buf[self.i] = value
         self.i = (self.i + 1) % len(self.buf)
         self.n = min(self.n + 1, len(self.buf))
@@ -36,6 +42,16 @@ class Ring:
         self.buf[: len(values)] = values
         self.n = len(values)
         self.i = self.n % len(self.buf)
+        self._peak = None
+
+    def peak(self) -> float | None:
+        """The highest sample held (``percentile(100)``), kept as samples come and go:
+        placement asks it of every container without a limit on every pass."""
+        if self.n == 0:
+            return None
+        if self._peak is None:
+            self._peak = float(self.buf[: self.n].max())
+        return self._peak
 
     def percentile(self, q: float) -> float | None:
         """np.percentile's default ("linear") of the samples, through one partial sort:
@@ -105,6 +121,11 @@ class History:
     def percentile(self, cid: str, q: float) -> float | None:
         ring = self.rings.get(cid)
         return ring.percentile(q) if ring else None
+
+    def peak(self, cid: str) -> float | None:
+        """The highest working set held for ``cid`` (None: no samples)."""
+        ring = self.rings.get(cid)
+        return ring.peak() if ring else None
 
     def samples(self, cid: str) -> int:
         ring = self.rings.get(cid)

@@ -92,7 +92,7 @@ def limit_basis_bytes(c: ContainerSample, history: History | None) -> int:
     ws = working_set_of(c)
     if c.info.memory_limit_bytes or not ws or history is None:
         return ws
-    return max(int(history.percentile(c.info.id, 100.0) or 0), ws)
+    return max(int(history.peak(c.info.id) or 0), ws)
 
 
 def settling(c: ContainerSample, cfg: Config, override: dict[str, Any], now_s: float) -> bool:
@@ -245,7 +245,7 @@ def oom_cases(tick: Tick, mem: PlacementMemory) -> dict[str, OomCase]:
         elif rules.oom_loop(times, tick.now, since_s=given[1]):
             # Killed again under the limit placement gave (or raised last): raise it. The
             # working set's peak is what the history holds of the runs that were killed.
-            peak = tick.history.percentile(cid, 100.0) if tick.history is not None else None
+            peak = tick.history.peak(cid) if tick.history is not None else None
             ws = max(int(peak or 0), working_set_of(c))
             out[cid] = OomCase("raise", kills, limit,
                                rules.oom_raise_bytes(limit, ws, rec, headroom), rec)

@@ -169,6 +169,20 @@ def test_recommendation_is_the_percentile_plus_20_percent_rounded_up():
     assert recommend_limit(h.percentile("c", 99), 0.20) == 12 * MIB
 
 
+@given(size=st.integers(1, 12), pushes=st.lists(st.integers(0, 50), max_size=60),
+       ask_every=st.integers(1, 5))
+def test_the_kept_peak_is_the_highest_sample_in_the_window(size, pushes, ask_every):
+    """History.peak (kept as samples come and go) is what percentile(100) and the
+    window's max say, whenever it is asked, also after the highest sample left."""
+    h = History(window_s=size, step_s=1.0)
+    for k, v in enumerate(pushes):
+        h.record("a", float(v))
+        if k % ask_every == 0:
+            window = pushes[max(0, k + 1 - size):k + 1]
+            assert h.peak("a") == float(max(window)) == h.percentile("a", 100.0)
+    assert h.peak("b") is None
+
+
 def test_recommendations_per_container_use_the_config_percentile_and_class_floor():
     cfg = config(history={"percentile": 90.0, "headroom": 0.5})
     a, b = container("a"), container("b")
