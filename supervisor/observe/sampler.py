@@ -22,6 +22,7 @@ from supervisor.adapters.cgroups import CgroupFS, CgroupLocation, UsageFiles
 from supervisor.model.classify import classify_why, is_managed
 from supervisor.model.config import Config
 from supervisor.model.errors import CgroupError, CgroupGone, CgroupNotFound
+from supervisor.model.memo import ByContainer
 from supervisor.adapters.host import HostSampler
 from supervisor.observe.activity import ActivityTracker
 from supervisor.model.snapshot import LIVE_STATES, CgroupStats, ContainerInfo, ContainerSample, HostSample, NetIO, Snapshot
@@ -63,7 +64,7 @@ class Sampler:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self._cache: dict[str, _Cached] = {}
-        self._classes: dict[str, tuple[ContainerInfo, Config, tuple[str, str, str, bool]]] = {}
+        self._classes: ByContainer[tuple[str, str, str, bool]] = ByContainer()
         self._dirty: set[str] = set()
         # Per container whose cgroup failed to read: (its pid, the path warned about),
         # so each is warned about once, not every tick; forgotten once read again.
@@ -167,23 +168,17 @@ class Sampler:
         seen = set()
         for info in infos:
             seen.add(info.id)
-            # Class and managed flag change only with the container's inspect data (a new
-            # ContainerInfo) or the config: worked out again only then.
-            known = self._classes.get(info.id)
-            if known is not None and known[0] is info and known[1] is cfg:
-                cls, reason, pattern, managed = known[2]
-            else:
-                cls, reason, pattern = classify_why(info, cfg)
-                managed = is_managed(info, cfg)
-                self._classes[info.id] = (info, cfg, (cls, reason, pattern, managed))
+            # Class and managed flag change only with the container's inspect data or the
+            # config: worked out again only then.
+            cls, reason, pattern, managed = self._classes.get(
+                info, cfg, lambda: (*classify_why(info, cfg), is_managed(info, cfg)))
             stats, net, err = self.read_container(info, now, engine_up)
             out.append(ContainerSample(info=info, class_name=cls, class_reason=reason,
                                        managed=managed, stats=stats, error=err, net=net,
                                        class_pattern=pattern))
         for gone in set(self._cache) - seen:
             self._drop(gone)
-        for gone in set(self._classes) - seen:
-            del self._classes[gone]
+        self._classes.keep_only(seen)
         for gone in set(self._failed) - seen:
             del self._failed[gone]
         return tuple(out), time.perf_counter() - t0

@@ -169,8 +169,12 @@ def _quiet_oom_signal(cid: str, name: str, version: int, threshold: float) -> Si
     (what ``oom_signals`` would build; frozen, so one value serves every pass)."""
     return Signal(key=f"oom:{cid}", kind="oom", subject=cid, name=name, resource="memory",
                   severity=NONE, below_clear=True, value=0.0, threshold=threshold,
-                  summary=f"container {name} hit its own memory limit 0 times in the "
-                          f"last minute ({'/'.join(OOM_EVENT_KEYS.get(version, ()))})")
+                  summary=_limit_hits_text(name, 0, version))
+
+
+def _limit_hits_text(name: str, hits: int, version: int) -> str:
+    return (f"container {name} hit its own memory limit {hits} times in the last minute "
+            f"({'/'.join(OOM_EVENT_KEYS.get(version, ()))})")
 
 
 def oom_signals(tick: "Tick", memory: SignalMemory
@@ -202,7 +206,7 @@ def oom_signals(tick: "Tick", memory: SignalMemory
                 seq = seq[older[-1]:]
             samples[c.info.id] = tuple(seq)
             rise = count - seq[0][1]
-        if count is not None and rise == 0 and not loop and rise < L.oom_events_threshold:
+        if count is not None and rise == 0 < L.oom_events_threshold and not loop:
             # The common case, every pass for nearly every container: a quiet signal (it
             # still clears a breach of this container), the same value each time.
             out.append(_quiet_oom_signal(c.info.id, c.info.name, c.stats.version,
@@ -215,8 +219,7 @@ def oom_signals(tick: "Tick", memory: SignalMemory
                          f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min (restarts: "
                          f"{c.info.restart_count})" + (": an OOM restart loop" if loop else ""))
         if count is not None and (hits or not loop):
-            parts.append(f"container {c.info.name} hit its own memory limit {rise} times in the "
-                         f"last minute ({'/'.join(OOM_EVENT_KEYS.get(c.stats.version, ()))})")
+            parts.append(_limit_hits_text(c.info.name, rise, c.stats.version))
         out.append(Signal(
             key=f"oom:{c.info.id}", kind="oom", subject=c.info.id, name=c.info.name,
             resource="memory", severity=WARN if hits or loop else NONE,

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from supervisor.model.classify import COMPOSE_SERVICE_LABEL, label_is_false, label_is_true
 from supervisor.policy.tick import Tick
 from supervisor.model.config import Config, glob_match
+from supervisor.model.memo import ByContainer
 from supervisor.model.ollama import DEFAULT_PORT, HostProcess, LoadedModel, check_url
 from supervisor.model.snapshot import LIVE_STATES, ContainerSample
 from supervisor.model.units import format_cpuset, parse_cpuset
@@ -363,30 +364,21 @@ class Target:
     cgroup_rel: str = ""
 
 
-def container_targets(tick: Tick, s, memo: dict[str, tuple] | None = None) -> list[Target]:
-    """The snapshot's Ollama containers. ``memo`` (the caller's, kept between passes):
-    a container's target is worked out again only when its inspect data (a new
-    ContainerInfo), its class or the config changed, not for every container every pass."""
+def container_targets(tick: Tick, s, memo: ByContainer[Target | None] | None = None
+                      ) -> list[Target]:
+    """The snapshot's Ollama containers. With ``memo`` (the caller's, kept between passes)
+    a container is matched again only when its inspect data or the config changed (its
+    class follows from the two)."""
     out = []
-    seen = set()
     for c in tick.snapshot.containers:
-        info = c.info
-        if not c.managed or info.state not in LIVE_STATES:
+        if not c.managed or c.info.state not in LIVE_STATES:
             continue
-        seen.add(info.id)
-        known = memo.get(info.id) if memo is not None else None
-        if known is not None and known[0] is info and known[1] is tick.cfg \
-                and known[2] == c.class_name:
-            target = known[3]
-        else:
-            target = container_target(c, tick.cfg, s)
-            if memo is not None:
-                memo[info.id] = (info, tick.cfg, c.class_name, target)
+        target = memo.get(c.info, tick.cfg, lambda: container_target(c, tick.cfg, s)) \
+            if memo is not None else container_target(c, tick.cfg, s)
         if target is not None:
             out.append(target)
     if memo is not None:
-        for gone in set(memo) - seen:
-            del memo[gone]
+        memo.keep_only(c.info.id for c in tick.snapshot.containers)
     return out
 
 

@@ -67,6 +67,7 @@ from supervisor.act.ollama import ApiPool, OllamaExecutors, Throttles
 from supervisor.adapters.ollama_api import OllamaError
 from supervisor.adapters.ollama_host import HostOllama
 from supervisor.model.actions import Action, ActionResult, Outcome
+from supervisor.model.memo import ByContainer
 from supervisor.model.ollama import HostProcess
 from supervisor.observe.activity import ActivityTracker
 from supervisor.policy import ollama_plan, psi
@@ -123,9 +124,9 @@ class OllamaGovernor(Component):
         self._thread: threading.Thread | None = None
         self._recover_pending = False  # set by start(): the loop finishes old recreates
         self._targets_memo: tuple | None = None  # (snapshot, config, its container targets)
-        # Per container: (its inspect data, config, class, its target or None), so that
-        # matching is redone only when one of them changed (policy.container_targets).
-        self._by_container: dict[str, tuple] = {}
+        # Per container its target (None: not an Ollama), matched again only when its
+        # inspect data or the config changed (policy.container_targets).
+        self._by_container: ByContainer[Target | None] = ByContainer()
 
     # ------------------------------------------------------------ polling (thread)
 
