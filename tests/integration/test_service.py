@@ -318,9 +318,12 @@ def test_status_agrees_with_docker_inspect_renders_and_journal_follows(make_conf
         assert {("2.2", a.name), ("9.3", a.name), ("2.2", b.name)} <= found
         assert not any(u.name in ln for ln in audit.stdout.splitlines())  # unmanaged: not audited
 
+        # SIGINT as a terminal sends it: a runner started in the background by a shell
+        # ignores it, and a child inherits that (Python then installs no handler).
         follow = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "--socket", sock,
                                    "journal", "-f", "--interval", "0.2"], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         seen: list[str] = []
         reader = threading.Thread(target=lambda: seen.extend(iter(follow.stdout.readline, "")),
                                   daemon=True)
