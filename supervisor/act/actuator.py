@@ -25,7 +25,8 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Callable
 
 from supervisor.adapters.journal import Journal, JournalError
 from supervisor.model.actions import Action, ActionResult, Outcome
@@ -106,10 +107,8 @@ class RateLimits:
     def give_back(self, action: Action, now: float, prev: float | None) -> None:
         """Undo ``take`` for an action that did nothing (its re-check refused it)."""
         if counted(action):
-            try:
+            with suppress(ValueError):
                 self.times.remove(now)
-            except ValueError:
-                pass
         if spaced(action) and self.last_at.get(action.target) == now:
             if prev is None:
                 del self.last_at[action.target]
@@ -169,11 +168,13 @@ class Actuator:
             return
         self.limits.restore(rows, now)
 
-    def _begin(self, action: Action, now: float) -> int:
+    def _journal(self, write: Callable[[Journal], Any]) -> Any:
+        """``write`` to the journal; 0 without one, or when the write fails (logged and
+        counted, never raised: the action's result stands)."""
         if self.journal is None:
             return 0
         try:
-            return self.journal.begin(action, now)
+            return write(self.journal)
         except JournalError as e:
             log.error("%s", e)
             self.counts[("journal", "failed")] += 1
@@ -194,7 +195,7 @@ class Actuator:
             return Outcome(ok=False, detail=f"no executor for action kind {action.kind!r}"), 0
         # Intent first (issue 4): a crash inside the executor leaves a row saying what
         # was under way, marked "interrupted" at the next open.
-        seq = self._begin(action, now)
+        seq = self._journal(lambda j: j.begin(action, now))
         try:
             out = fn(action)
         except ContainerGone as e:
@@ -208,16 +209,12 @@ class Actuator:
             out = Outcome(ok=False, detail=f"internal error: {type(e).__name__}: {e}")
         return out, seq
 
-    @staticmethod
-    def _hold_key(action: Action, limit: str) -> tuple[str, str]:
-        # A full minute holds every counted action alike: said once, not once per action.
-        return ("", CAP) if limit == CAP else (action.kind, action.target)
-
     def _quiet_hold(self, action: Action, why: str, now: float) -> bool:
         """Whether this hold repeats one journaled within the last minute (a planner asks
         again on every pass while it lasts)."""
         limit = why[len(HELD):].split(":", 1)[0]
-        key = self._hold_key(action, limit)
+        # A full minute holds every counted action alike: said once, not once per action.
+        key = ("", CAP) if limit == CAP else (action.kind, action.target)
         with self._lock:
             for k in [k for k, (_, t) in self._held.items() if now - t >= WINDOW_S]:
                 del self._held[k]
@@ -261,15 +258,7 @@ class Actuator:
         with self._lock:
             self.counts[(action.kind, result.outcome)] += 1
             self.recent.append(result)
-        if self.journal is not None:
-            try:
-                if seq:
-                    self.journal.finish(seq, result)
-                else:
-                    self.journal.record(result)
-            except JournalError as e:
-                log.error("%s", e)
-                self.counts[("journal", "failed")] += 1
+        self._journal(lambda j: j.finish(seq, result) if seq else j.record(result))
         level = logging.INFO if result.ok or result.skipped else logging.WARNING
         log.log(level, "%s %s: %s", result.outcome, action.describe(), result.detail,
                 extra={"action": action.kind, "target": action.name, "outcome": result.outcome})

@@ -99,10 +99,7 @@ class ContainerLocks:
 
     def __call__(self, cid: str) -> threading.Lock:
         with self._lock:
-            lock = self._locks.get(cid)
-            if lock is None:
-                lock = self._locks[cid] = threading.Lock()
-            return lock
+            return self._locks.setdefault(cid, threading.Lock())
 
     def prune(self, keep: set[str]) -> None:
         """Drop the unheld locks of containers not in ``keep``."""
@@ -328,16 +325,14 @@ class WakeExecutor:
         self._lock = threading.Lock()
         self._waking: set[str] = set()
 
-    def __call__(self, action: Action) -> Outcome:
-        return self.wake_container(action.target, str(action.params.get("trigger") or action.source),
-                                   detected_mono=action.params.get("detected_mono"))
-
     def is_waking(self, cid: str) -> bool:
         """True while we wake it (its unpause/start events are ours)."""
         with self._lock:
             return cid in self._waking
 
-    def wake_container(self, cid: str, trigger: str, detected_mono: float | None = None) -> Outcome:
+    def __call__(self, action: Action) -> Outcome:
+        cid, detected_mono = action.target, action.params.get("detected_mono")
+        trigger = str(action.params.get("trigger") or action.source)
         t0 = detected_mono if detected_mono is not None else time.monotonic()
         if self.store.get(cid) is None:
             return Outcome(ok=False, skipped=True,
@@ -395,6 +390,7 @@ class WakeExecutor:
                                detail="already running (woken by somebody else)")
             raise
         latency_s = time.monotonic() - t0
+        ms = round(latency_s * 1000, 1)
         self.store.forget(cid)
         self.stats.wake_latency.observe(latency_s)
         ready = not info.has_healthcheck
@@ -403,15 +399,13 @@ class WakeExecutor:
         with self.stats.lock:
             self.stats.wakes[trigger] += 1
             self.stats.last_wake = {"id": cid[:12], "name": rec.name, "mode": rec.mode,
-                                    "trigger": trigger, "latency_ms": round(latency_s * 1000, 1),
-                                    "ready": ready,
-                                    "ready_ms": round(latency_s * 1000, 1) if ready else None,
-                                    "time_s": self.ctx.clock()}
+                                    "trigger": trigger, "latency_ms": ms, "ready": ready,
+                                    "ready_ms": ms if ready else None, "time_s": self.ctx.clock()}
         verb = "unpaused" if rec.mode == "pause" else "started"
         detail = f"{verb} {latency_s * 1000:.0f} ms after the {trigger}"
         if not ready:
             detail += "; ready at its next health_status: healthy"
         return Outcome(ok=True, detail=detail,
                        before={"state": info.state},
-                       after={"state": "running", "wake_ms": round(latency_s * 1000, 1),
-                              "trigger": trigger, "ready": ready})
+                       after={"state": "running", "wake_ms": ms, "trigger": trigger,
+                              "ready": ready})

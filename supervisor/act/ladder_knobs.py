@@ -150,16 +150,16 @@ class KnobExecutors:
                 restored[knob] = before
             except SupervisorError as e:
                 errors.append(f"{knob}: {e}")
+        was = {k: rec.after.get(k) for k in restored}
         if errors:
             left = replace(rec, before={k: v for k, v in rec.before.items() if k not in restored},
                            after={k: v for k, v in rec.after.items() if k not in restored})
             j.put_state(key, left.to_dict())
             return Outcome(ok=False, detail="could not restore " + "; ".join(errors),
-                           before={k: rec.after.get(k) for k in restored}, after=restored)
+                           before=was, after=restored)
         j.del_state(key)
-        return Outcome(ok=True, detail="restored " + ", ".join(
-            f"{k} {rec.after.get(k)} -> {v}" for k, v in sorted(restored.items())),
-            before={k: rec.after.get(k) for k in restored}, after=restored)
+        return Outcome(ok=True, before=was, after=restored, detail="restored " + ", ".join(
+            f"{k} {was[k]} -> {v}" for k, v in sorted(restored.items())))
 
     def _reclaim(self, action: Action) -> Outcome:
         info, refused = recheck(self.ctx, action.target, "reclaim")

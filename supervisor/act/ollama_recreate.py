@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,6 +115,14 @@ class Recreator:
         self.stop_timeout_s = stop_timeout_s
         self.sleep = sleep
 
+    def _inspect(self, ref: str) -> dict | None:
+        """The engine's inspect answer for ``ref`` (an id or a name); None when no such
+        container exists."""
+        try:
+            return self.engine.inspect_raw(ref)
+        except ContainerGone:
+            return None
+
     def _image(self, attrs: dict) -> tuple[str, list[str]]:
         """The image by its name when the name still means the same image, else by id."""
         name = (attrs.get("Config") or {}).get("Image") or ""
@@ -126,10 +135,10 @@ class Recreator:
         """'' when the container keeps running for verify_s, else what went wrong."""
         deadline = self.clock() + self.verify_s
         while True:
-            try:
-                st = (self.engine.inspect_raw(cid).get("State")) or {}
-            except ContainerGone:
+            attrs = self._inspect(cid)
+            if attrs is None:
                 return "it vanished"
+            st = attrs.get("State") or {}
             if st.get("Restarting") or not st.get("Running"):
                 return (f"it is {st.get('Status', '?')} (exit code {st.get('ExitCode')}"
                         + (f", {st['Error']}" if st.get("Error") else "") + ")")
@@ -139,11 +148,7 @@ class Recreator:
 
     def _wait_gone(self, cid: str, timeout_s: float = 10.0) -> None:
         deadline = self.clock() + timeout_s
-        while self.clock() < deadline:
-            try:
-                self.engine.inspect_raw(cid)
-            except ContainerGone:
-                return
+        while self.clock() < deadline and self._inspect(cid) is not None:
             self.sleep(0.1)
 
     def recreate(self, attrs: dict, env_updates: dict[str, str]) -> Recreated:
@@ -208,9 +213,7 @@ class Recreator:
             except EngineRefused as e:
                 return f"old container not removed: {e}"
             except ContainerGone as e:
-                try:
-                    self.engine.inspect_raw(old_id)
-                except ContainerGone:
+                if self._inspect(old_id) is None:
                     return ""
                 if self.clock() >= deadline:
                     return f"old container not removed: {e}"
@@ -220,16 +223,9 @@ class Recreator:
         """Put the old container back under its name. Returns what was done."""
         name = (attrs.get("Name") or "").lstrip("/")
         if new_id:
-            try:
+            with suppress(ContainerGone):
                 self.engine.remove(new_id, force=True)
-            except ContainerGone:
-                pass
-        try:
-            self.engine.inspect_raw(attrs["Id"])
-            old_there = True
-        except ContainerGone:
-            old_there = False
-        if old_there:
+        if self._inspect(attrs["Id"]) is not None:
             try:
                 self.engine.rename(attrs["Id"], name)
             except EngineRefused:
@@ -250,18 +246,13 @@ class Recreator:
     def recover(self, saved: dict) -> str:
         """Finish or undo a swap a crash interrupted (``saved`` is the durable state)."""
         name, aside, attrs = saved["name"], saved["aside"], saved["attrs"]
-        try:
-            current = self.engine.inspect_raw(name)
-        except ContainerGone:
-            current = None
-        if current is not None and current["Id"] != attrs["Id"] and (current.get("State") or {}).get("Running"):
-            try:
-                self.engine.remove(attrs["Id"])  # the new one runs: drop the old one
-            except ContainerGone:
-                pass
-            self.del_state(STATE_PREFIX + name)
-            return f"the new container {current['Id'][:12]} runs; removed the old one"
+        current = self._inspect(name)
         new_id = current["Id"] if current is not None and current["Id"] != attrs["Id"] else ""
+        if new_id and (current.get("State") or {}).get("Running"):
+            with suppress(ContainerGone):
+                self.engine.remove(attrs["Id"])  # the new one runs: drop the old one
+            self.del_state(STATE_PREFIX + name)
+            return f"the new container {new_id[:12]} runs; removed the old one"
         how = self.rollback(attrs, new_id, aside, bool((attrs.get("State") or {}).get("Running")))
         self.del_state(STATE_PREFIX + name)
         return how

@@ -28,9 +28,7 @@ class CgroupLocation:
     psi_dir: str | None = None  # where cpu/memory/io.pressure live (v2, or hybrid's unified)
 
     def dir(self, controller: str) -> str:
-        if self.version == 2:
-            return self.dirs["unified"]
-        return self.dirs[controller]
+        return self.dirs["unified" if self.version == 2 else controller]
 
 
 @dataclass(frozen=True, slots=True)

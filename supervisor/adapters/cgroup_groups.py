@@ -1,7 +1,7 @@
 """The cgroups the daemon makes itself (a pool's parent cgroup, issue 3): creating one
 with its ancestors and the controllers its subtree needs, removing one, and reading and
-setting a pool group's memory limit. ``CgroupFS`` composes it (``CgroupFS.groups``) and
-offers its methods under its own name."""
+setting a pool group's memory limit. ``CgroupFS`` inherits these methods: they use its
+``root``, ``version``, ``_v1_roots``, ``location`` and ``write``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ import os
 from typing import Any, Callable
 
 from supervisor.adapters.cgroup_files import (V1_UNLIMITED, CgroupLocation, parse_flat_keyed,
-                                              read_int, read_text, wrap_os_error, write_knob)
+                                              read_int, read_text, wrap_os_error)
 from supervisor.model.errors import CgroupError
 
 
-def _write(path: str, value: str | int, nonblock: bool = False) -> None:
+def _dir_op(op: Callable[[str], None], d: str, fine: type[OSError]) -> None:
+    """``op(d)`` (os.mkdir, os.rmdir): ``fine`` is no error, any other OSError a
+    CgroupError."""
     try:
-        write_knob(path, value, os.O_WRONLY | (os.O_NONBLOCK if nonblock else 0))
+        op(d)
+    except fine:
+        pass
     except OSError as e:
-        raise wrap_os_error(path, e) from None
+        raise wrap_os_error(d, e) from None
 
 
 def memory_files(version: int) -> dict[str, str]:
@@ -28,48 +32,40 @@ def memory_files(version: int) -> dict[str, str]:
             "peak": "memory.max_usage_in_bytes"}
 
 
-def read_group(loc: CgroupLocation) -> dict[str, Any]:
-    """Limit, usage, peak and limit hits of a group of ours. Raises CgroupError."""
-    d = loc.dir("memory")
-    f = memory_files(loc.version)
-    limit = read_int(f"{d}/{f['limit']}")
-    out: dict[str, Any] = {
-        "limit_bytes": None if limit < 0 or limit >= V1_UNLIMITED else limit,
-        "usage_bytes": read_int(f"{d}/{f['usage']}"),
-    }
-    try:
-        out["peak_bytes"] = read_int(f"{d}/{f['peak']}")
-    except CgroupError:
-        out["peak_bytes"] = None  # memory.peak is new in 5.19
-    if loc.version == 2:
-        ev = parse_flat_keyed(read_text(f"{d}/memory.events"))
-        out["limit_hits"] = ev.get("max", 0)
-        out["oom_kills"] = ev.get("oom_kill", 0)
-    else:
-        out["limit_hits"] = read_int(f"{d}/memory.failcnt")
-        out["oom_kills"] = parse_flat_keyed(read_text(f"{d}/memory.oom_control")).get("oom_kill", 0)
-    return out
-
-
-def set_group_limit(loc: CgroupLocation, limit_bytes: int) -> None:
-    """A group's memory limit. O_NONBLOCK: v2 memory.max does not stall the caller in
-    reclaim (on kernels that honour it; see CgroupFS.write)."""
-    _write(f"{loc.dir('memory')}/{memory_files(loc.version)['limit']}", int(limit_bytes),
-           nonblock=True)
-
-
 class CgroupGroups:
     """Groups below ``root`` (v2) or below each controller's root (v1)."""
 
-    def __init__(self, root: str, version: int, v1_roots: dict[str, str],
-                 location: Callable[[str], CgroupLocation]):
-        self.root = root
-        self.version = version
-        self.v1_roots = v1_roots
-        self.location = location
+    def read_group(self, loc: CgroupLocation) -> dict[str, Any]:
+        """A group of ours: limit, usage, peak, limit hits, OOM kills. Raises CgroupError."""
+        d = loc.dir("memory")
+        f = memory_files(loc.version)
+        limit = read_int(f"{d}/{f['limit']}")
+        out: dict[str, Any] = {
+            "limit_bytes": None if limit < 0 or limit >= V1_UNLIMITED else limit,
+            "usage_bytes": read_int(f"{d}/{f['usage']}"),
+        }
+        try:
+            out["peak_bytes"] = read_int(f"{d}/{f['peak']}")
+        except CgroupError:
+            out["peak_bytes"] = None  # memory.peak is new in 5.19
+        if loc.version == 2:
+            ev = parse_flat_keyed(read_text(f"{d}/memory.events"))
+            out["limit_hits"] = ev.get("max", 0)
+            out["oom_kills"] = ev.get("oom_kill", 0)
+        else:
+            out["limit_hits"] = read_int(f"{d}/memory.failcnt")
+            out["oom_kills"] = parse_flat_keyed(
+                read_text(f"{d}/memory.oom_control")).get("oom_kill", 0)
+        return out
+
+    def set_group_limit(self, loc: CgroupLocation, limit_bytes: int) -> None:
+        """A group of ours: its memory limit. O_NONBLOCK: v2 memory.max does not stall the
+        caller in reclaim (on kernels that honour it; see CgroupFS.write)."""
+        self.write(f"{loc.dir('memory')}/{memory_files(loc.version)['limit']}",
+                   int(limit_bytes), nonblock=True)
 
     def group_exists(self, rel: str) -> bool:
-        base = self.root if self.version == 2 else self.v1_roots.get("memory", "")
+        base = self.root if self.version == 2 else self._v1_roots.get("memory", "")
         return bool(base) and os.path.isdir(base + "/" + rel.strip("/"))
 
     def make_group(self, rel: str, subtree: tuple[str, ...] = ()) -> CgroupLocation:
@@ -89,12 +85,12 @@ class CgroupGroups:
             d = self.root
             for p in parts:
                 d = f"{d}/{p}"
-                self._mkdir(d)
+                _dir_op(os.mkdir, d, FileExistsError)
                 if subtree:
                     self._enable_subtree(d, subtree)
         else:
             seen: set[str] = set()
-            for ctrl, root in self.v1_roots.items():
+            for ctrl, root in self._v1_roots.items():
                 real = os.path.realpath(root)  # cpu and cpuacct are often one mount
                 if real in seen:
                     continue
@@ -102,11 +98,11 @@ class CgroupGroups:
                 d = root
                 for p in parts:
                     parent, d = d, f"{d}/{p}"
-                    self._mkdir(d)
+                    _dir_op(os.mkdir, d, FileExistsError)
                     if ctrl == "cpuset":
                         for name in ("cpuset.cpus", "cpuset.mems"):
                             if not read_text(f"{d}/{name}").strip():
-                                _write(f"{d}/{name}", read_text(f"{parent}/{name}").strip())
+                                self.write(f"{d}/{name}", read_text(f"{parent}/{name}").strip())
         return self.location("/" + "/".join(parts))
 
     def remove_group(self, rel: str) -> None:
@@ -131,20 +127,7 @@ class CgroupGroups:
                 continue
             seen.add(top)
             for d, _, _ in os.walk(top, topdown=False):  # children before their parent
-                try:
-                    os.rmdir(d)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    raise wrap_os_error(d, e) from None
-
-    def _mkdir(self, d: str) -> None:
-        try:
-            os.mkdir(d)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise wrap_os_error(d, e) from None
+                _dir_op(os.rmdir, d, FileNotFoundError)
 
     def _enable_subtree(self, d: str, wanted: tuple[str, ...]) -> None:
         offered = set(read_text(f"{d}/cgroup.controllers").split())
@@ -153,4 +136,4 @@ class CgroupGroups:
             if c in offered and c not in enabled:
                 # One controller per write: a write naming one the kernel refuses would
                 # otherwise leave the others unset too.
-                _write(f"{d}/cgroup.subtree_control", f"+{c}")
+                self.write(f"{d}/cgroup.subtree_control", f"+{c}")

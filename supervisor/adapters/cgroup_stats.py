@@ -4,7 +4,9 @@ CPU quota, cpuset, pids, I/O, PSI, freezer), for cgroup v2 and v1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Callable, TypeVar
 
 from supervisor.adapters.cgroup_files import (V1_UNLIMITED, CgroupLocation, CgroupUsage,
                                               parse_flat_keyed, parse_int, parse_pressure,
@@ -12,6 +14,8 @@ from supervisor.adapters.cgroup_files import (V1_UNLIMITED, CgroupLocation, Cgro
                                               v2_cpu_seconds, wrap_os_error)
 from supervisor.model.errors import CgroupError, CgroupGone
 from supervisor.model.snapshot import CgroupStats, Pressure
+
+T = TypeVar("T")
 
 
 class UsageFiles:
@@ -67,10 +71,8 @@ class UsageFiles:
 
     def close(self) -> None:
         for fd, _ in self._fds.values():
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._fds = {}
 
 
@@ -91,23 +93,26 @@ def read_usage(loc: CgroupLocation) -> CgroupUsage:
 
 
 def read_stats(loc: CgroupLocation, with_pressure: bool = True) -> CgroupStats:
-    if loc.version == 2:
-        return _read_v2(loc, with_pressure)
-    return _read_v1(loc, with_pressure)
+    return (_read_v2 if loc.version == 2 else _read_v1)(loc, with_pressure)
 
+
+def _optional(read: Callable[[], T], default: T) -> T:
+    """``read()``, or ``default`` when its file cannot be read (a controller not enabled
+    for this subtree, PSI disabled); CgroupGone still ends the whole read."""
+    try:
+        return read()
+    except CgroupGone:
+        raise
+    except CgroupError:
+        return default
 
 def _pressure(loc: CgroupLocation) -> dict[str, Pressure] | None:
     if not loc.psi_dir:
         return None
-    out = {}
-    for res in ("cpu", "memory", "io"):
-        try:
-            out[res] = parse_pressure(read_text(f"{loc.psi_dir}/{res}.pressure"))
-        except CgroupGone:
-            raise
-        except CgroupError:
-            continue  # PSI disabled for this cgroup (psi=0 or cgroup.pressure=0)
-    return out
+    # PSI may be disabled for this cgroup (psi=0 or cgroup.pressure=0)
+    texts = {res: _optional(lambda: read_text(f"{loc.psi_dir}/{res}.pressure"), None)
+             for res in ("cpu", "memory", "io")}
+    return {res: parse_pressure(t) for res, t in texts.items() if t is not None}
 
 
 def _read_v2(loc: CgroupLocation, with_pressure: bool) -> CgroupStats:
@@ -119,47 +124,21 @@ def _read_v2(loc: CgroupLocation, with_pressure: bool) -> CgroupStats:
     low = read_int(f"{d}/memory.low")
     events = parse_flat_keyed(read_text(f"{d}/memory.events"))
     cstat = parse_flat_keyed(read_text(f"{d}/cpu.stat"))
-    quota = None
-    cpuset = ""
-    pids = 0
-    try:
-        qtext = read_text(f"{d}/cpu.max").split()
-        if qtext and qtext[0] != "max":
-            quota = int(qtext[0]) / int(qtext[1])
-    except CgroupGone:
-        raise
-    except CgroupError:
-        pass  # cpu controller not enabled for this subtree
-    try:
-        cpuset = read_text(f"{d}/cpuset.cpus").strip()
-    except CgroupGone:
-        raise
-    except CgroupError:
-        pass
-    try:
-        pids = read_int(f"{d}/pids.current")
-    except CgroupGone:
-        raise
-    except CgroupError:
-        pass
+    qtext = _optional(lambda: read_text(f"{d}/cpu.max").split(), [])
+    quota = int(qtext[0]) / int(qtext[1]) if qtext and qtext[0] != "max" else None
+    cpuset = _optional(lambda: read_text(f"{d}/cpuset.cpus").strip(), "")
+    pids = _optional(lambda: read_int(f"{d}/pids.current"), 0)
     rbytes = wbytes = 0
-    try:
-        for line in read_text(f"{d}/io.stat").splitlines():
-            for item in line.split()[1:]:
-                k, _, v = item.partition("=")
-                if k == "rbytes":
-                    rbytes += int(v)
-                elif k == "wbytes":
-                    wbytes += int(v)
-    except CgroupGone:
-        raise
-    except CgroupError:
-        pass
+    for line in _optional(lambda: read_text(f"{d}/io.stat"), "").splitlines():
+        for item in line.split()[1:]:
+            k, _, v = item.partition("=")
+            if k == "rbytes":
+                rbytes += int(v)
+            elif k == "wbytes":
+                wbytes += int(v)
     frozen = None
-    try:
+    with contextlib.suppress(CgroupError):
         frozen = parse_flat_keyed(read_text(f"{d}/cgroup.events")).get("frozen") == 1
-    except CgroupError:
-        pass
     return CgroupStats(
         version=2, path=d, memory_usage_bytes=usage,
         memory_working_set_bytes=max(0, usage - mstat.get("inactive_file", 0)),

@@ -7,33 +7,32 @@ which still carries per-cgroup PSI files). Supports Docker's cgroupfs driver
 (``/docker/<id>`` or ``<cgroup-parent>/<id>``) and systemd driver
 (``/system.slice/docker-<id>.scope``).
 
-``CgroupFS`` locates and writes; it reads through cgroup_stats.py and keeps its own
-groups through cgroup_groups.py, offering both under its own name. One file's reading,
-writing and formats are cgroup_files.py's (re-exported here for the callers). Every
-OSError becomes a CgroupError at this boundary: CgroupGone when the file or the
-directory has vanished (the container died mid-read), CgroupError otherwise.
+``CgroupFS`` locates and writes; it reads through cgroup_stats.py, offering it under its
+own name, and keeps its own groups with the methods it inherits from cgroup_groups.py.
+One file's reading, writing and formats are cgroup_files.py's (re-exported here for the
+callers). Every OSError becomes a CgroupError at this boundary: CgroupGone when the file
+or the directory has vanished (the container died mid-read), CgroupError otherwise.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
+from supervisor.adapters import cgroup_stats
 from supervisor.adapters.cgroup_files import (V1_CONTROLLERS, V1_UNLIMITED, CgroupLocation,
-                                              CgroupUsage, Resident, parse_flat_keyed,
-                                              parse_pressure, parse_proc_cgroup, read_int,
+                                              Resident, parse_pressure, parse_proc_cgroup,
                                               read_text, resident_of, slice_path, stat_value,
                                               wrap_os_error, write_knob)
-from supervisor.adapters.cgroup_groups import CgroupGroups, read_group, set_group_limit
-from supervisor.adapters.cgroup_stats import UsageFiles, read_stats, read_usage
+from supervisor.adapters.cgroup_groups import CgroupGroups
+from supervisor.adapters.cgroup_stats import UsageFiles
 from supervisor.adapters.systemd_units import SystemdError, SystemdUnits, systemd_booted
 from supervisor.model.errors import CgroupError, CgroupNotFound
-from supervisor.model.snapshot import CgroupStats
 
-__all__ = ["CgroupFS", "CgroupLocation", "CgroupUsage", "Resident", "UsageFiles",
-           "V1_CONTROLLERS", "V1_UNLIMITED", "parse_flat_keyed", "parse_pressure", "parse_proc_cgroup",
-           "read_int", "read_text", "resident_of", "slice_path", "stat_value"]
+__all__ = ["CgroupFS", "CgroupLocation", "Resident", "UsageFiles", "V1_UNLIMITED",
+           "parse_pressure", "parse_proc_cgroup", "read_text", "resident_of", "slice_path",
+           "stat_value"]
 
 
 # Knobs the daemon writes itself on a container (Docker owns the rest) and the unit
@@ -55,7 +54,7 @@ def _below(root: str, rel: str) -> str:
     return f"{root}/{rel}" if rel else root
 
 
-class CgroupFS:
+class CgroupFS(CgroupGroups):
     """Reads and writes cgroup files below ``root``; finds containers through ``proc``."""
 
     def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc",
@@ -69,18 +68,13 @@ class CgroupFS:
             systemd = self.version == 2 and root == "/sys/fs/cgroup" and systemd_booted()
         self.units = (units or SystemdUnits()) if systemd else None
         self._v1_roots: dict[str, str] = {}
-        self._unified_root: str | None = None
+        self._unified_root: str | None = root
         if self.version == 1:
-            for c in V1_CONTROLLERS:
-                d = os.path.join(root, c)
-                if os.path.isdir(d):
-                    self._v1_roots[c] = d
+            self._v1_roots = {c: os.path.join(root, c) for c in V1_CONTROLLERS
+                              if os.path.isdir(os.path.join(root, c))}
             u = os.path.join(root, "unified")
-            if os.path.exists(os.path.join(u, "cgroup.controllers")):
-                self._unified_root = u
-        else:
-            self._unified_root = root
-        self.groups = CgroupGroups(root, self.version, self._v1_roots, self.location)
+            mounted = os.path.exists(os.path.join(u, "cgroup.controllers"))
+            self._unified_root = u if mounted else None
 
     # ------------------------------------------------------------------ locate
 
@@ -137,22 +131,16 @@ class CgroupFS:
 
     # -------------------------------------------------------------------- read
 
-    def read_usage(self, loc: CgroupLocation) -> CgroupUsage:
-        """The hot counters (cgroup_stats.read_usage)."""
-        return read_usage(loc)
-
-    def open_usage(self, loc: CgroupLocation) -> UsageFiles:
-        """The files ``read_usage`` reads, opened once for reading every tick."""
-        return UsageFiles(loc)
+    # The hot counters (``open_usage``: their files opened once for reading every tick)
+    # and everything else, for the periodic full read: cgroup_stats.py.
+    read_usage = staticmethod(cgroup_stats.read_usage)
+    open_usage = staticmethod(UsageFiles)
+    read_stats = staticmethod(cgroup_stats.read_stats)
 
     def read_resident(self, loc: CgroupLocation) -> Resident:
         """What stays in memory that a reclaim cannot release without swap (resident_of)."""
         usage = self.read_usage(loc).memory_usage_bytes
         return resident_of(loc.version, self.read_file(loc, "memory", "memory.stat"), usage)
-
-    def read_stats(self, loc: CgroupLocation, with_pressure: bool = True) -> CgroupStats:
-        """Everything else, for the periodic full read (cgroup_stats.read_stats)."""
-        return read_stats(loc, with_pressure)
 
     # ------------------------------------------------------------------- write
 
@@ -180,8 +168,7 @@ class CgroupFS:
         value and does not stall PID 1 reclaiming."""
         self.write(f"{loc.dir(controller)}/{name}", value, nonblock=nonblock)
         prop = SCOPE_PROPERTIES.get(name)
-        scope = docker_scope(loc.rel) if prop and self.units is not None else None
-        if scope and self.units is not None and prop:
+        if prop and self.units is not None and (scope := docker_scope(loc.rel)):
             text = str(value).strip()
             try:
                 self.units.set_properties(scope, {prop: "infinity" if text == "max" else text},
@@ -223,32 +210,9 @@ class CgroupFS:
             self.write(path, restore_limit)
 
     def controller_roots(self) -> dict[str, str]:
-        if self.version == 2:
-            return {"unified": self.root}
-        return dict(self._v1_roots)
+        return {"unified": self.root} if self.version == 2 else dict(self._v1_roots)
 
     def host_controllers(self) -> Iterable[str]:
         if self.version == 2:
             return read_text(f"{self.root}/cgroup.controllers").split()
         return list(self._v1_roots)
-
-    # ------------------------------------------------------------- own groups
-
-    def group_exists(self, rel: str) -> bool:
-        return self.groups.group_exists(rel)
-
-    def make_group(self, rel: str, subtree: tuple[str, ...] = ()) -> CgroupLocation:
-        """Create ``rel`` and its missing ancestors (see CgroupGroups.make_group)."""
-        return self.groups.make_group(rel, subtree)
-
-    def remove_group(self, rel: str) -> None:
-        """Remove ``rel`` and every empty cgroup below it (see CgroupGroups.remove_group)."""
-        self.groups.remove_group(rel)
-
-    def read_group(self, loc: CgroupLocation) -> dict[str, Any]:
-        """A group of ours: limit, usage, peak, limit hits, OOM kills."""
-        return read_group(loc)
-
-    def set_group_limit(self, loc: CgroupLocation, limit_bytes: int) -> None:
-        """A group of ours: its memory limit (never written with the caller's reclaim)."""
-        set_group_limit(loc, limit_bytes)

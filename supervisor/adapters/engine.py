@@ -7,6 +7,7 @@ Limits are set through Docker (``container.update``), not by writing cgroup file
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from typing import Any, Iterator
@@ -22,8 +23,16 @@ _CONN_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout
                 ConnectionError, TimeoutError, FileNotFoundError, OSError)
 
 
-def _env_of(attrs: dict) -> tuple[str, ...]:
-    return tuple((attrs.get("Config") or {}).get("Env") or ())
+def _ports(bindings: dict | None) -> list[tuple[str, str, int]]:
+    """(container port, host address, host port) of each binding."""
+    out = []
+    for cport, binds in (bindings or {}).items():
+        for b in binds or ():
+            try:
+                out.append((cport, b.get("HostIp", ""), int(b.get("HostPort") or 0)))
+            except (TypeError, ValueError):
+                continue
+    return out
 
 
 def info_from_inspect(attrs: dict[str, Any]) -> ContainerInfo:
@@ -31,23 +40,12 @@ def info_from_inspect(attrs: dict[str, Any]) -> ContainerInfo:
     cfg = attrs.get("Config") or {}
     hc = attrs.get("HostConfig") or {}
     st = attrs.get("State") or {}
-    ports = []
-    for cport, binds in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items():
-        for b in binds or ():
-            try:
-                ports.append((cport, b.get("HostIp", ""), int(b.get("HostPort") or 0)))
-            except (TypeError, ValueError):
-                continue
-    if not ports:
-        for cport, binds in (hc.get("PortBindings") or {}).items():
-            for b in binds or ():
-                try:
-                    ports.append((cport, b.get("HostIp", ""), int(b.get("HostPort") or 0)))
-                except (TypeError, ValueError):
-                    continue
+    ports = (_ports((attrs.get("NetworkSettings") or {}).get("Ports"))
+             or _ports(hc.get("PortBindings")))
     health = ((st.get("Health") or {}).get("Status")) or ""
     check = cfg.get("Healthcheck") or {}
-    test = tuple(check.get("Test") or ())
+    given = tuple(check.get("Test") or ())
+    test = given if given != ("NONE",) else ()
     return ContainerInfo(
         id=attrs["Id"], name=(attrs.get("Name") or "").lstrip("/"),
         image=cfg.get("Image") or "", labels=dict(cfg.get("Labels") or {}),
@@ -61,14 +59,12 @@ def info_from_inspect(attrs: dict[str, Any]) -> ContainerInfo:
         restart_count=int(attrs.get("RestartCount") or 0), started_at=st.get("StartedAt") or "",
         finished_at=st.get("FinishedAt") or "", exit_code=int(st.get("ExitCode") or 0),
         oom_killed=bool(st.get("OOMKilled")),
-        health=health, env=_env_of(attrs), ports=tuple(ports), user=cfg.get("User") or "",
-        has_healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test"))
-        and (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],
-        network_mode=hc.get("NetworkMode") or "",
-        healthcheck_test=test if test and test != ("NONE",) else (),
+        health=health, env=tuple(cfg.get("Env") or ()), ports=tuple(ports),
+        user=cfg.get("User") or "", has_healthcheck=bool(test),
+        network_mode=hc.get("NetworkMode") or "", healthcheck_test=test,
         # Docker's durations are ns; 0 = its default of 30 s
-        healthcheck_interval_s=int(check.get("Interval") or 0) / 1e9 or 30.0 if test else 0.0,
-        healthcheck_timeout_s=int(check.get("Timeout") or 0) / 1e9 or 30.0 if test else 0.0)
+        healthcheck_interval_s=int(check.get("Interval") or 0) / 1e9 or 30.0 if given else 0.0,
+        healthcheck_timeout_s=int(check.get("Timeout") or 0) / 1e9 or 30.0 if given else 0.0)
 
 
 class Engine:
@@ -97,10 +93,8 @@ class Engine:
     def reset(self) -> None:
         with self._lock:
             if self._client is not None:
-                try:
+                with contextlib.suppress(*_CONN_ERRORS):
                     self._client.close()
-                except _CONN_ERRORS:
-                    pass
             self._client = None
 
     def _call(self, kind: str, fn, *args, **kw):
@@ -138,7 +132,7 @@ class Engine:
         return self._call("list", go)
 
     def inspect(self, ident: str) -> ContainerInfo:
-        return info_from_inspect(self._call("inspect", lambda: self._c().api.inspect_container(ident)))
+        return info_from_inspect(self.inspect_raw(ident))
 
     def inspect_raw(self, ident: str) -> dict:
         return self._call("inspect", lambda: self._c().api.inspect_container(ident))
@@ -157,10 +151,8 @@ class Engine:
     def close_events(self) -> None:
         stream = getattr(self, "_stream", None)
         if stream is not None:
-            try:
+            with contextlib.suppress(*_CONN_ERRORS):
                 stream.close()
-            except _CONN_ERRORS:
-                pass
 
     def update(self, ident: str, **kw) -> None:
         """container.update(cpuset_cpus=…, mem_limit=…, mem_reservation=…, memswap_limit=…,
@@ -241,5 +233,5 @@ class Engine:
 
     @property
     def client(self) -> docker.DockerClient:
-        """The raw SDK client, for adapters that need more (Ollama recreate)."""
+        """The raw SDK client, for a caller that needs a call this class does not offer."""
         return self._c()

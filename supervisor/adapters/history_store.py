@@ -16,6 +16,7 @@ never silently reused, never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -157,9 +158,7 @@ class HistoryStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
         return len(raw)

@@ -13,6 +13,7 @@ moved aside, never silently reused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -231,8 +232,5 @@ class Journal:
         return {k: json.loads(v) for k, v in rows}
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()

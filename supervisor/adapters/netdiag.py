@@ -16,6 +16,7 @@ namespace's counters and UDP services are read from /proc in netcounters.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket
@@ -202,7 +203,6 @@ class ConnectionProbe:
         self._dumps = [dump_request(f, STATES_LISTEN, seq=_DUMP_SEQ + f) for f in self.dump_families]
         self._lock = threading.Lock()
         self.gone: set[int] = set()  # indexes of targets the kernel no longer knows
-        self.queries = 0
 
     def waiting(self) -> list[Waiting]:
         """Raises NetdiagError when the socket fails."""
@@ -242,7 +242,6 @@ class ConnectionProbe:
                 raise NetdiagError("sock_diag: no reply within the socket timeout") from None
             except OSError as e:
                 raise NetdiagError(f"sock_diag query failed: {e.strerror or e}") from None
-            self.queries += 1
         return out
 
     def _recv(self) -> bytes:
@@ -259,10 +258,8 @@ class ConnectionProbe:
             return self.sock.recv(65536)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 def open_probe(worker: NetnsWorker, pid: int, targets: Iterable[TcpSocket],

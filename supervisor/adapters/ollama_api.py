@@ -12,6 +12,7 @@ the wait is over, so a hung Ollama costs the loop nothing. A full queue
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -109,10 +110,8 @@ class OllamaAPI:
             # Ollama answered: not a reason to back off.
             self.failures = 0
             detail = ""
-            try:
+            with contextlib.suppress(ValueError, AttributeError, OSError):
                 detail = json.loads(e.read() or b"{}").get("error", "")
-            except (ValueError, AttributeError, OSError):
-                pass
             if e.code == 503:
                 self.counts["busy"] += 1
                 raise OllamaBusy(f"{method} {path}: 503 queue full {detail}".strip()) from None

@@ -11,6 +11,7 @@ else is reported, not acted on. psutil errors and OSError end here as data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
@@ -107,15 +108,13 @@ class HostOllama:
             env = {}
             errors.append(f"environment unreadable: {e}")
         cpu = 0.0
-        try:
+        with contextlib.suppress(psutil.Error, OSError):
             for q in [p, *p.children(recursive=True)]:
                 try:
                     t = q.cpu_times()
                     cpu += t.user + t.system
                 except (psutil.Error, OSError):
                     continue
-        except (psutil.Error, OSError):
-            pass
         rel = self._quota_rel(paths)
         members: list[tuple[int, str]] = []
         limit = None

@@ -8,6 +8,7 @@ every scrape). The same figures, under the same names, as that collector's proce
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -45,13 +46,10 @@ def parse_stat(text: str, ticks_per_s: float, page_bytes: int,
 
 def boot_time_s(proc: str = "/proc") -> float:
     """When the host booted (btime of /proc/stat), 0.0 when unreadable."""
-    try:
-        with open(f"{proc}/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(f"{proc}/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
     return 0.0
 
 
@@ -98,14 +96,10 @@ class ProcSelf:
     def _read(self) -> ProcessFigures | None:
         try:
             with open(f"{self.proc}/self/stat", "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-            rss, virt, user, system, threads, start = parse_stat(
-                text, self._ticks, self._page, self._btime)
+                figures = parse_stat(f.read().decode("utf-8", "replace"), self._ticks,
+                                     self._page, self._btime)
         except (OSError, IndexError, ValueError):
             return None
-        fds = self._open_fds()
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return ProcessFigures(rss_bytes=rss, virtual_bytes=virt, cpu_user_s=user,
-                              cpu_system_s=system, threads=threads, start_time_s=start,
-                              open_fds=fds,
+        return ProcessFigures(*figures, open_fds=self._open_fds(),
                               max_fds=None if soft == resource.RLIM_INFINITY else soft)

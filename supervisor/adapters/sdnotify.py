@@ -11,7 +11,6 @@ class Notifier:
     def __init__(self, address: str | None = None):
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         self._sock: socket.socket | None = None
-        self.dropped = 0  # messages that could not be sent (no listener, queue full)
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -32,8 +31,7 @@ class Notifier:
             # (the next pass sends another) instead of stalling every pass behind it.
             self._sock.sendto(msg, socket.MSG_DONTWAIT, addr)
             return True
-        except OSError:
-            self.dropped += 1
+        except OSError:  # no listener, or its queue is full
             return False
 
     def watchdog_interval_s(self) -> float | None:

@@ -120,8 +120,3 @@ class SystemdUnits:
     def start(self, unit: str) -> None:
         """Start a unit; a slice needs no unit file (systemd.slice(5): created on use)."""
         self._call("start", check_unit_name(unit))
-
-
-def scope_of_container(container_id: str) -> str:
-    """The scope Docker's systemd driver makes for a container (runc's libcontainer)."""
-    return f"docker-{container_id}.scope"

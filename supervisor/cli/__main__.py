@@ -1,5 +1,3 @@
-import sys
-
 from supervisor.cli.supctl import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -9,6 +9,7 @@ import re
 import shutil
 import textwrap
 import time
+from collections import Counter
 from typing import Any
 
 from supervisor.model.units import format_bytes
@@ -54,11 +55,9 @@ def _cut_visible(line: str, width: int) -> str:
     """The line cut to ``width`` columns, escape codes kept whole and not counted."""
     out, cols, pos = [], 0, 0
     for m in _ANSI.finditer(line):
-        text = line[pos:m.start()]
-        take = text[: max(0, width - cols)]
-        out.append(take)
+        take = line[pos:m.start()][: max(0, width - cols)]
+        out += [take, m.group()]
         cols += len(take)
-        out.append(m.group())
         pos = m.end()
     out.append(line[pos:][: max(0, width - cols)])
     return "".join(out)
@@ -188,8 +187,7 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         out.append("pressure (avg10 some/full): " + "  ".join(
             f"{k} {v['some_avg10']:.1f}%/{v['full_avg10']:.1f}%" for k, v in sorted(psi.items())))
 
-    out.append("")
-    out.append(f"{'POOL':<16}{'BUDGET':>10}{'ALLOCATED':>11}{'USED':>10}  USED/BUDGET")
+    out += ["", f"{'POOL':<16}{'BUDGET':>10}{'ALLOCATED':>11}{'USED':>10}  USED/BUDGET"]
     no_room: list[str] = []
     for name, p in st.get("pools", {}).items():
         ratio = p.get("utilisation", 0.0)
@@ -210,8 +208,7 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
                            "limit once settled (history.settle)")
     out += no_room
 
-    out.append("")
-    out.append(f"{'CLASS':<16}{'CORES':>5}  {'CPUSET':<10}{'POOL':<16}{'PORTS':<12}")
+    out += ["", f"{'CLASS':<16}{'CORES':>5}  {'CPUSET':<10}{'POOL':<16}{'PORTS':<12}"]
     for name, c in st.get("classes", {}).items():
         flags = " protected" if c.get("protected") else ""
         out.append(f"{_fit(name, 15):<16}{c.get('cores', ''):>5}  {_fit(c['cpuset'], 9):<10}"
@@ -261,8 +258,7 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
 
     ladder = st.get("ladder") if isinstance(st.get("ladder"), dict) else {}
     if ladder.get("breaches") or ladder.get("throttled"):
-        out.append("")
-        out.append("BREACHES")
+        out += ["", "BREACHES"]
         for b in ladder.get("breaches", []):
             level = b.get("level", "")
             col = RED if level in ("critical", "over") else YELLOW
@@ -282,8 +278,7 @@ def render_status(st: dict, color: bool = False, width: int = 0) -> str:
         out += _ollama_lines(st["ollama"])
 
     actions = st.get("actions") or []
-    out.append("")
-    out.append("LAST ACTIONS" if actions else "LAST ACTIONS: none yet")
+    out += ["", "LAST ACTIONS" if actions else "LAST ACTIONS: none yet"]
     for a in actions[-5:]:
         col = {"ok": GREEN, "failed": RED, "dry_run": YELLOW}.get(a.get("outcome", ""), "")
         outcome = _c(f"{a.get('outcome', ''):<8}", col, color)
@@ -363,11 +358,7 @@ def render_recommend(body: dict, width: int = 0) -> str:
         return json.dumps(body, indent=2, sort_keys=True, default=str)
     if not rows:
         return "no recommendations yet (not enough history)"
-    cols: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in cols and k != "id":
-                cols.append(k)
+    cols = list(dict.fromkeys(k for r in rows for k in r if k != "id"))
     preferred = [k for k in _RECOMMEND_COLUMNS if k in cols]
     if len(preferred) >= 3:
         cols = preferred
@@ -397,10 +388,8 @@ def render_findings(body: dict, color: bool = False) -> str:
     for f in findings:
         sev = _c(f"{f['severity']:<9}", sev_col.get(f["severity"], ""), color)
         lines.append(f"{sev} {f['rule']:<5} {_fit(f['target'], tw):<{tw}} {f['message']}")
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f["severity"]] = counts.get(f["severity"], 0) + 1
-    order = ["critical", "high", "medium", "low"]
-    summary = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+    counts = Counter(f["severity"] for f in findings)
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("critical", "high", "medium", "low")
+                        if s in counts)
     lines.append(f"{len(findings)} finding(s) in {len(audited)} audited: {summary}")
     return "\n".join(lines)

@@ -54,12 +54,10 @@ def health_code(status: dict) -> int:
     if status.get("daemon", {}).get("loop_alive") is False and status.get("ready"):
         return EXIT_STALLED
     pools = status.get("pools", {}).values()
-    if any(p.get("state") == "over" or p.get("unlimited_no_room") for p in pools):
-        return EXIT_EXHAUSTED
-    if status.get("reserve", {}).get("breached"):
-        return EXIT_EXHAUSTED
     oom = status.get("oom") or {}
-    if oom.get("loops") or oom.get("limit_removed"):
+    if (any(p.get("state") == "over" or p.get("unlimited_no_room") for p in pools)
+            or status.get("reserve", {}).get("breached")
+            or oom.get("loops") or oom.get("limit_removed")):
         return EXIT_EXHAUSTED
     if not status.get("engine", {}).get("up"):
         return EXIT_ENGINE_DOWN
@@ -93,18 +91,14 @@ def cmd_status(args) -> int:
 def cmd_snapshot(args) -> int:
     """One full snapshot sampled right here, without a daemon."""
     from supervisor.adapters.cgroups import CgroupFS
-    from supervisor.adapters.hostfacts import read_host_facts
-    from supervisor.model.config import load_config
     from supervisor.adapters.engine import Engine
-    from supervisor.model.errors import ConfigError, EngineUnavailable
+    from supervisor.model.errors import EngineUnavailable
     from supervisor.adapters.host import HostSampler
     from supervisor.observe.inventory import Inventory
     from supervisor.observe.sampler import Sampler
 
-    try:
-        cfg = load_config(args.config, host=read_host_facts())
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
+    cfg = _load_config(args.config)
+    if cfg is None:
         return EXIT_USAGE
     s = cfg.settings
     engine = Engine(s.docker.host, s.docker.timeout_s)
@@ -128,24 +122,27 @@ def cmd_journal(args) -> int:
     if code != 200:
         return refused(code, body)
 
-    def show(e: dict) -> None:
-        print(json.dumps(e, sort_keys=True) if args.json else render_journal_entry(e), flush=True)
     # -f prints each action once, when its result is in: a row is first written "pending"
     # (its intent) and completed in place, so the cursor stays below the oldest pending row.
     printed: set[int] = set()
     cursor = 0
-    pending: list[int] = []
-    for e in body.get("entries", []):
-        if args.follow and e["outcome"] == "pending":
-            pending.append(e["seq"])
-            continue
-        show(e)
-        printed.add(e["seq"])
-        cursor = max(cursor, e["seq"])
+
+    def take(entries: list[dict]) -> None:
+        nonlocal cursor, printed
+        pending = []
+        for e in entries:
+            if args.follow and e["outcome"] == "pending":
+                pending.append(e["seq"])
+            elif e["seq"] not in printed:
+                print(json.dumps(e, sort_keys=True) if args.json else render_journal_entry(e),
+                      flush=True)
+                printed.add(e["seq"])
+        top = max((e["seq"] for e in entries), default=cursor)
+        cursor = min(pending) - 1 if pending else top
+        printed = {q for q in printed if q > cursor}
+    take(body.get("entries", []))
     if not args.follow:
         return EXIT_OK
-    if pending:
-        cursor = min(pending) - 1
     try:
         while True:  # like tail -f: poll for rows after the cursor
             time.sleep(args.interval)
@@ -156,16 +153,7 @@ def cmd_journal(args) -> int:
             if len(entries) == 1000 and entries[0]["seq"] > cursor + 1:
                 print(f"... entries {cursor + 1}-{entries[0]['seq'] - 1} skipped (too many)",
                       flush=True)
-            pending = []
-            for e in entries:
-                if e["outcome"] == "pending":
-                    pending.append(e["seq"])
-                elif e["seq"] not in printed:
-                    show(e)
-                    printed.add(e["seq"])
-            top = max((e["seq"] for e in entries), default=cursor)
-            cursor = min(pending) - 1 if pending else top
-            printed = {q for q in printed if q > cursor}
+            take(entries)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -191,14 +179,11 @@ def cmd_apply(args) -> int:
     code, body = call(args, "POST", "/apply")
     if code != 200:
         return refused(code, body)
+    from supervisor.cli.render import render_journal_entry
     results = body.get("results", [])
-    if args.json:
-        print(json.dumps(body, indent=2, sort_keys=True))
-    else:
-        from supervisor.cli.render import render_journal_entry
-        for r in results:
-            print(render_journal_entry(r))
-        print(f"{len(results)} action(s) run" if results else "nothing to do")
+    show(args, body, lambda b: "\n".join([*map(render_journal_entry, results),
+                                          f"{len(results)} action(s) run" if results
+                                          else "nothing to do"]))
     return EXIT_OK if all(r.get("ok") or r.get("outcome") == "skipped" for r in results) else EXIT_USAGE
 
 
@@ -215,25 +200,29 @@ def cmd_recommend(args) -> int:
     return EXIT_OK
 
 
-def _audit_config(path: str | None):
+def _load_config(path: str | None):
+    """The config at ``path`` (None: $RESOURCE_SUPERVISOR_CONFIG, else the installed one,
+    else the shipped one), or None when it is invalid (the reason is printed)."""
     from supervisor.adapters.hostfacts import read_host_facts
     from supervisor.model.config import load_config, shipped_config_path
+    from supervisor.model.errors import ConfigError
     if path is None:
         env = os.environ.get("RESOURCE_SUPERVISOR_CONFIG")
         candidates = [env] if env else [DEFAULT_CONFIG_PATH, str(shipped_config_path())]
         path = next((c for c in candidates if os.path.exists(c)), candidates[0])
-    return load_config(path, host=read_host_facts())
+    try:
+        return load_config(path, host=read_host_facts())
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return None
 
 
 def cmd_audit(args) -> int:
     from supervisor.policy.audit import AuditError, audit_compose, load_compose
-    from supervisor.model.errors import ConfigError
     from supervisor.cli.render import render_findings
     if args.compose:
-        try:
-            cfg = _audit_config(args.config)
-        except ConfigError as e:
-            print(e.render(), file=sys.stderr)
+        cfg = _load_config(args.config)
+        if cfg is None:
             return EXIT_USAGE
         findings, audited = [], []
         for path in args.compose:
@@ -259,16 +248,16 @@ def cmd_hibernate(args) -> int:
         body["mode"] = args.mode
     if args.force:
         body["force"] = True
-    code, reply = call(args, "POST", "/hibernate", body)
-    if code != 200:
-        return refused(code, reply)
-    print(json.dumps(reply, sort_keys=True) if args.json else
-          f"{reply.get('name', args.name)}: {reply.get('detail', reply.get('outcome', ''))}")
-    return EXIT_OK
+    return _container_call(args, "/hibernate", body)
 
 
 def cmd_wake(args) -> int:
-    code, reply = call(args, "POST", "/wake", {"name": args.name})
+    return _container_call(args, "/wake", {"name": args.name})
+
+
+def _container_call(args, url: str, body: dict) -> int:
+    """POST a hibernate or wake request; print what the daemon did."""
+    code, reply = call(args, "POST", url, body)
     if code != 200:
         return refused(code, reply)
     print(json.dumps(reply, sort_keys=True) if args.json else
@@ -282,53 +271,52 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}, or $SUPCTL_SOCKET)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("status", help="host, pools, classes, containers at a glance")
+
+    def command(name: str, fn: Callable[..., int], help: str, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, **kw)
+        p.set_defaults(fn=fn)
+        return p
+    p = command("status", cmd_status, "host, pools, classes, containers at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.add_argument("--no-color", action="store_true")
     p.add_argument("--width", type=int, default=0, help="render for this many columns")
-    p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("snapshot", help="sample host and containers here and print JSON (no daemon needed)")
+    p = command("snapshot", cmd_snapshot,
+                "sample host and containers here and print JSON (no daemon needed)")
     p.add_argument("-c", "--config", default=os.environ.get("RESOURCE_SUPERVISOR_CONFIG", DEFAULT_CONFIG_PATH))
-    p.set_defaults(fn=cmd_snapshot)
-    p = sub.add_parser("journal", help="recent actions (-f to follow)")
+    p = command("journal", cmd_journal, "recent actions (-f to follow)")
     p.add_argument("-n", "--limit", type=_positive_int, default=20)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new actions")
     p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--kind", help="only actions of this kind (place, stop, hibernate...)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_journal)
-    p = sub.add_parser("reload", help="reload the config (a bad one is refused, the old one kept)")
-    p.set_defaults(fn=cmd_reload)
-    p = sub.add_parser("plan", help="what the daemon would do now (changes nothing)")
+    command("reload", cmd_reload, "reload the config (a bad one is refused, the old one kept)")
+    p = command("plan", cmd_plan, "what the daemon would do now (changes nothing)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_plan)
-    p = sub.add_parser("apply", help="run one pass now and act on its plan, even in dry-run mode (root)")
+    p = command("apply", cmd_apply,
+                "run one pass now and act on its plan, even in dry-run mode (root)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_apply)
-    p = sub.add_parser("recommend", help="memory limits recommended from observed usage")
+    p = command("recommend", cmd_recommend, "memory limits recommended from observed usage")
     p.add_argument("--json", action="store_true")
     p.add_argument("--width", type=int, default=0, help="render for this many columns")
-    p.set_defaults(fn=cmd_recommend)
-    p = sub.add_parser("audit", help="rule compliance of the running containers, or of compose files",
-                       epilog="exit code 5 when anything is found, 0 when compliant")
+    p = command("audit", cmd_audit,
+                "rule compliance of the running containers, or of compose files",
+                epilog="exit code 5 when anything is found, 0 when compliant")
     p.add_argument("--compose", action="append", metavar="FILE",
                    help="audit this compose file instead (no daemon needed; repeatable)")
     p.add_argument("-c", "--config", help="config whose classes and port ranges apply "
                    f"(with --compose; default $RESOURCE_SUPERVISOR_CONFIG or {DEFAULT_CONFIG_PATH})")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-color", action="store_true")
-    p.set_defaults(fn=cmd_audit)
-    p = sub.add_parser("hibernate", help="hibernate a container now (root): pause it, or stop it")
+    p = command("hibernate", cmd_hibernate,
+                "hibernate a container now (root): pause it, or stop it")
     p.add_argument("name", help="container name or id")
     p.add_argument("--mode", choices=("pause", "stop"), help="default: its class's hibernate_mode")
     p.add_argument("--force", action="store_true",
                    help="even with connections waiting or a stream moving data")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_hibernate)
-    p = sub.add_parser("wake", help="wake a container the supervisor hibernated (root)")
+    p = command("wake", cmd_wake, "wake a container the supervisor hibernated (root)")
     p.add_argument("name", help="container name or id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_wake)
     return ap
 
 

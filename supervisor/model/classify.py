@@ -51,11 +51,13 @@ def image_repository(image: str) -> str:
 
 
 def _first_match(patterns: tuple[str, ...], value: str) -> str:
-    if value:
-        for p in patterns:
-            if glob_match((p,), value):
-                return p
-    return ""
+    return next((p for p in patterns if glob_match((p,), value)), "") if value else ""
+
+
+def _field_values(info: ContainerInfo) -> dict[str, str]:
+    """The value of each of ``FIELDS`` for ``info``, in the order they are tried."""
+    return {"name": info.name, "service": info.labels.get(COMPOSE_SERVICE_LABEL, ""),
+            "image": info.image, "repository": image_repository(info.image)}
 
 
 def classify_why(info: ContainerInfo, cfg: Config) -> tuple[str, str, str]:
@@ -69,8 +71,7 @@ def classify_why(info: ContainerInfo, cfg: Config) -> tuple[str, str, str]:
     label = info.labels.get(m.class_label)
     if label is not None and label in cfg.classes:
         return label, "label", ""
-    fields = (("name", info.name), ("service", info.labels.get(COMPOSE_SERVICE_LABEL, "")),
-              ("image", info.image), ("repository", image_repository(info.image)))
+    fields = _field_values(info).items()
     for cls in cfg.classes.values():
         for reason, value in fields:
             patterns = cls.match_names if reason in ("name", "service") else cls.match_images
@@ -96,8 +97,7 @@ def describe_class(info: ContainerInfo, cfg: Config, cls: str, reason: str, patt
         return (f"label {class_label}={info.labels.get(class_label, '')} names no class; "
                 f"default class {cls}")
     if reason in FIELDS:
-        value = {"name": info.name, "service": info.labels.get(COMPOSE_SERVICE_LABEL, ""),
-                 "image": info.image, "repository": image_repository(info.image)}[reason]
+        value = _field_values(info)[reason]
         key = "names" if reason in ("name", "service") else "images"
         return f"classes.{cls}.match.{key} {pattern!r} matched {FIELDS[reason]} {value!r}"
     return f"no class rule matched; default class {cls}"

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from supervisor.model.errors import ConfigError
-from supervisor.model.units import format_cpuset, parse_cpuset, parse_duration, parse_size
+from supervisor.model.units import (core_runs, format_cpuset, parse_cpuset, parse_duration,
+                                    parse_size)
 
 ENV_PREFIX = "RESOURCE_SUPERVISOR_"
 DEFAULT_CONFIG_PATH = "/etc/resource-supervisor/supervisor.toml"
@@ -47,8 +48,14 @@ def _check_size(v: Any) -> Any:
     return v
 
 
-def _check_duration(v: Any) -> float:
-    return parse_duration(v)
+def _sizes(*names: str) -> Any:
+    """A validator of size fields: each must parse, and is kept as written."""
+    return field_validator(*names)(classmethod(lambda cls, v: _check_size(v)))
+
+
+def _durations(*names: str) -> Any:
+    """A validator of duration fields: each becomes float seconds."""
+    return field_validator(*names)(classmethod(lambda cls, v: parse_duration(v)))
 
 
 class HostSection(_Section):
@@ -77,13 +84,13 @@ class HostSection(_Section):
 class ReserveSection(_Section):
     emergency: Size = "1.38GiB"
 
-    _v = field_validator("emergency")(classmethod(lambda cls, v: _check_size(v)))
+    _v = _sizes("emergency")
 
 
 class PoolSection(_Section):
     budget: Size
 
-    _v = field_validator("budget")(classmethod(lambda cls, v: _check_size(v)))
+    _v = _sizes("budget")
 
 
 class MatchSection(_Section):
@@ -107,20 +114,13 @@ class ClassSection(_Section):
     ports: str | None = None
     match: MatchSection = MatchSection()
 
-    @field_validator("memory_limit", "memory_min")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return _check_size(v)
-
-    @field_validator("idle_after")
-    @classmethod
-    def _dur(cls, v: Any) -> Any:
-        return _check_duration(v)
+    _size = _sizes("memory_limit", "memory_min")
+    _dur = _durations("idle_after")
 
     @field_validator("cpuset")
     @classmethod
     def _cpuset(cls, v: str) -> str:
-        if v not in ("any",):
+        if v != "any":
             parse_cpuset(v)
         return v
 
@@ -144,8 +144,7 @@ class IntervalsSection(_Section):
     reconcile: Duration = "10s"
     reconnect_max: Duration = "30s"
 
-    _v = field_validator("tick", "reconcile", "reconnect_max")(
-        classmethod(lambda cls, v: _check_duration(v)))
+    _v = _durations("tick", "reconcile", "reconnect_max")
 
 
 class ManageSection(_Section):
@@ -175,7 +174,7 @@ class HistorySection(_Section):
     # OOM-kills it when it warms up (Rule 2.2's start_period is 60 s).
     settle: Duration = "60s"
 
-    _v = field_validator("window", "settle")(classmethod(lambda cls, v: _check_duration(v)))
+    _v = _durations("window", "settle")
 
 
 class LadderSection(_Section):
@@ -198,9 +197,8 @@ class LadderSection(_Section):
     # Grace a container gets to exit when the ladder stops it (then SIGKILL).
     stop_timeout: Duration = "10s"
 
-    _v = field_validator("psi_duration", "grace", "clear_after", "min_action_interval",
-                         "hibernate_idle_after", "stop_timeout")(
-        classmethod(lambda cls, v: _check_duration(v)))
+    _v = _durations("psi_duration", "grace", "clear_after", "min_action_interval",
+                    "hibernate_idle_after", "stop_timeout")
 
 
 class HibernationSection(_Section):
@@ -211,7 +209,7 @@ class HibernationSection(_Section):
     blkio_idle_bytes_per_s: float = Field(4096.0, ge=0)
     opt_out_label: str = "supervisor.hibernate"
 
-    _v = field_validator("poll_interval")(classmethod(lambda cls, v: _check_duration(v)))
+    _v = _durations("poll_interval")
 
 
 class OllamaSection(_Section):
@@ -233,8 +231,7 @@ class OllamaSection(_Section):
     # (may be unloaded under memory pressure).
     model_idle_for: Duration = "30s"
 
-    _v = field_validator("idle_for", "model_idle_for")(
-        classmethod(lambda cls, v: _check_duration(v)))
+    _v = _durations("idle_for", "model_idle_for")
 
     @field_validator("api_url")
     @classmethod
@@ -373,13 +370,7 @@ def scale_cores(cores: tuple[int, ...], reference: int, actual: int) -> tuple[in
     if reference == actual:
         return tuple(c for c in cores if c < actual) or (0,)
     out: set[int] = set()
-    runs: list[list[int]] = []
-    for c in sorted(cores):
-        if runs and c == runs[-1][-1] + 1:
-            runs[-1].append(c)
-        else:
-            runs.append([c])
-    for run in runs:
+    for run in core_runs(sorted(cores)):
         lo = run[0] * actual // reference
         hi = max(lo, (run[-1] + 1) * actual // reference - 1)
         out.update(range(min(lo, actual - 1), min(hi, actual - 1) + 1))
@@ -400,13 +391,10 @@ def detect_host() -> HostFacts:
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"
-        problems.append((loc, msg))
+        problems.append((".".join(str(p) for p in e["loc"]), msg))
     return problems
 
 

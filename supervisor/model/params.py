@@ -40,9 +40,7 @@ def _as_int(name: str, v: Any) -> int:
 def _as_float(name: str, v: Any) -> float:
     if isinstance(v, bool):
         raise ApiError(400, f"{name} must be a number, not {json.dumps(v)}")
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
+    if isinstance(v, (int, float, str)):
         try:
             return float(v)
         except ValueError:

@@ -84,6 +84,11 @@ def container_limit_bytes(c: ContainerSample) -> int:
     return 0
 
 
+def working_set_bytes(c: ContainerSample) -> int:
+    """The use that counts against the pool: the working set (0 when not read)."""
+    return c.stats.memory_working_set_bytes if c.stats else 0
+
+
 def pool_of(c: ContainerSample, cfg: Config) -> str:
     return cfg.classes[c.class_name].pool if c.class_name in cfg.classes else ""
 
@@ -100,7 +105,7 @@ def account(snap: Snapshot, cfg: Config) -> dict[str, PoolUsage]:
         a = acc[p]
         limit = container_limit_bytes(c)
         a["alloc"] += limit
-        a["used"] += c.stats.memory_working_set_bytes if c.stats else 0
+        a["used"] += working_set_bytes(c)
         a["names"].append(c.info.name)
         if not limit:
             a["unl"].append(c.info.name)

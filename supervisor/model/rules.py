@@ -129,10 +129,9 @@ def pool_level(used_bytes: int, allocated_bytes: int, budget_bytes: int, levels:
     exactly the budget is not over: admission fills a pool to exactly its budget."""
     if budget_bytes <= 0:
         return OK
-    level = ratio_level(used_bytes / budget_bytes, levels)
     if allocated_bytes > budget_bytes:
-        level = OVER
-    return level
+        return OVER
+    return ratio_level(used_bytes / budget_bytes, levels)
 
 
 def reserve_ratio(reserve_bytes: int, available_bytes: int) -> float:

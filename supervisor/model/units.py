@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 import re
+from typing import Iterable
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -21,36 +22,32 @@ DURATION_UNITS_HELP = "a number of seconds or a number with a unit: ms, s, m, h,
 _NUM = r"\s*([0-9]+(?:\.[0-9]+)?)\s*"
 
 
+def _parse_quantity(value: object, what: str, units: dict[str, float], help_text: str,
+                    default_unit: str) -> float:
+    """A non-negative number as given, or a string's number times its unit (matched without
+    case; none: ``default_unit``). Raises ValueError naming the accepted units."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a {what}: {value!r}; expected {help_text}")
+    if not isinstance(value, str):
+        if value < 0:
+            raise ValueError(f"a {what} cannot be negative: {value!r}")
+        return value
+    m = re.fullmatch(_NUM + r"([A-Za-z]*)\s*", value)
+    unit = m.group(2).lower() or default_unit if m else ""
+    if not m or unit not in units:
+        raise ValueError(f"cannot parse {what} {value!r}; expected {help_text}")
+    return float(m.group(1)) * units[unit]
+
+
 def parse_size(value: object) -> int:
     """Bytes from an int or a string such as '1.38GiB'. Raises ValueError naming the accepted units."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}; expected {SIZE_UNITS_HELP}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative: {value!r}")
-        return int(value)
-    if not isinstance(value, str):
-        raise ValueError(f"not a size: {value!r}; expected {SIZE_UNITS_HELP}")
-    m = re.fullmatch(_NUM + r"([A-Za-z]*)\s*", value)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"cannot parse size {value!r}; expected {SIZE_UNITS_HELP}")
-    return int(round(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]))
+    n = _parse_quantity(value, "size", _SIZE_UNITS, SIZE_UNITS_HELP, "")
+    return int(round(n)) if isinstance(value, str) else int(n)
 
 
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string such as '5m'. Raises ValueError naming the accepted units."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}; expected {DURATION_UNITS_HELP}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative: {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"not a duration: {value!r}; expected {DURATION_UNITS_HELP}")
-    m = re.fullmatch(_NUM + r"([a-z]*)\s*", value.strip().lower())
-    if not m or (m.group(2) or "s") not in _DURATION_UNITS:
-        raise ValueError(f"cannot parse duration {value!r}; expected {DURATION_UNITS_HELP}")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    return float(_parse_quantity(value, "duration", _DURATION_UNITS, DURATION_UNITS_HELP, "s"))
 
 
 def format_bytes(n: float | None) -> str:
@@ -100,18 +97,19 @@ def format_cpuset(cores: tuple[int, ...] | list[int]) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _format_cpuset(cores: tuple[int, ...]) -> str:
-    out: list[str] = []
-    run: list[int] = []
-    for c in sorted(set(cores)):
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [c]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0])
+                    for run in core_runs(sorted(set(cores))))
+
+
+def core_runs(cores: Iterable[int]) -> list[list[int]]:
+    """The runs of consecutive cores, in the order given: (0, 1, 2, 8) -> [[0, 1, 2], [8]]."""
+    runs: list[list[int]] = []
+    for c in cores:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs
 
 
 def docker_time_s(text: str) -> float | None:

@@ -51,11 +51,19 @@ from supervisor.adapters.netns import NetdiagError
 from supervisor.model.activity import (ActivitySample, ActivityView, CheckWindow, CpuRecord,
                                        Rates, Track, Watch, cpu_step, mark_busy, rates,
                                        restarted, shares_netns, track_activity, window_start)
+from supervisor.model.snapshot import CgroupStats, ContainerInfo, NetIO, Snapshot
 
 # Check windows kept per container: enough for the samples of a smoothing window (30 s)
 # at the shortest check intervals a test uses.
 CHECK_WINDOWS_MAX = 64
-from supervisor.model.snapshot import CgroupStats, ContainerInfo, NetIO, Snapshot
+
+
+def _sample(time_s: float, pid: int, cpu_s: float, blkio_bytes: int,
+            counters: NetnsCounters | None) -> ActivitySample:
+    """One activity sample; without the namespace's counters it has no network figures."""
+    net = None if counters is None else counters.interface_bytes + counters.loopback_bytes
+    conns = None if counters is None else counters.connections_opened
+    return ActivitySample(time_s, pid, cpu_s, blkio_bytes, net, conns)
 
 
 class ActivityTracker:
@@ -111,16 +119,14 @@ class ActivityTracker:
         caller read at ``time_s``; the namespace is read now. Only watched containers."""
         if info.id not in self._merged or info.state != "running" or info.pid <= 0:
             return
-        net = conns = None
+        counters = None
         if not shares_netns(info):
             try:
                 counters = read_counters(self.proc, info.pid)
             except NetdiagError:
                 self.counts["counter_read_errors"] += 1
                 return  # without the namespace's counters the sample would look like a restart
-            net = counters.interface_bytes + counters.loopback_bytes
-            conns = counters.connections_opened
-        self.record(info.id, ActivitySample(time_s, info.pid, cpu_s, blkio_bytes, net, conns))
+        self.record(info.id, _sample(time_s, info.pid, cpu_s, blkio_bytes, counters))
         self.counts["boundary_samples"] += 1
 
     # ------------------------------------------------------------------ consumers
@@ -129,13 +135,12 @@ class ActivityTracker:
         """Follow exactly these containers for ``owner`` from now on (its tracks of the
         others are dropped)."""
         with self._lock:
-            if wanted:
-                self._wanted[owner] = dict(wanted)
-            else:
-                self._wanted.pop(owner, None)
             old = self._tracks.pop(owner, {})
             if wanted:
+                self._wanted[owner] = dict(wanted)
                 self._tracks[owner] = {cid: t for cid, t in old.items() if cid in wanted}
+            else:
+                self._wanted.pop(owner, None)
             merged: dict[str, Watch] = {}
             for ws in self._wanted.values():
                 for cid, w in ws.items():
@@ -303,10 +308,5 @@ class ActivityTracker:
 
     def _record_from(self, info: ContainerInfo, stats: CgroupStats, now: float,
                      counters: NetnsCounters | None) -> None:
-        net = conns = None
-        if counters is not None:
-            net = counters.interface_bytes + counters.loopback_bytes
-            conns = counters.connections_opened
-        self.record(info.id, ActivitySample(now, info.pid, stats.cpu_usage_s,
-                                            stats.blkio_read_bytes + stats.blkio_write_bytes,
-                                            net, conns))
+        self.record(info.id, _sample(now, info.pid, stats.cpu_usage_s,
+                                     stats.blkio_read_bytes + stats.blkio_write_bytes, counters))

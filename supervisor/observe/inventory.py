@@ -59,7 +59,6 @@ class Inventory:
         # last, whatever order they finish in (see refresh_one).
         self._read_no = 0
         self._view_read: dict[str, int] = {}  # container id -> number of the read it holds
-        self._engine_up = False
         self._engine_error = "not connected yet"
         self._listeners: list[Listener] = []
         # container id -> {run (its FinishedAt): time of its OOM kill}: one kill per run,
@@ -68,7 +67,7 @@ class Inventory:
         self._oom_pending: dict[str, float] = {}  # container id -> its last oom event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set while the engine is reachable
 
     # ------------------------------------------------------------------ reading
 
@@ -87,7 +86,7 @@ class Inventory:
 
     @property
     def engine_up(self) -> bool:
-        return self._engine_up
+        return self.connected.is_set()
 
     @property
     def engine_error(self) -> str:
@@ -244,10 +243,9 @@ class Inventory:
                 self.counts["listener_errors"] += 1
 
     def _set_engine(self, up: bool, error: str = "") -> None:
-        if up != self._engine_up:
+        if up != self.connected.is_set():
             log.info("docker engine %s%s", "reachable" if up else "unreachable",
                      f": {error}" if error else "")
-        self._engine_up = up
         self._engine_error = error
         if up:
             self.connected.set()

@@ -97,10 +97,5 @@ def admit_all(budgets: dict[str, int], members: Iterable[Candidate]) -> dict[str
     by_pool: dict[str, list[Candidate]] = {}
     for c in members:
         by_pool.setdefault(c.pool, []).append(c)
-    out: dict[str, Admission] = {}
-    for pool, group in by_pool.items():
-        if pool not in budgets:
-            continue
-        for a in admit_pool(pool, budgets[pool], group):
-            out[a.id] = a
-    return out
+    return {a.id: a for pool, group in by_pool.items() if pool in budgets
+            for a in admit_pool(pool, budgets[pool], group)}

@@ -30,7 +30,7 @@ What a container or a compose service must meet, each finding with its rule numb
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from supervisor.model.classify import classify, label_is_true
@@ -64,8 +64,7 @@ class Finding:
     source: str = ""  # "container" or the compose file's path
 
     def to_dict(self) -> dict[str, str]:
-        return {"target": self.target, "rule": self.rule, "severity": self.severity,
-                "message": self.message, "source": self.source}
+        return asdict(self)
 
 
 @dataclass
@@ -106,11 +105,6 @@ def _is_root(user: str) -> bool:
     return u in ("", "root", "0")
 
 
-def is_ollama(spec: ServiceSpec, cfg: Config) -> bool:
-    """The governor's own rule (label opt-in or opt-out first, then image, then name)."""
-    return bool(match_container(spec.labels, spec.image, spec.name, cfg.settings.ollama))
-
-
 def _class_for(spec: ServiceSpec, cfg: Config) -> tuple[str, str]:
     info = ContainerInfo(id="", name=spec.name, image=spec.image, labels=spec.labels,
                          state="created", pid=0)
@@ -133,7 +127,7 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
 
     for rule, sev, msg in spec.problems:
         add(rule, sev, msg)
-    cls_name, cls_reason = _class_for(spec, cfg)
+    cls_name, _ = _class_for(spec, cfg)
     klass = cfg.classes.get(cls_name)
 
     # Rule 1.1
@@ -223,8 +217,9 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
         add("12.1", "medium", "OLLAMA_CPU_LIMIT has no effect: Ollama reads no such "
                               "variable; cap its CPU with a CPU limit (cpus / "
                               "deploy.resources.limits.cpus)")
-    if is_ollama(spec, cfg):
-        o = cfg.settings.ollama
+    o = cfg.settings.ollama
+    # The governor's own rule (label opt-in or opt-out first, then image, then name).
+    if match_container(spec.labels, spec.image, spec.name, o):
         for var, want_n in (("OLLAMA_NUM_PARALLEL", o.num_parallel),
                             ("OLLAMA_MAX_LOADED_MODELS", o.max_loaded_models)):
             have = spec.env.get(var)
@@ -240,8 +235,8 @@ def check(spec: ServiceSpec, cfg: Config, source: str) -> list[Finding]:
     return out
 
 
-def _fmt_s(v: float) -> str:
-    return f"{v:g}s"
+def _fmt_healthcheck(key: str, v: float) -> str:
+    return str(int(v)) if key == "retries" else f"{v:g}s"
 
 
 def healthcheck_findings(values: dict[str, float | None]) -> list[tuple[str, str]]:
@@ -252,19 +247,17 @@ def healthcheck_findings(values: dict[str, float | None]) -> list[tuple[str, str
         if key not in values:
             continue
         have = values[key]
-        shown = (str(int(want)) if key == "retries" else _fmt_s(want))
         if have is None:
             have = DOCKER_HEALTHCHECK_DEFAULTS[key]
-            said = f"not set (Docker's default {int(have) if key == 'retries' else _fmt_s(have)})"
+            said = f"not set (Docker's default {_fmt_healthcheck(key, have)})"
         else:
-            said = str(int(have)) if key == "retries" else _fmt_s(have)
+            said = _fmt_healthcheck(key, have)
         if abs(have - want) < 1e-9:
             continue
-        name = key.replace("_", " ")
         # A longer interval or timeout, or more retries, delays seeing a failure.
         delays = have > want and key != "start_period"
-        out.append(("medium" if delays else "low",
-                    f"health check {name} {said}: Rule 2.2 says {shown}"))
+        out.append(("medium" if delays else "low", f"health check {key.replace('_', ' ')} "
+                    f"{said}: Rule 2.2 says {_fmt_healthcheck(key, want)}"))
     return out
 
 
@@ -298,18 +291,15 @@ def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
 def spec_from_container(info: ContainerInfo, given: dict[str, int] | None = None) -> ServiceSpec:
     """``given``: the limit resource-supervisor wrote, if it did ({"given_bytes",
     "declared_bytes"}); it counts only while the container still has it."""
-    env = {}
-    for item in info.env:
-        k, _, v = item.partition("=")
-        env[k] = v
     spec = ServiceSpec(
         name=info.name, image=info.image, labels=dict(info.labels),
         memory_limit_bytes=info.memory_limit_bytes or None,
         memory_reservation_bytes=info.memory_reservation_bytes or None,
         healthcheck="yes" if info.has_healthcheck else "none",
         host_ports=[(hp, f"{hip + ':' if hip else ''}{hp}->{cp}") for cp, hip, hp in info.ports if hp],
-        restart=info.restart_policy, restart_count_known=False, user=info.user, env=env,
-        cpu_limit_cores=info.cpu_limit_cores, cgroup_parent=info.cgroup_parent)
+        restart=info.restart_policy, restart_count_known=False, user=info.user,
+        env=_key_values(list(info.env)), cpu_limit_cores=info.cpu_limit_cores,
+        cgroup_parent=info.cgroup_parent)
     if info.has_healthcheck:
         # Rule 2.2's interval and timeout as inspect gives them (0: not set, Docker's
         # default); retries and start period are not on the container record: not judged.
@@ -405,7 +395,7 @@ def parse_port(entry: Any) -> list[int | None]:
         text = _interpolate(str(pub))
         if text is None:
             raise ValueError(pub)
-        return list(_port_numbers(text))
+        return _port_numbers(text)
     text = _interpolate(str(entry))
     if text is None:
         raise ValueError(entry)
@@ -426,7 +416,7 @@ def parse_port(entry: Any) -> list[int | None]:
             raise ValueError(entry)
     if host == "":
         return [None]
-    return list(_port_numbers(host))
+    return _port_numbers(host)
 
 
 def spec_from_compose(name: str, svc: dict) -> ServiceSpec:

@@ -79,18 +79,9 @@ class SignalMemory:
     oom_samples: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
 
 
-def _ratio_severity(ratio: float, warn: float, critical: float) -> int:
-    if ratio >= 1.0:
-        return OVER
-    if ratio >= critical:
-        return CRITICAL
-    if ratio >= warn:
-        return WARN
-    return NONE
-
-
 def pool_signals(tick: "Tick") -> list[Signal]:
     L = tick.cfg.settings.ladder
+    levels = rules.Levels.of(tick.cfg)
     out = []
     for name, p in sorted(tick.pools.items()):
         if p.budget_bytes <= 0:
@@ -99,8 +90,7 @@ def pool_signals(tick: "Tick") -> list[Signal]:
         excess = max(0, p.used_bytes - int(L.clear_ratio * p.budget_bytes))
         out.append(Signal(
             key=f"pool:{name}", kind="pool", subject=name, name=f"pool {name}",
-            resource="memory",
-            severity=_ratio_severity(ratio, L.pool_warn_ratio, L.pool_critical_ratio),
+            resource="memory", severity=rules.ratio_level(ratio, levels),
             below_clear=ratio < L.clear_ratio, value=round(ratio, 4),
             threshold=L.pool_warn_ratio, excess_bytes=excess,
             summary=(f"pool {name} uses {format_bytes(p.used_bytes)} = {ratio:.0%} of its "
@@ -114,14 +104,11 @@ def reserve_signal(tick: "Tick") -> Signal | None:
     if r.reserve_bytes <= 0:
         return None
     avail = max(0, r.available_bytes)
-    # reserve / available: 1.0 exactly when available memory reaches the reserve, so the
-    # pool levels (warn, critical, clear) apply unchanged.
-    ratio = r.reserve_bytes / avail if avail else float("inf")
+    ratio = rules.reserve_ratio(r.reserve_bytes, avail)
     excess = max(0, int(r.reserve_bytes / L.clear_ratio) - avail)
     return Signal(
         key="reserve", kind="reserve", subject="host", name="host",
-        resource="memory",
-        severity=_ratio_severity(ratio, L.pool_warn_ratio, L.pool_critical_ratio),
+        resource="memory", severity=rules.ratio_level(ratio, rules.Levels.of(tick.cfg)),
         below_clear=ratio < L.clear_ratio, value=round(min(ratio, 1e6), 4),
         threshold=L.pool_warn_ratio, excess_bytes=excess,
         summary=(f"host available memory {format_bytes(avail)} against the emergency "

@@ -69,8 +69,7 @@ class Record:
     def from_dict(cls, d: dict[str, Any]) -> "Record":
         if not isinstance(d, dict) or not d.get("id") or d.get("mode") not in ("pause", "stop"):
             raise ValueError(f"not a hibernation record: {d!r}")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -98,9 +97,7 @@ def health_block(info: ContainerInfo, unready: frozenset[str] | set[str] = froze
 
 
 def _fmt_s(s: float) -> str:
-    if s >= 120:
-        return f"{s / 60:.1f}m"
-    return f"{s:.1f}s"
+    return f"{s / 60:.1f}m" if s >= 120 else f"{s:.1f}s"
 
 
 def candidates(tick: Tick, hibernated: Iterable[str]) -> dict[str, Watch]:

@@ -87,6 +87,11 @@ def _alert(t: Track, sig: Signal) -> Action:
 def _climb(t: Track, sig: Signal, env: Env, actions: list[Action], notes: list[Note]) -> Track:
     """Take the next rung(s) of one open breach, if it is time."""
     now = env.tick.now
+
+    def note(n: int, outcome: str, why: str) -> Note:
+        return Note(STEP_NAMES[n], sig.subject, sig.name, sig.summary, outcome, why,
+                    {"breach": t.key, "step": n})
+
     if t.step == 0 or sig.severity > t.top_severity:
         actions.append(_alert(t, sig))
         first = t.step == 0
@@ -103,8 +108,7 @@ def _climb(t: Track, sig: Signal, env: Env, actions: list[Action], notes: list[N
     if not env.tick.snapshot.engine_up:
         why = "the Docker engine is unreachable: container actions wait"
         if why != t.hold:
-            notes.append(Note(STEP_NAMES[n], sig.subject, sig.name, sig.summary, "held", why,
-                              {"breach": t.key, "step": n}))
+            notes.append(note(n, "held", why))
         return replace(t, hold=why)
     scope = scope_members(sig, env.tick)
     env.acted_step = t.acted_step
@@ -120,12 +124,10 @@ def _climb(t: Track, sig: Signal, env: Env, actions: list[Action], notes: list[N
             return replace(t, step=n, acted_step=n, step_at=now, hold="")
         if repeat:
             if why != t.hold:
-                notes.append(Note(STEP_NAMES[n], sig.subject, sig.name, sig.summary, outcome,
-                                  why, {"breach": t.key, "step": n}))
+                notes.append(note(n, outcome, why))
             return replace(t, hold=why)
         # This rung cannot act at all: say so once and go on to the next one now.
-        notes.append(Note(STEP_NAMES[n], sig.subject, sig.name, sig.summary, "skipped", why,
-                          {"breach": t.key, "step": n}))
+        notes.append(note(n, "skipped", why))
         t = replace(t, step=n, hold="")
         n += 1
     return t

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from supervisor.model import rules
 from supervisor.model.actions import Action
+from supervisor.model.pools import working_set_bytes
 from supervisor.model.units import format_bytes, parse_cpuset
 from supervisor.policy.breaches import Signal
 from supervisor.policy.ladder_state import (HIBERNATE, MIB, MIN_RECLAIM_BYTES, RECLAIM,
@@ -22,7 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from supervisor.model.config import ClassConfig, Config
     from supervisor.model.snapshot import ContainerSample
 
-PAGE_BYTES = rules.PAGE_BYTES
 DOCKER_MIN_RESERVATION_BYTES = 6 * MIB  # "Minimum memory reservation allowed is 6MB"
 # CFS takes no quota below 1 ms per 100 ms period.
 MIN_CPU_CORES = rules.CPU_MIN_QUOTA_US / rules.CPU_PERIOD_US
@@ -43,10 +43,6 @@ def reservation_bytes(c: "ContainerSample") -> int:
     if c.stats and c.stats.memory_low_bytes:
         return c.stats.memory_low_bytes
     return 0
-
-
-def working_set_bytes(c: "ContainerSample") -> int:
-    return c.stats.memory_working_set_bytes if c.stats else 0
 
 
 def above_request_bytes(c: "ContainerSample") -> int:
@@ -95,7 +91,7 @@ def cpu_cores_now(c: "ContainerSample", host_cores: int) -> float:
 
 
 def _page_floor(n: float) -> int:
-    return int(n) // PAGE_BYTES * PAGE_BYTES
+    return int(n) // rules.PAGE_BYTES * rules.PAGE_BYTES
 
 
 def throttle_knobs(resource: str, version: int) -> tuple[str, ...]:
@@ -154,10 +150,13 @@ class Env:
 RungResult = tuple[str, list[Action], str]
 
 
-def _rung_reason(n: int, sig: Signal, env: Env, c: "ContainerSample", why: str) -> str:
+def _rung_action(n: int, t: Track, sig: Signal, env: Env, c: "ContainerSample", why: str,
+                 params: dict[str, Any], destructive: bool = False) -> Action:
     prev = STEP_NAMES.get(env.acted_step, "the breach")
-    return (f"ladder step {n} ({STEP_NAMES[n]}) for {sig.summary} ({sig.level}): {prev} did "
-            f"not clear it within {env.grace_s:g}s; {c.info.name} {why}")
+    return Action(RUNG_KIND[n], c.info.id, c.info.name,
+                  f"ladder step {n} ({STEP_NAMES[n]}) for {sig.summary} ({sig.level}): {prev} "
+                  f"did not clear it within {env.grace_s:g}s; {c.info.name} {why}", "ladder",
+                  params={"breach": t.key, "step": n, **params}, destructive=destructive)
 
 
 def _select(ordered: list["ContainerSample"], env: Env, sig: Signal,
@@ -203,12 +202,9 @@ def rung_throttle(t: Track, sig: Signal, env: Env, members: list["ContainerSampl
         cls = class_of(c, cfg)
         what = ", ".join(f"{k}={format_bytes(v) if k != 'cpu' else f'{v:g} cores'}"
                          for k, v in sorted(want.items()))
-        return Action("throttle", c.info.id, c.info.name,
-                      _rung_reason(THROTTLE, sig, env, c,
-                                   f"is among the lowest priority ({cls.name}, priority "
-                                   f"{cls.priority}): {what}"),
-                      "ladder", params={"breach": t.key, "step": THROTTLE, "set": want,
-                                        "resource": sig.resource}), saving
+        return _rung_action(THROTTLE, t, sig, env, c, f"is among the lowest priority "
+                            f"({cls.name}, priority {cls.priority}): {what}",
+                            {"set": want, "resource": sig.resource}), saving
     return _select(throttle_rank(cands, cfg), env, sig, make)
 
 
@@ -226,10 +222,8 @@ def rung_reclaim(t: Track, sig: Signal, env: Env, members: list["ContainerSample
         remaining[0] -= amount
         holds = (f"holds {format_bytes(above)} above its reservation" if reservation_bytes(c)
                  else f"has no reservation and uses {format_bytes(working_set_bytes(c))}")
-        return Action("reclaim", c.info.id, c.info.name,
-                      _rung_reason(RECLAIM, sig, env, c,
-                                   f"{holds}: asking the kernel to reclaim {format_bytes(amount)}"),
-                      "ladder", params={"breach": t.key, "step": RECLAIM, "bytes": int(amount)}), amount
+        return _rung_action(RECLAIM, t, sig, env, c, f"{holds}: asking the kernel to reclaim "
+                            f"{format_bytes(amount)}", {"bytes": int(amount)}), amount
     return _select(throttle_rank(members, cfg), env, sig, make)
 
 
@@ -264,13 +258,10 @@ def rung_hibernate(t: Track, sig: Signal, env: Env, members: list["ContainerSamp
         mode = class_of(c, cfg).hibernate_mode
         # idle_s: the hibernation executor re-checks the container's connections over
         # this window (shorter than the class's idle_after under a breach).
-        return Action("hibernate", c.info.id, c.info.name,
-                      _rung_reason(HIBERNATE, sig, env, c,
-                                   f"has been idle for {idle_s:.0f}s and holds "
-                                   f"{format_bytes(working_set_bytes(c))}"),
-                      "ladder", params={"breach": t.key, "step": HIBERNATE, "mode": mode,
-                                        "idle_s": round(idle_s, 1)},
-                      destructive=mode == "stop"), working_set_bytes(c)
+        return _rung_action(HIBERNATE, t, sig, env, c, f"has been idle for {idle_s:.0f}s and "
+                            f"holds {format_bytes(working_set_bytes(c))}",
+                            {"mode": mode, "idle_s": round(idle_s, 1)},
+                            destructive=mode == "stop"), working_set_bytes(c)
     ordered = sorted(cands, key=lambda c: (priority_of(c, cfg), -working_set_bytes(c), c.info.name))
     return _select(ordered, env, sig, make)
 
@@ -288,11 +279,9 @@ def rung_stop(t: Track, sig: Signal, env: Env, members: list["ContainerSample"])
     why = (f"ranks first for eviction: {format_bytes(working_set_bytes(first))} used, "
            f"{format_bytes(above_request_bytes(first))} above its reservation, class "
            f"{cls.name} priority {cls.priority}")
-    return "acted", [Action(
-        "stop", first.info.id, first.info.name, _rung_reason(STOP, sig, env, first, why),
-        "ladder", destructive=True,
-        params={"breach": t.key, "step": STOP,
-                "timeout_s": max(0, int(round(cfg.settings.ladder.stop_timeout)))})], ""
+    timeout_s = max(0, int(round(cfg.settings.ladder.stop_timeout)))
+    return "acted", [_rung_action(STOP, t, sig, env, first, why, {"timeout_s": timeout_s},
+                                  destructive=True)], ""
 
 
 RUNGS: dict[int, Callable[[Track, Signal, Env, list["ContainerSample"]], RungResult]] = {

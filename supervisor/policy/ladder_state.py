@@ -4,7 +4,7 @@ a plan can be compared, journaled and replayed in tests (policy/ladder.py decide
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from supervisor.model.actions import Action
@@ -47,8 +47,7 @@ class Track:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Track":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

@@ -46,18 +46,12 @@ def match_container(labels: dict[str, str], image: str, name: str, s) -> str:
 
 
 def env_map(env: Iterable[str]) -> dict[str, str]:
-    out = {}
-    for item in env:
-        k, sep, v = item.partition("=")
-        if sep:
-            out[k] = v
-    return out
+    return {k: v for k, sep, v in (item.partition("=") for item in env) if sep}
 
 
 def listen_port(env: dict[str, str]) -> int:
     """The port Ollama listens on, from OLLAMA_HOST ("0.0.0.0:11434", "http://h:p")."""
-    host = env.get("OLLAMA_HOST", "").strip()
-    host = host.split("://", 1)[-1].split("/", 1)[0]
+    host = env.get("OLLAMA_HOST", "").strip().split("://", 1)[-1].split("/", 1)[0]
     _, sep, port = host.rpartition(":")
     return int(port) if sep and port.isdigit() else DEFAULT_PORT
 
@@ -118,23 +112,20 @@ def env_check(name: str, var: str, env: dict[str, str], want: int) -> Check:
     return Check(name, ok, f"{var}={raw}", f"{var}={want}")
 
 
-def env_checks(env: dict[str, str], s) -> list[Check]:
-    out = [env_check("num_parallel", NUM_PARALLEL, env, s.num_parallel),
-           env_check("max_loaded_models", MAX_LOADED, env, s.max_loaded_models)]
-    if s.max_queue is not None:
-        out.append(env_check("max_queue", MAX_QUEUE, env, s.max_queue))
-    return out
-
-
+# Each environment check: its name, which is also its ``ollama.*`` setting, and its
+# variable. One left unset in the config (max_queue) is not checked.
 _ENV_OF_CHECK = {"num_parallel": NUM_PARALLEL, "max_loaded_models": MAX_LOADED,
                  "max_queue": MAX_QUEUE}
 
 
+def env_checks(env: dict[str, str], s) -> list[Check]:
+    return [env_check(name, var, env, getattr(s, name)) for name, var in _ENV_OF_CHECK.items()
+            if getattr(s, name) is not None]
+
+
 def wanted_env(s) -> dict[str, str]:
-    out = {NUM_PARALLEL: str(s.num_parallel), MAX_LOADED: str(s.max_loaded_models)}
-    if s.max_queue is not None:
-        out[MAX_QUEUE] = str(s.max_queue)
-    return out
+    return {var: str(getattr(s, name)) for name, var in _ENV_OF_CHECK.items()
+            if getattr(s, name) is not None}
 
 
 def env_drift(checks: Iterable[Check], s) -> dict[str, str]:
@@ -171,11 +162,10 @@ def cpuset_check(actual: str, class_cpuset: str | None, class_name: str, host_co
 
 
 def notices(env: dict[str, str]) -> list[str]:
-    out = []
-    if CPU_LIMIT_VAR in env:
-        out.append(f"{CPU_LIMIT_VAR}={env[CPU_LIMIT_VAR]} has no effect: Ollama has no such "
-                   "variable; only the container's CPU quota (its cgroup) caps Ollama's CPU")
-    return out
+    if CPU_LIMIT_VAR not in env:
+        return []
+    return [f"{CPU_LIMIT_VAR}={env[CPU_LIMIT_VAR]} has no effect: Ollama has no such "
+            "variable; only the container's CPU quota (its cgroup) caps Ollama's CPU"]
 
 
 # ---------------------------------------------------------------- CPU values (pure)

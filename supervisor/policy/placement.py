@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from supervisor.model import rules
 from supervisor.model.actions import Action
 from supervisor.model.config import ClassConfig, Config
-from supervisor.model.pools import FITS, OVER_BUDGET
+from supervisor.model.pools import FITS, OVER_BUDGET, working_set_bytes
 from supervisor.model.snapshot import LIVE_STATES, ContainerInfo, ContainerSample
 from supervisor.model.units import format_bytes, format_cpuset
 from supervisor.observe.history import History, recommend_limit
@@ -78,10 +78,6 @@ def recommended_limit(history: History, cid: str, cls: ClassConfig, cfg: Config)
                            floor_bytes=max(cls.memory_min_bytes, rules.DOCKER_MIN_MEMORY_BYTES))
 
 
-def working_set_of(c: ContainerSample) -> int:
-    return c.stats.memory_working_set_bytes if c.stats else 0
-
-
 def limit_basis_bytes(c: ContainerSample, history: History | None) -> int:
     """The use a new limit for ``c`` must cover (plus headroom): its working set, running;
     for one that holds no limit yet, the highest working set seen of it, now or in its
@@ -89,7 +85,7 @@ def limit_basis_bytes(c: ContainerSample, history: History | None) -> int:
     the id). It has settled by then, and its warm-up is part of its need."""
     if c.info.state != "running":
         return 0
-    ws = working_set_of(c)
+    ws = working_set_bytes(c)
     if c.info.memory_limit_bytes or not ws or history is None:
         return ws
     return max(int(history.peak(c.info.id) or 0), ws)
@@ -145,6 +141,13 @@ def wanted_limit(c: ContainerSample, cls: ClassConfig, cfg: Config, override: di
     return floored(cls.memory_limit_bytes, SOURCE_DEFAULT)
 
 
+def cpu_cap(cls: ClassConfig, override: dict[str, Any]) -> float | None:
+    """Every CPU limit is a cap: the class's, the ladder's throttle, Rule 12.1's for Ollama.
+    The tightest satisfies them all (an override never lifts a container above its class)."""
+    return rules.effective_cpu_cores({"class": cls.cpu_quota_cores,
+                                      "override": override.get("cpu_quota_cores")})
+
+
 def desired_resources(c: ContainerSample, cfg: Config, *, override: dict[str, Any] | None = None,
                       admission: Admission | None = None, limit_source: str = "") -> Desired:
     """The cpuset, CPU quota and memory values ``c`` should have. Memory comes from the
@@ -152,10 +155,7 @@ def desired_resources(c: ContainerSample, cfg: Config, *, override: dict[str, An
     ov = override or {}
     cls = cfg.classes[c.class_name]
     cpuset = str(ov.get("cpuset_cpus") or class_cpuset(cls, cfg))
-    # Every CPU limit is a cap: the class's, the ladder's throttle, Rule 12.1's for Ollama.
-    # The tightest satisfies them all (an override never lifts a container above its class).
-    quota = rules.effective_cpu_cores({"class": cls.cpu_quota_cores,
-                                       "override": ov.get("cpu_quota_cores")})
+    quota = cpu_cap(cls, ov)
     if admission is None or admission.verdict in (OVER_BUDGET, HELD, SETTLING) \
             or admission.granted_bytes <= 0:
         return Desired(cpuset, quota, None, None, None, limit_source,
@@ -222,15 +222,20 @@ class OomCase:
     recommended_bytes: int | None = None
 
 
+def live_managed(tick: Tick) -> Iterator[tuple[ContainerSample, ClassConfig]]:
+    """Every live managed container of a class the config has, with its class."""
+    for c in tick.snapshot.containers:
+        cls = tick.cfg.classes.get(c.class_name)
+        if c.managed and cls is not None and c.info.state in LIVE_STATES:
+            yield c, cls
+
+
 def oom_cases(tick: Tick, mem: PlacementMemory) -> dict[str, OomCase]:
     """Every live managed container the kernel OOM-killed repeatedly lately, by id."""
     cfg = tick.cfg
     headroom = cfg.settings.history.headroom
     out = {}
-    for c in tick.snapshot.containers:
-        cls = cfg.classes.get(c.class_name)
-        if not c.managed or cls is None or c.info.state not in LIVE_STATES:
-            continue
+    for c, cls in live_managed(tick):
         times = c.info.oom_kill_times_s
         if not times or not rules.oom_loop(times, tick.now):  # (most have no kill at all)
             continue
@@ -246,7 +251,7 @@ def oom_cases(tick: Tick, mem: PlacementMemory) -> dict[str, OomCase]:
             # Killed again under the limit placement gave (or raised last): raise it. The
             # working set's peak is what the history holds of the runs that were killed.
             peak = tick.history.peak(cid) if tick.history is not None else None
-            ws = max(int(peak or 0), working_set_of(c))
+            ws = max(int(peak or 0), working_set_bytes(c))
             out[cid] = OomCase("raise", kills, limit,
                                rules.oom_raise_bytes(limit, ws, rec, headroom), rec)
     return out
@@ -265,12 +270,7 @@ def admission_candidates(tick: Tick, oom: dict[str, OomCase] | None = None,
     headroom = cfg.settings.history.headroom
     oom = oom or {}
     out, sources = [], {}
-    for c in tick.snapshot.containers:
-        if not c.managed or c.info.state not in LIVE_STATES:
-            continue
-        cls = cfg.classes.get(c.class_name)
-        if cls is None:
-            continue
+    for c, cls in live_managed(tick):
         case = oom.get(c.info.id)
         if case is not None and case.kind == "raise":
             out.append(Candidate(id=c.info.id, name=c.info.name, pool=cls.pool,
@@ -398,7 +398,7 @@ def plan_placement(tick: Tick, memory: PlacementMemory | None = None) -> Placeme
                               "oom": raising,
                               # The executor re-checks the floor against a fresh read; this
                               # is what it falls back on when the cgroup cannot be read.
-                              "working_set_bytes": working_set_of(c)}))
+                              "working_set_bytes": working_set_bytes(c)}))
     return PlacementPlan(tuple(places + others), desired, admissions, pending, names)
 
 
@@ -412,9 +412,7 @@ def oom_removal(c: ContainerSample, cls: ClassConfig, cfg: Config, tick: Tick,
     ("Minimum memory limit allowed is 6MB" for -1), so the limit (and the swap limit, which
     may not be below it) becomes the host's memory: no limit in effect."""
     host_bytes = rules.round_up_bytes(tick.snapshot.host.memory_total_bytes)
-    d = Desired(class_cpuset(cls, cfg), rules.effective_cpu_cores(
-                    {"class": cls.cpu_quota_cores,
-                     "override": tick.overrides.get(c.info.id, {}).get("cpu_quota_cores")}),
+    d = Desired(class_cpuset(cls, cfg), cpu_cap(cls, tick.overrides.get(c.info.id, {})),
                 host_bytes, c.info.memory_reservation_bytes, host_bytes,
                 SOURCE_OOM_REMOVED, OVER_BUDGET)
     kw = update_kwargs(c.info, d)
@@ -424,7 +422,7 @@ def oom_removal(c: ContainerSample, cls: ClassConfig, cfg: Config, tick: Tick,
                   f"{rules.OOM_LOOP_WINDOW_S / 60:.0f} min and pool {cls.pool} has no room "
                   f"for {format_bytes(case.raise_bytes)}; " + describe_changes(c.info, kw),
                   "placement", {"class": cls.name, **d.to_params(), "fields": sorted(kw),
-                                "oom": True, "working_set_bytes": working_set_of(c)})
+                                "oom": True, "working_set_bytes": working_set_bytes(c)})
 
 
 def oom_alerts(c: ContainerSample, case: OomCase | None, adm: Admission | None, tick: Tick,
@@ -467,10 +465,7 @@ def recommendations(tick: Tick, history: History) -> list[dict[str, Any]]:
     cfg = tick.cfg
     h = cfg.settings.history
     out = []
-    for c in tick.snapshot.containers:
-        cls = cfg.classes.get(c.class_name)
-        if not c.managed or cls is None or c.info.state not in LIVE_STATES:
-            continue
+    for c, cls in live_managed(tick):
         p = history.percentile(c.info.id, h.percentile)
         limit = recommended_limit(history, c.info.id, cls, cfg)
         out.append({

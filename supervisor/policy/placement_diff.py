@@ -4,12 +4,13 @@ journal. Pure; ``policy.placement`` decides the values, this module compares and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from supervisor.model import rules
 from supervisor.model.snapshot import ContainerInfo
 from supervisor.model.units import format_bytes, parse_cpuset
+
 
 @dataclass(frozen=True)
 class Desired:
@@ -25,11 +26,7 @@ class Desired:
     admission: str = ""  # fits | shrunk | over-budget | held | settling
 
     def to_params(self) -> dict[str, Any]:
-        return {"cpuset_cpus": self.cpuset_cpus, "cpu_quota_cores": self.cpu_quota_cores,
-                "memory_limit_bytes": self.memory_limit_bytes,
-                "memory_reservation_bytes": self.memory_reservation_bytes,
-                "memory_swap_bytes": self.memory_swap_bytes,
-                "limit_source": self.limit_source, "admission": self.admission}
+        return asdict(self)
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> "Desired":
@@ -41,7 +38,6 @@ class Desired:
                    memory_reservation_bytes=opt_int("memory_reservation_bytes"),
                    memory_swap_bytes=opt_int("memory_swap_bytes"),
                    limit_source=str(p.get("limit_source", "")), admission=str(p.get("admission", "")))
-
 
 
 #: Engine.update arguments by the call they go in (see ``split_update``).

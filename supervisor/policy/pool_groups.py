@@ -1,17 +1,15 @@
 """The names of the pool cgroups (issue 3, Rule 1.3): which parent cgroup each pool gets
 and what a compose service gives as ``cgroup_parent`` to live under it (a directory
 under Docker's cgroupfs driver, a ``<parent>-<pool>.slice`` under its systemd driver,
-issue 16). Pure: the
-daemon (runtime/poolcg.py) creates them, and the audit (policy/audit.py) checks a
-service against the same names."""
+issue 16). Pure: the daemon (runtime/poolcg.py) creates them, and the audit
+(policy/audit.py) checks a service against the same names."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from supervisor.model.config import Config
-
-_PAGE = 4096
+from supervisor.model.rules import PAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -50,14 +48,13 @@ def desired_pool_groups(cfg: Config) -> tuple[PoolGroup, ...]:
     is systemd's: the slice is created and limited through systemd, never written."""
     if not cfg.settings.pool_cgroups.enabled:
         return ()
+    systemd = driver_of(cfg) == "systemd"
     out = []
     for name, p in sorted(cfg.pools.items()):
-        limit = p.budget_bytes // _PAGE * _PAGE
         parent = cgroup_parent_for(cfg, name)
-        if driver_of(cfg) == "systemd":
-            out.append(PoolGroup(name, slice_rel(parent), limit, slice=parent))
-        else:
-            out.append(PoolGroup(name, parent, limit))
+        out.append(PoolGroup(name, slice_rel(parent) if systemd else parent,
+                             p.budget_bytes // PAGE_BYTES * PAGE_BYTES,
+                             slice=parent if systemd else ""))
     return tuple(out)
 
 

@@ -18,7 +18,7 @@ and its unloads). Both call ``advance`` with the same levels and durations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -39,8 +39,7 @@ class PsiGate:
         return self.above_since is not None and now - self.above_since >= hold_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {"on": self.on, "above_since": self.above_since, "clear_since": self.clear_since,
-                "changed_at": self.changed_at, "value": self.value}
+        return asdict(self)
 
 
 def levels(level: float, clear_ratio: float) -> tuple[float, float]:

@@ -39,8 +39,7 @@ def merge_override(held: "Mapping[str, Any]", own: "Mapping[str, Any]") -> dict[
     """One component's override for a container over what the others hold for it. A CPU
     limit is a cap each asks for: the smallest wins (rules.effective_cpu_cores), whichever
     component planned first; any other key is the later component's."""
-    out = dict(held)
-    out.update(own)
+    out = {**held, **own}
     if "cpu_quota_cores" in held and "cpu_quota_cores" in own:
         out["cpu_quota_cores"] = rules.effective_cpu_cores(
             {"held": held["cpu_quota_cores"], "own": own["cpu_quota_cores"]})

@@ -19,6 +19,7 @@ import socket
 import socketserver
 import struct
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
@@ -92,10 +93,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             code, message = 405, f"method {self.command!r} not supported; use GET or POST"
         elif code >= 500:
             code, message = 400, f"{message or explain or 'bad request'}; use HTTP/1.1"
-        try:
+        with suppress(OSError):
             self._reply(code, {"error": message or explain or "bad request"})
-        except OSError:
-            pass
 
     def _body(self) -> dict:
         body: dict = {}
@@ -195,10 +194,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(path)  # a stale socket from a crashed run
-        except FileNotFoundError:
-            pass
         super().__init__(path, _RequestHandler)
         # Anyone may connect; the handler decides by peer credentials.
         os.chmod(path, 0o666)
@@ -228,10 +225,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def request(path: str, method: str, url: str, body: dict | None = None,

@@ -10,12 +10,17 @@ remembered across scrapes (bounded: a host's containers come and go).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Iterable
 
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name, escape_metric_name
 
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")  # OpenMetrics-only samples: own gauge families
+# The types of the text format 0.0.4, and the suffix a family's name takes, per OpenMetrics type.
+_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
+          "unknown": "untyped"}
+_NAME_SUFFIXES = {"counter": "_total", "info": "_info"}
 _INF = float("inf")
 # Escaped label sets across scrapes: ~3 per container, so this holds ~1300 containers'
 # worth before it starts over (cleared whole: simple, and the next scrape refills it).
@@ -48,24 +53,12 @@ def _escape_help(doc: str) -> str:
 
 def render(families: Iterable[Metric]) -> bytes:
     out: list[str] = []
-    names: dict[str, str] = {}
-    label_names: dict[str, str] = {}
+    name_of = cache(lambda n: escape_metric_name(n, UNDERSCORES))
+    label_name = cache(lambda k: escape_label_name(k, UNDERSCORES))
+    values: dict[float, str] = {}  # 0, 1 and round sizes repeat across series
     # id(labels dict) -> (the dict, its text). The dict is kept so its id cannot be reused
     # by another dict during this render (families of other collectors are freed as they go).
     by_identity: dict[int, tuple[dict, str]] = {}
-    values: dict[float, str] = {}  # 0, 1 and round sizes repeat across series
-
-    def label_name(k: str) -> str:
-        s = label_names.get(k)
-        if s is None:
-            s = label_names[k] = escape_label_name(k, UNDERSCORES)
-        return s
-
-    def name_of(n: str) -> str:
-        s = names.get(n)
-        if s is None:
-            s = names[n] = escape_metric_name(n, UNDERSCORES)
-        return s
 
     def labels_of(labels: dict[str, str]) -> str:
         hit = by_identity.get(id(labels))
@@ -83,18 +76,8 @@ def render(families: Iterable[Metric]) -> bytes:
         return s
 
     for metric in families:
-        mname, mtype = metric.name, metric.type
-        if mtype == "counter":
-            mname += "_total"
-        elif mtype == "info":
-            mname += "_info"
-            mtype = "gauge"
-        elif mtype == "stateset":
-            mtype = "gauge"
-        elif mtype == "gaugehistogram":
-            mtype = "histogram"
-        elif mtype == "unknown":
-            mtype = "untyped"
+        mname = metric.name + _NAME_SUFFIXES.get(metric.type, "")
+        mtype = _TYPES.get(metric.type, metric.type)
         doc = _escape_help(metric.documentation)
         out.append(f"# HELP {name_of(mname)} {doc}\n# TYPE {name_of(mname)} {mtype}\n")
         om: dict[str, list[str]] = {}

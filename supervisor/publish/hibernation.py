@@ -97,10 +97,9 @@ def status_section(tick: "Tick", v: HibernationView) -> dict[str, Any]:
             "idle_after_s": klass.idle_after_s, "last_busy": t.busy_reason,
             "last_busy_ago_s": round(now - t.busy_at_s, 1) if t.busy_at_s is not None else None})
     rows += sorted(idle_rows, key=lambda x: -x["idle_s"])
-    note = ""
-    if v.swap_total_bytes == 0:
-        note = ("no swap on this host: hibernation releases page cache only; the anonymous "
-                "memory and shmem of a paused container stay resident (stop mode releases all)")
+    note = ("no swap on this host: hibernation releases page cache only; the anonymous "
+            "memory and shmem of a paused container stay resident (stop mode releases all)"
+            if v.swap_total_bytes == 0 else "")
     return {
         "enabled": h.enabled, "poll_interval_s": h.poll_interval,
         "thresholds": {"cpu_idle_cores": h.cpu_idle_cores,
@@ -153,14 +152,12 @@ def metric_families(tick: "Tick", v: HibernationView, wake_latency: LatencyHisto
     yield ready_latency.family(
         "resource_supervisor_hibernation_wake_ready_seconds",
         "From the trigger to the container ready (healthy, for one with a health check)")
-    rel = CounterMetricFamily("resource_supervisor_hibernation_released_bytes",
-                              "Memory released by hibernating containers in pause mode")
-    rel.add_metric([], float(v.released_bytes_total))
-    yield rel
-    cpu = CounterMetricFamily("resource_supervisor_hibernation_watch_cpu_seconds",
-                              "CPU time spent watching hibernated containers for clients")
-    cpu.add_metric([], v.watch_cpu_s)
-    yield cpu
+    yield CounterMetricFamily("resource_supervisor_hibernation_released_bytes",
+                              "Memory released by hibernating containers in pause mode",
+                              value=float(v.released_bytes_total))
+    yield CounterMetricFamily("resource_supervisor_hibernation_watch_cpu_seconds",
+                              "CPU time spent watching hibernated containers for clients",
+                              value=v.watch_cpu_s)
 
 
 def api_reply(result: ActionResult, ok_key: str) -> tuple[int, dict]:
@@ -169,10 +166,8 @@ def api_reply(result: ActionResult, ok_key: str) -> tuple[int, dict]:
             "outcome": result.outcome, "detail": result.detail, **result.after}
     if result.dry_run:
         return 200, {**body, "dry_run": True}
-    if result.ok and not result.skipped:
-        return 200, {**body, ok_key: True}
-    if result.ok and result.skipped:
-        return 200, {**body, ok_key: False}
+    if result.ok:
+        return 200, {**body, ok_key: not result.skipped}
     if result.detail.startswith("engine unavailable"):
         return 503, {**body, "error": result.detail}
     return 409, {**body, "error": result.detail}

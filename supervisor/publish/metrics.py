@@ -19,7 +19,7 @@ import platform
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -79,12 +79,27 @@ def _add(fam: Metric, labels: dict[str, str], value: float) -> None:
                               labels, value))
 
 
-def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, doc, labels=labels)
+def _counter(name: str, doc: str, labels: list[str] | None = None,
+             value: float | None = None) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, doc, labels=labels, value=value)
 
 
-def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+def _gauge(name: str, doc: str, labels: list[str] | None = None,
+           value: float | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=labels, value=value)
+
+
+def _by_label(fam: Metric, counts: Mapping[str, float]) -> Metric:
+    """``fam`` with one sample per key of ``counts``, in key order."""
+    for key, n in sorted(counts.items()):
+        fam.add_metric([label_value(key)], n)
+    return fam
+
+
+def _add_levels(fam: GaugeMetricFamily, labels: list[str], level: int) -> None:
+    """One sample per state of the rule book, 1 for ``level`` (the current one)."""
+    for i, name in enumerate(rules.LEVEL_NAMES):
+        fam.add_metric([*labels, name], 1.0 if level == i else 0.0)
 
 
 def host_families(h: "HostSample") -> Iterator[Metric]:
@@ -97,13 +112,11 @@ def host_families(h: "HostSample") -> Iterator[Metric]:
             if mode in modes:
                 cpu.add_metric([core, mode], modes[mode])
     yield cpu
-    total = _gauge("host_memory_total_bytes", "Host memory, MemTotal of /proc/meminfo")
-    total.add_metric([], h.memory_total_bytes)
-    yield total
-    avail = _gauge("host_memory_available_bytes",
-                   "Host memory available without swapping, MemAvailable of /proc/meminfo")
-    avail.add_metric([], h.memory_available_bytes)
-    yield avail
+    yield _gauge("host_memory_total_bytes", "Host memory, MemTotal of /proc/meminfo",
+                 value=h.memory_total_bytes)
+    yield _gauge("host_memory_available_bytes",
+                 "Host memory available without swapping, MemAvailable of /proc/meminfo",
+                 value=h.memory_available_bytes)
     disk = [
         (_counter("host_disk_read_bytes_total", "Bytes read from each disk", ["device"]), "read_bytes"),
         (_counter("host_disk_written_bytes_total", "Bytes written to each disk", ["device"]), "write_bytes"),
@@ -236,24 +249,19 @@ def pool_families(tick: "Pass") -> Iterator[Metric]:
         lv = [label_value(name)]
         for fam, value in fams:
             fam.add_metric(lv, value(p))
-        for level, level_name in enumerate(rules.LEVEL_NAMES):
-            state.add_metric([lv[0], level_name], 1.0 if p.level == level else 0.0)
+        _add_levels(state, lv, p.level)
     for fam, _ in fams:
         yield fam
     yield state
-    reserve = _gauge("emergency_reserve_bytes",
-                     "Memory never allocated to any pool (Rule 1.3)")
-    reserve.add_metric([], tick.reserve.reserve_bytes)
-    yield reserve
-    breached = _gauge("emergency_reserve_breached",
-                      "1 when the host's available memory is at or inside the emergency reserve")
-    breached.add_metric([], 1.0 if tick.reserve.breached else 0.0)
-    yield breached
+    yield _gauge("emergency_reserve_bytes", "Memory never allocated to any pool (Rule 1.3)",
+                 value=tick.reserve.reserve_bytes)
+    yield _gauge("emergency_reserve_breached",
+                 "1 when the host's available memory is at or inside the emergency reserve",
+                 value=1.0 if tick.reserve.breached else 0.0)
     rstate = _gauge("emergency_reserve_state", "1 for the reserve's current state (ok, warn, "
                     "critical, over: available memory at or inside the reserve), 0 for the others",
                     ["state"])
-    for level, level_name in enumerate(rules.LEVEL_NAMES):
-        rstate.add_metric([level_name], 1.0 if tick.reserve.level == level else 0.0)
+    _add_levels(rstate, [], tick.reserve.level)
     yield rstate
 
 
@@ -287,16 +295,13 @@ def own_families(r: Report) -> Iterator[Metric]:
                   ["version", "python_version"])
     info.add_metric([__version__, platform.python_version()], 1.0)
     yield info
-    up = _gauge("docker_engine_up", "1 when the Docker engine answers, 0 when unreachable")
-    up.add_metric([], 1.0 if r.engine_up else 0.0)
-    yield up
-    dry = _gauge("dry_run", "1 when the daemon only reports what it would do")
-    dry.add_metric([], 1.0 if r.cfg.dry_run else 0.0)
-    yield dry
-    reload_ok = _gauge("config_last_reload_successful",
-                       "0 when the last reload was refused (the previous config runs on)")
-    reload_ok.add_metric([], 0.0 if r.last_config_error else 1.0)
-    yield reload_ok
+    yield _gauge("docker_engine_up", "1 when the Docker engine answers, 0 when unreachable",
+                 value=1.0 if r.engine_up else 0.0)
+    yield _gauge("dry_run", "1 when the daemon only reports what it would do",
+                 value=1.0 if r.cfg.dry_run else 0.0)
+    yield _gauge("config_last_reload_successful",
+                 "0 when the last reload was refused (the previous config runs on)",
+                 value=0.0 if r.last_config_error else 1.0)
     buckets = list(r.tick_buckets) or DurationHistogram().cumulative()[0]
     yield HistogramMetricFamily(PREFIX + "tick_duration_seconds",
                                 "Wall time of one pass: sample, plan, act, publish",
@@ -310,13 +315,10 @@ def own_families(r: Report) -> Iterator[Metric]:
             continue
         actions.add_metric([label_value(kind), label_value(outcome)], n)
     yield actions
-    jf = _counter("journal_write_failures_total", "Action results the journal failed to record")
-    jf.add_metric([], journal_failed)
-    yield jf
-    breaches = _counter("breaches_total", "Breaches seen, by kind (counted at onset)", ["kind"])
-    for kind, n in sorted(r.breaches.items()):
-        breaches.add_metric([label_value(kind)], n)
-    yield breaches
+    yield _counter("journal_write_failures_total", "Action results the journal failed to record",
+                   value=journal_failed)
+    yield _by_label(_counter("breaches_total", "Breaches seen, by kind (counted at onset)",
+                             ["kind"]), r.breaches)
     for name, doc, counts in (
             ("daemon_events_total", "The daemon loop's own counts (passes, errors, reloads...)",
              r.counts),
@@ -324,10 +326,7 @@ def own_families(r: Report) -> Iterator[Metric]:
              r.sampler_counts),
             ("inventory_events_total", "Inventory counts (engine events, relists, reconnects)",
              r.inventory_counts)):
-        fam = _counter(name, doc, ["event"])
-        for event, n in sorted(counts.items()):
-            fam.add_metric([label_value(event)], n)
-        yield fam
+        yield _by_label(_counter(name, doc, ["event"]), counts)
     yield from process_families(r.process)
 
 
@@ -335,9 +334,8 @@ def pass_families(r: Report) -> Iterator[Metric]:
     """What the report's pass saw: host, containers, pools and reserve."""
     if r.snapshot is None:
         return
-    last = _gauge("last_pass_timestamp_seconds", "When the latest pass sampled the host")
-    last.add_metric([], r.now)
-    yield last
+    yield _gauge("last_pass_timestamp_seconds", "When the latest pass sampled the host",
+                 value=r.now)
     yield from host_families(r.snapshot.host)
     yield from container_families(r, r.hibernated_ids)
     yield from pool_families(r)
@@ -369,11 +367,9 @@ class SupervisorCollector:
         exporter_s = time.perf_counter() - t0
         yield from fams
         yield from r.component_families()
-        errs = _counter("collect_errors_total", "Passes where a component's metrics failed",
-                        ["component"])
-        for comp, n in sorted(r.collect_errors.items()):
-            errs.add_metric([label_value(comp)], n)
-        yield errs
+        yield _by_label(_counter("collect_errors_total",
+                                 "Passes where a component's metrics failed", ["component"]),
+                        r.collect_errors)
         took = _gauge("collect_duration_seconds", "Time spent gathering each part's metrics "
                       "(exporter: host, containers, pools, in this scrape; others: each "
                       "component, right after the latest pass, and when first scraped for "

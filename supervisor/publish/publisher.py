@@ -37,17 +37,13 @@ RECENT_ACTIONS = 10  # the last actions a status shows
 
 def hibernated_ids(components: Iterable[Any]) -> frozenset[str]:
     """Ids the hibernation component holds, if it is there (before it exists: none)."""
-    for comp in components:
-        if getattr(comp, "name", "") == "hibernation":
-            fn = getattr(comp, "hibernated_ids", None)
-            if fn is None:
-                return frozenset()
-            try:
-                return frozenset(fn())
-            except Exception:  # noqa: BLE001 - a component bug must not fail the report
-                log.exception("hibernation.hibernated_ids failed")
-                return frozenset()
-    return frozenset()
+    comp = next((c for c in components if getattr(c, "name", "") == "hibernation"), None)
+    fn = getattr(comp, "hibernated_ids", None)
+    try:
+        return frozenset(fn()) if fn is not None else frozenset()
+    except Exception:  # noqa: BLE001 - a component bug must not fail the report
+        log.exception("hibernation.hibernated_ids failed")
+        return frozenset()
 
 
 def component_sections(components: Iterable["Component"], tick: "Tick") -> dict[str, Any]:
@@ -68,7 +64,6 @@ class ReportBuilder:
                  started_at_s: float | None = None, pid: int | None = None):
         self.components = components
         self.pass_metrics = PassMetrics(breaches)
-        self.breaches = breaches
         self.collect_errors: Counter[str] = Counter()
         self._errors_lock = threading.Lock()
         self.read_process = read_process
@@ -156,7 +151,8 @@ class ReportBuilder:
             cgroup_version=cgroup_version, last_config_error=last_config_error,
             counts=frozen_counts(counts), sampler_counts=frozen_counts(sampler_counts),
             inventory_counts=frozen_counts(inventory_counts),
-            action_counts=frozen_counts(action_counts), breaches=frozen_counts(self.breaches),
+            action_counts=frozen_counts(action_counts),
+            breaches=frozen_counts(self.pass_metrics.breaches),
             tick_buckets=tuple(buckets), tick_sum_s=sum_s,
             last_pass_duration_s=last_pass_duration_s,
             pass_durations_s=tuple(pass_durations_s),

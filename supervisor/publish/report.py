@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import accumulate
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
@@ -204,11 +205,7 @@ class DurationHistogram:
         with self._lock:
             counts = list(self._counts)
             total_s = self._sum_s
-        out, running = [], 0
-        for le, n in zip(self._les, counts):
-            running += n
-            out.append((le, running))
-        return out, total_s
+        return list(zip(self._les, accumulate(counts))), total_s
 
 
 def breach_conditions(tick: "Tick | Report") -> set[tuple[str, str]]:

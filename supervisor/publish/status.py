@@ -10,26 +10,32 @@ from typing import Any
 from supervisor import __version__
 from supervisor.model.classify import describe_class
 from supervisor.model import rules
+from supervisor.model.pools import container_limit_bytes, pool_of
 from supervisor.publish.report import Report
 
 
-def container_row(c, cfg) -> dict[str, Any]:
+def container_row(c, cfg, now_s: float, cpu: float | None, hib: dict) -> dict[str, Any]:
+    """One container's row: ``cpu`` its CPU %, ``hib`` its hibernation row ({}: none)."""
     s = c.stats
-    cls = cfg.classes.get(c.class_name)
+    hibernated = bool(hib.get("hibernated"))
+    kills = rules.oom_kills_within(c.info.oom_kill_times_s, now_s)
     return {
         "id": c.info.short_id, "name": c.info.name, "image": c.info.image,
         "class": c.class_name, "class_reason": c.class_reason,
         "class_pattern": c.class_pattern,
         "class_why": describe_class(c.info, cfg, c.class_name, c.class_reason, c.class_pattern),
-        "pool": cls.pool if cls else "", "managed": c.managed, "state": c.info.state,
+        "pool": pool_of(c, cfg), "managed": c.managed, "state": c.info.state,
         "cpuset": c.info.cpuset_cpus or (s.cpuset_cpus if s else ""),
-        "memory_limit_bytes": c.info.memory_limit_bytes or (s.memory_limit_bytes if s else 0) or 0,
+        "memory_limit_bytes": container_limit_bytes(c),
         "memory_reservation_bytes": c.info.memory_reservation_bytes,
         "memory_working_set_bytes": s.memory_working_set_bytes if s else None,
         "memory_usage_bytes": s.memory_usage_bytes if s else None,
         "cpu_limit_cores": c.info.cpu_limit_cores,
         "cpu_usage_s": s.cpu_usage_s if s else None,
         "error": c.error,
+        "cpu_percent": cpu, "idle_s": hib.get("idle_s"), "hibernated": hibernated,
+        "health": health_label(c.info, hibernated), "restart_count": c.info.restart_count,
+        "oom_kills_recent": kills, "oom_loop": c.managed and kills >= rules.OOM_LOOP_KILLS,
     }
 
 
@@ -70,18 +76,14 @@ def hibernation_rows(section: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(section, dict):
         return {}
     rows = section.get("containers")
-    items: list[tuple[str, Any]] = []
     if isinstance(rows, dict):
         items = [(str(k), v) for k, v in rows.items()]
     elif isinstance(rows, list):
         items = [(str(r.get("id") or r.get("name") or ""), r) for r in rows if isinstance(r, dict)]
-    out: dict[str, dict[str, Any]] = {}
-    for key, row in items:
-        if not isinstance(row, dict):
-            continue
-        for k in {key, key[:12], str(row.get("id", ""))[:12], str(row.get("name", ""))} - {""}:
-            out[k] = row
-    return out
+    else:
+        return {}
+    return {k: row for key, row in items if isinstance(row, dict)
+            for k in {key, key[:12], str(row.get("id", ""))[:12], str(row.get("name", ""))} - {""}}
 
 
 def report_of(source: Any) -> Report:
@@ -89,50 +91,40 @@ def report_of(source: Any) -> Report:
     return source if isinstance(source, Report) else source.report
 
 
-def placement_pools(sections: Any) -> dict[str, Any]:
-    """Placement's per-pool admission verdicts (its section's ``pools``), or {} when the
-    pass published none."""
+def placement_part(sections: Any, key: str) -> dict[str, Any]:
+    """Part ``key`` of placement's section (``pools``: its per-pool admission verdicts;
+    ``oom``), or {} when the pass published none."""
     placement = sections.get("placement") if hasattr(sections, "get") else None
-    by_pool = placement.get("pools") if isinstance(placement, dict) else None
-    return by_pool if isinstance(by_pool, dict) else {}
+    part = placement.get(key) if isinstance(placement, dict) else None
+    return part if isinstance(part, dict) else {}
 
 
-def unlimited_no_room(pools: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
-                      sections: Any) -> dict[str, list[str]]:
-    """Per pool, the managed containers that run without any memory limit because the
-    pool had no room for them: admission's verdict over-budget (placement's section,
-    ``pools.<pool>.over_budget``) for a running container whose limit is none."""
-    by_pool = placement_pools(sections)
-    if not by_pool:
-        return {}
+def add_unlimited(pools: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+                  sections: Any) -> None:
+    """Adds to each pool its managed containers without any memory limit, as placement's
+    section (``pools.<pool>``) says why: ``unlimited_no_room``, running ones the pool had
+    no room for (admission's verdict ``over_budget``); ``settling``, ones given none yet
+    because they have not settled (history.settle): not an exhaustion, they get one once
+    they have."""
     unlimited = {r["id"]: r["name"] for r in rows
                  if r.get("managed") and r.get("state") == "running"
                  and not r.get("memory_limit_bytes")}
-    out: dict[str, list[str]] = {}
-    for pool, row in by_pool.items():
-        over = row.get("over_budget") if isinstance(row, dict) else None
-        names = sorted({unlimited[a["id"][:12]] for a in over or ()
+    for pool, row in placement_part(sections, "pools").items():
+        if pool not in pools or not isinstance(row, dict):
+            continue
+        names = sorted({unlimited[a["id"][:12]] for a in row.get("over_budget") or ()
                         if isinstance(a, dict) and str(a.get("id", ""))[:12] in unlimited})
-        if names and pool in pools:
-            out[pool] = names
-    return out
-
-
-def settling(pools: dict[str, dict[str, Any]], sections: Any) -> dict[str, list[str]]:
-    """Per pool, the managed containers given no memory limit yet because they have not
-    settled (placement's ``pools.<pool>.settling``; history.settle): not an exhaustion,
-    they get one once they have."""
-    return {pool: sorted(row["settling"]) for pool, row in placement_pools(sections).items()
-            if pool in pools and isinstance(row, dict) and row.get("settling")}
+        if names:
+            pools[pool]["unlimited_no_room"] = names
+        if row.get("settling"):
+            pools[pool]["settling"] = sorted(row["settling"])
 
 
 def oom_summary(rows: list[dict[str, Any]], sections: Any) -> dict[str, Any]:
     """OOM restart loops (managed containers OOM-killed ``rules.OOM_LOOP_KILLS`` times
     within ``rules.OOM_LOOP_WINDOW_S``) and the containers whose own limit placement
     removed to end one: either makes `supctl status` exit 3."""
-    placement = sections.get("placement") if hasattr(sections, "get") else None
-    oom = placement.get("oom") if isinstance(placement, dict) else None
-    released = oom.get("released") if isinstance(oom, dict) else None
+    released = placement_part(sections, "oom").get("released")
     return {"window_s": rules.OOM_LOOP_WINDOW_S, "kills": rules.OOM_LOOP_KILLS,
             "loops": sorted(r["name"] for r in rows if r.get("oom_loop")),
             "limit_removed": sorted({n for names in (released or {}).values() for n in names})}
@@ -192,24 +184,14 @@ def build_status(source: Any) -> dict[str, Any]:
                              "ports": f"{c.ports[0]}-{c.ports[1]}" if c.ports else "",
                              "protected": c.protected, "hibernate": c.hibernate}
                       for name, c in cfg.classes.items()}
-    rows = [container_row(c, cfg) for c in snap.containers]
-    out["containers"] = rows
     sections = r.sections
     idle = hibernation_rows(sections.get("hibernation"))
     cpu = container_cpu_percents(snap, r.prev_snapshot)
-    for row, c in zip(rows, snap.containers):
-        row["cpu_percent"] = cpu.get(c.info.id)
-        hib = idle.get(row["id"]) or idle.get(row["name"]) or {}
-        row["idle_s"] = hib.get("idle_s")
-        row["hibernated"] = bool(hib.get("hibernated"))
-        row["health"] = health_label(c.info, row["hibernated"])
-        row["restart_count"] = c.info.restart_count
-        row["oom_kills_recent"] = rules.oom_kills_within(c.info.oom_kill_times_s, snap.time_s)
-        row["oom_loop"] = c.managed and row["oom_kills_recent"] >= rules.OOM_LOOP_KILLS
-    for pool, names in unlimited_no_room(pools, rows, sections).items():
-        pools[pool]["unlimited_no_room"] = names
-    for pool, names in settling(pools, sections).items():
-        pools[pool]["settling"] = names
+    rows = [container_row(c, cfg, snap.time_s, cpu.get(c.info.id),
+                          idle.get(c.info.short_id) or idle.get(c.info.name) or {})
+            for c in snap.containers]
+    out["containers"] = rows
+    add_unlimited(pools, rows, sections)
     for name, section in sections.items():
         if section is not None:
             out[name] = section

@@ -2,10 +2,10 @@
 inventory's event thread and the two servers.
 
 Its parts: ``passes`` (one pass and the events between passes), ``loop`` (the loop,
-signals, sd_notify), ``servers`` (/metrics and the control API), ``reload`` (a new
-config). After each pass the daemon publishes one frozen report (``publish.report``):
-every surface (`supctl status`, the control API, /metrics, /health) reads only the
-latest one, swapped in as one reference.
+signals, sd_notify); the daemon itself starts the servers (/metrics and the control API)
+and swaps in a new config (``Daemon.reload``). After each pass the daemon publishes one
+frozen report (``publish.report``): every surface (`supctl status`, the control API,
+/metrics, /health) reads only the latest one, swapped in as one reference.
 """
 
 from __future__ import annotations
@@ -37,21 +37,21 @@ from supervisor.observe.history import History
 from supervisor.observe.inventory import Inventory
 from supervisor.observe.sampler import Sampler
 from supervisor.policy.tick import Tick
-from supervisor.publish.metrics import make_registry
+from supervisor.publish.api import core_routes
+from supervisor.publish.control import ControlServer
+from supervisor.publish.metrics import MetricsServer, make_registry
 from supervisor.publish.publisher import ReportBuilder
-from supervisor.publish.report import PassMetrics, Report
+from supervisor.publish.report import Report
 from supervisor.publish.status import build_health
 from supervisor.runtime import logs
 from supervisor.runtime.hibernation import Hibernation
 from supervisor.runtime.history_keeper import HistoryKeeper
 from supervisor.runtime.ladder import Ladder
-from supervisor.runtime.loop import Loop, status_line
+from supervisor.runtime.loop import Loop
 from supervisor.runtime.ollama import OllamaGovernor
-from supervisor.runtime.passes import Passes, plan_tick, with_dry_run
+from supervisor.runtime.passes import Passes, with_dry_run
 from supervisor.runtime.placement import Placement
 from supervisor.runtime.poolcg import PoolCgroups
-from supervisor.runtime.reload import load_new, restart_only_changes
-from supervisor.runtime.servers import Servers
 
 log = logging.getLogger("supervisor.daemon")
 
@@ -67,6 +67,11 @@ PROCESS_EVERY_S = 5.0
 # are freed by reference counting as before; only cyclic garbage waits longer.
 GC_GEN0_THRESHOLD = 20_000
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# Settings a running daemon cannot take over: its sockets, its state and its engine.
+RESTART_ONLY = (("metrics.listen", lambda s: s.metrics.listen),
+                ("control.socket", lambda s: s.control.socket),
+                ("state_dir", lambda s: s.state_dir),
+                ("docker.host", lambda s: s.docker.host))
 
 
 def build_components(ctx: Context) -> list[Component]:
@@ -130,17 +135,13 @@ class Daemon:
                              get_config=lambda: self.cfg, keepalive=self.loop.keepalive,
                              wake=self.wake)
         self.inventory.add_listener(self.passes.on_event)
-        self.breaches = self.ctx.breaches  # breach onsets by kind, for /metrics
-        self.reports = ReportBuilder(self.components, self.breaches,
+        self.reports = ReportBuilder(self.components, self.ctx.breaches,
                                      read_process=ProcSelf(s.docker.proc_root, every_s=PROCESS_EVERY_S).read,
                                      started_at_s=self.started_at)
         self.report: Report = self._build_report()  # replaced whole after each pass
         self.registry = make_registry(lambda: self.report)
-        self.servers = Servers(get_report=lambda: self.report, registry=self.registry,
-                               components=self.components, journal=self.journal.recent,
-                               plan=self.plan_now, reload=self.reload,
-                               apply=lambda: [r.to_dict() for r in
-                                              self.run_once(reconcile=True, dry_run=False)[1]])
+        self.metrics_server: MetricsServer | None = None
+        self.control: ControlServer | None = None
 
     # ------------------------------------------------------------------ the passes
 
@@ -149,24 +150,8 @@ class Daemon:
         return self.passes.last_tick
 
     @property
-    def prev_tick(self) -> Tick | None:
-        return self.passes.prev_tick
-
-    @property
-    def last_results(self) -> list[ActionResult]:
-        return self.passes.last_results
-
-    @property
-    def last_pass_duration_s(self) -> float:
-        return self.passes.last_pass_duration_s
-
-    @property
     def pass_durations(self) -> deque[float]:
         return self.passes.durations_s
-
-    @property
-    def pass_metrics(self) -> PassMetrics:
-        return self.reports.pass_metrics
 
     def run_once(self, reconcile: bool | None = None,
                  dry_run: bool | None = None) -> tuple[Tick, list[ActionResult]]:
@@ -187,10 +172,6 @@ class Daemon:
         self.wake.set()
         return result
 
-    def plan_tick(self, tick: Tick):
-        """What the components decide on ``tick`` (run and held back), executing nothing."""
-        return plan_tick(self.components, tick, self.counts)
-
     def plan_now(self) -> dict:
         """GET /plan: what the daemon would do on its last snapshot, changing nothing."""
         return self.passes.plan_now()
@@ -210,21 +191,13 @@ class Daemon:
             recent_actions=self.actuator.recent,
             last_pass_duration_s=p.last_pass_duration_s, pass_durations_s=p.durations_s)
 
-    def loop_alive(self) -> bool:
-        return self.report.loop_alive()
-
-    def health(self) -> dict:
-        return build_health(self.report)
-
-    def status_line(self) -> str:
-        return status_line(self.report)
-
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> tuple[bool, str]:
-        """Swap in a whole new config, or keep the old one and say why."""
+        """Swap in a whole new config (SIGHUP, POST /reload), or keep the old one and say
+        why."""
         try:
-            new = load_new(self.config_path, self.force_dry_run)
+            new = load_config(self.config_path, host=read_host_facts())
         except ConfigError as e:
             self.last_config_error = e.render()
             self.counts["reload_failed"] += 1
@@ -233,7 +206,10 @@ class Daemon:
                              "problems": [f"{k}: {r}" if k else r for k, r in e.problems]})
             self.wake.set()  # the next pass's report says so
             return False, e.render()
-        fixed = restart_only_changes(self.cfg, new)
+        if self.force_dry_run and not new.dry_run:
+            new = with_dry_run(new, True)  # --dry-run outlives any reload
+        # The keys that changed but take effect only at the next start.
+        fixed = [key for key, get in RESTART_ONLY if get(self.cfg.settings) != get(new.settings)]
         self.cfg = new
         self.last_config_error = ""
         self.counts["reloads"] += 1
@@ -248,11 +224,24 @@ class Daemon:
     # ------------------------------------------------------------------ run and stop
 
     def start_servers(self) -> None:
-        self.servers.start(self.cfg)
-
-    @property
-    def control_server(self):
-        return self.servers.control
+        """/metrics + /health over HTTP, and the control API on its unix socket. Both answer
+        from the latest report (and the few calls handed in here: journal reads, plan,
+        reload, apply); each component adds its own control routes."""
+        s = self.cfg.settings
+        self.metrics_server = MetricsServer(s.metrics.listen, self.registry,
+                                            lambda: build_health(self.report))
+        self.metrics_server.start()
+        self.control = ControlServer(s.control.socket, s.control.read_group)
+        core = core_routes(lambda: self.report, journal=self.journal.recent, plan=self.plan_now,
+                           reload=self.reload,
+                           apply=lambda: [r.to_dict() for r in
+                                          self.run_once(reconcile=True, dry_run=False)[1]])
+        for routes in (core, *(comp.routes() for comp in self.components)):
+            for (method, path), (fn, params) in routes.items():
+                self.control.add(method, path, fn, params)
+        self.control.start()
+        log.info("serving metrics on http://%s/metrics and control on %s",
+                 s.metrics.listen, s.control.socket)
 
     def request_stop(self) -> None:
         self.loop.request_stop()
@@ -282,7 +271,13 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.exception("stopping %s failed", comp.name)
         self.inventory.stop()
-        self.servers.close()
+        if self.control:
+            self.control.close()
+            self.control = None
+        if self.metrics_server:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
         self.history_keeper.close()
         self.journal.close()
         log.info("stopped; containers left as they are")

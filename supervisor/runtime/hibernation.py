@@ -175,14 +175,10 @@ class Hibernation(Component):
             self._swap_read_mono = time.monotonic()
             self._swap_bytes = swap_total_bytes(self.ctx.proc)
 
-    def wake_container(self, cid: str, trigger: str, detected_mono: float | None = None) -> Outcome:
-        return self.waker.wake_container(cid, trigger, detected_mono)
-
     def run_wake(self, cid: str, name: str, trigger: str, reason: str,
                  detected_mono: float | None = None, source: str = "hibernation") -> ActionResult:
-        action = Action("wake", cid, name, reason, source,
-                        {"trigger": trigger, "detected_mono": detected_mono})
-        return self.run_action(action)
+        return self.run_action(Action("wake", cid, name, reason, source,
+                                      {"trigger": trigger, "detected_mono": detected_mono}))
 
     def run_action(self, action: Action) -> ActionResult:
         """Execute one of our actions outside the daemon's pass (the watcher, the control

@@ -29,7 +29,6 @@ class HistoryKeeper:
         self._last_save_s = float("-inf")
         self._writer: threading.Thread | None = None
         self.saves = 0
-        self.save_errors = 0
 
     def load(self) -> int:
         """Restores the stored history into ``history``; returns how many containers."""
@@ -52,7 +51,6 @@ class HistoryKeeper:
             self.store.save(data, self.history.size)
             self.saves += 1
         except OSError as e:
-            self.save_errors += 1
             log.warning("recommendation history not saved: %s", e,
                         extra={"path": self.store.path})
 

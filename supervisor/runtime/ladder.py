@@ -248,11 +248,10 @@ class Ladder(Component):
                       "before": th.before, "after": th.after, "since_s": round(now - th.at, 1),
                       "state": th.state}
                      for th in sorted(self.state.throttles.values(), key=lambda th: th.name)]
-        recent = [t for t in list(self.acted_at) if now - t < 60.0]
         return {
             "breaches": breaches,
             "throttled": throttled,
-            "actions_last_minute": len(recent),
+            "actions_last_minute": sum(1 for t in list(self.acted_at) if now - t < 60.0),
             "max_actions_per_minute": L.max_actions_per_minute,
             "hibernate_step": ("available" if "hibernate" in self.ctx.capabilities else
                                "skipped: no hibernation mechanism registered"),

@@ -97,12 +97,10 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler: logging.Handler | None = None
-    if stderr_is_journal():
-        send = journal_send()
-        if send is not None:
-            handler = JournalHandler(send)
-    if handler is None:
+    send = journal_send() if stderr_is_journal() else None
+    if send is not None:
+        handler: logging.Handler = JournalHandler(send)
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     root.addHandler(handler)

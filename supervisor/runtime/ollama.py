@@ -188,9 +188,6 @@ class OllamaGovernor(Component):
         if self._thread:
             self._thread.join(timeout=5)
 
-    def recover(self) -> bool:
-        return self.acts.recover()
-
     # ------------------------------------------------------------ one pass
 
     def _targets(self, tick: Tick) -> list[Target]:

@@ -52,8 +52,7 @@ def plan_tick(components: Sequence[Component], tick: Tick,
     planned: Planned = []
     for comp in components:
         try:
-            for a in comp.plan(tick):
-                planned.append((comp, a))
+            planned += [(comp, a) for a in comp.plan(tick)]
         except Exception:  # noqa: BLE001 - one planner's bug must not stop the others
             log.exception("planner %s failed", comp.name)
             counts["planner_errors"] += 1
@@ -92,7 +91,6 @@ class Passes:
         self.last_tick: Tick | None = None
         self.prev_tick: Tick | None = None  # the pass before last_tick (CPU % in status)
         self.last_results: list[ActionResult] = []
-        self.last_pass_mono = 0.0
         self.last_pass_duration_s = 0.0
         self.durations_s: deque[float] = deque(maxlen=1000)
 
@@ -177,7 +175,6 @@ class Passes:
         self.prev_tick, self.last_tick = self.last_tick, tick
         self.last_results = results
         self.counts["passes"] += 1
-        self.last_pass_mono = time.monotonic()
         self.last_pass_duration_s = time.perf_counter() - t0
         self.durations_s.append(self.last_pass_duration_s)
         return tick, results

@@ -32,9 +32,12 @@ from supervisor.publish.report import Deferred
 
 # Durable memory (the journal's state table): the limits placement gave, per container
 # (so a restarted daemon still knows which limits are its own to raise after OOM kills),
-# and the containers whose own limit it removed.
+# and the containers whose own limit it removed; and the memory limits it wrote next to
+# what the owner had declared, so the audit tells a given limit from a declared one
+# (Rule 1.1).
 GIVEN_PREFIX = "placement/given/"
 RELEASED_PREFIX = "placement/released/"
+GIVEN_STATE_PREFIX = "placement.limit_given."
 
 # A failed update is retried on reconcile passes, backing off up to this long.
 RETRY_MAX_S = 300.0
@@ -42,22 +45,16 @@ RETRY_MAX_S = 300.0
 # when a container comes, goes or changes its limits, and at least this often: not every
 # tick, where they cost ~0.2 ms per container (issue 9 soak: 24 ms a pass at 110).
 RECOMMEND_EVERY_S = 30.0
-# Journal state key prefix of the memory limits placement gave, kept across restarts so
-# the audit tells a given limit from a declared one (Rule 1.1).
-GIVEN_STATE_PREFIX = "placement.limit_given."
 
 
 def plan_status(p: PlacementPlan, tick: Tick, swap_limit_supported: bool, counts: dict,
                 oom: dict[str, Any]) -> dict[str, Any]:
     """Placement's section of the status: per container its desired values and whether
     Docker holds them, per pool what admission granted and who is over budget."""
-    rows = {}
-    for cid, d in p.desired.items():
-        rows[p.names.get(cid, cid[:12])] = {
-            "id": cid[:12], "desired": d.to_params(),
-            "in_place": cid not in p.pending,
-            "pending": sorted(p.pending.get(cid, {})),
-        }
+    rows = {p.names.get(cid, cid[:12]): {"id": cid[:12], "desired": d.to_params(),
+                                         "in_place": cid not in p.pending,
+                                         "pending": sorted(p.pending.get(cid, {}))}
+            for cid, d in p.desired.items()}
     pools: dict[str, dict[str, Any]] = {}
     for adm in p.admissions.values():
         row = pools.setdefault(adm.pool, {"granted_bytes": 0, "over_budget": [], "shrunk": [],
@@ -78,14 +75,12 @@ def plan_status(p: PlacementPlan, tick: Tick, swap_limit_supported: bool, counts
 def oom_status(tick: Tick, memory: PlacementMemory) -> dict[str, Any]:
     """Containers in an OOM loop and what placement does about each (raise, owner's limit:
     alert only, limit removed), and the containers whose own limit it removed, by pool."""
-    loops = {}
     cases = oom_cases(tick, memory)
     names = {c.info.id: c.info.name for c in tick.snapshot.containers} if cases else {}
-    for cid, case in cases.items():
-        loops[names.get(cid, cid[:12])] = {
-            "id": cid[:12], "kills": case.kills, "handling": case.kind,
-            "limit_bytes": case.limit_bytes, "raise_bytes": case.raise_bytes or None,
-            "recommended_bytes": case.recommended_bytes}
+    loops = {names.get(cid, cid[:12]): {
+        "id": cid[:12], "kills": case.kills, "handling": case.kind,
+        "limit_bytes": case.limit_bytes, "raise_bytes": case.raise_bytes or None,
+        "recommended_bytes": case.recommended_bytes} for cid, case in cases.items()}
     released: dict[str, list[str]] = {}
     for c in tick.snapshot.containers if memory.released else ():
         cls = tick.cfg.classes.get(c.class_name)
@@ -140,6 +135,9 @@ class Placement(Component):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.memory = PlacementMemory()
+        # Per container id: the memory limit placement wrote and what the owner had
+        # declared before the first write ({"given_bytes", "declared_bytes"}).
+        self.limits_given: dict[str, dict[str, int]] = {}
         self._load_given()
         self.counts: Counter[str] = Counter()
         self.last_plan: PlacementPlan | None = None
@@ -151,15 +149,6 @@ class Placement(Component):
         self._rec_family: tuple[list, GaugeMetricFamily] | None = None
         self._recommended_for: frozenset[tuple] = frozenset()
         self._recommended_at = float("-inf")
-        # Per container id: the memory limit placement wrote and what the owner had
-        # declared before the first write ({"given_bytes", "declared_bytes"}).
-        self.limits_given: dict[str, dict[str, int]] = {}
-        try:
-            self.limits_given = {key[len(GIVEN_STATE_PREFIX):]: dict(v) for key, v in
-                                 ctx.journal.states(GIVEN_STATE_PREFIX).items()
-                                 if key.startswith(GIVEN_STATE_PREFIX) and isinstance(v, dict)}
-        except Exception:  # noqa: BLE001 - a journal that cannot answer: nothing known
-            self.limits_given = {}
 
     def _note_given(self, cid: str, before: dict, after: dict) -> None:
         """After a placement write: remember the memory limit the owner did not set."""
@@ -183,6 +172,12 @@ class Placement(Component):
             except (TypeError, ValueError, IndexError):
                 continue
         self.memory.released.update(k[len(RELEASED_PREFIX):] for k in j.states(RELEASED_PREFIX))
+        try:
+            self.limits_given = {key[len(GIVEN_STATE_PREFIX):]: dict(v) for key, v in
+                                 j.states(GIVEN_STATE_PREFIX).items()
+                                 if key.startswith(GIVEN_STATE_PREFIX) and isinstance(v, dict)}
+        except Exception:  # noqa: BLE001 - a journal that cannot answer: nothing known
+            pass
 
     def _remember_given(self, cid: str, limit_bytes: int, at_s: float) -> None:
         m = self.memory

@@ -219,15 +219,13 @@ class PoolCgroups(Component):
 
     def status(self, tick: Tick) -> dict[str, Any] | None:
         cfg = tick.cfg
-        pc = cfg.settings.pool_cgroups
-        out: dict[str, Any] = {"enabled": pc.enabled, "driver": driver_of(cfg),
-                               "parent": pc.parent, "error": self.last_error}
+        pc, driver = cfg.settings.pool_cgroups, driver_of(cfg)
         pools: dict[str, Any] = {}
         for name, p in sorted(cfg.pools.items()):
             row: dict[str, Any] = {"budget_bytes": p.budget_bytes,
                                    "cgroup": pool_group_rel(cfg, name),
                                    "cgroup_parent": cgroup_parent_for(cfg, name)}
-            if pc.enabled and driver_of(cfg) == "cgroupfs":
+            if pc.enabled and driver == "cgroupfs":
                 fs = self.ctx.cgroups
                 try:
                     if fs.group_exists(row["cgroup"]):
@@ -236,7 +234,7 @@ class PoolCgroups(Component):
                         row["error"] = "not created (yet)"
                 except CgroupError as e:
                     row["error"] = str(e)
-            elif pc.enabled and driver_of(cfg) == "systemd":
+            elif pc.enabled and driver == "systemd":
                 st = self._slices.get(name)
                 row["slice"] = row["cgroup_parent"]
                 if st is None:
@@ -245,12 +243,12 @@ class PoolCgroups(Component):
                     row.update({"active": st.active, "limit_bytes": st.memory_max_bytes,
                                 "usage_bytes": st.memory_current_bytes})
             pools[name] = row
-        out["pools"] = pools
-        out["outside"] = outside_pools(tick.snapshot.containers, cfg, self._rel_of) \
-            if pc.enabled else []
-        # which of Docker's cgroup drivers placed the containers the reader found
-        out["container_cgroup_drivers"] = self._drivers_seen(tick)
-        return out
+        return {"enabled": pc.enabled, "driver": driver, "parent": pc.parent,
+                "error": self.last_error, "pools": pools,
+                "outside": outside_pools(tick.snapshot.containers, cfg, self._rel_of)
+                if pc.enabled else [],
+                # which of Docker's cgroup drivers placed the containers the reader found
+                "container_cgroup_drivers": self._drivers_seen(tick)}
 
     def _drivers_seen(self, tick: Tick) -> dict[str, int]:
         """Containers by the cgroup driver that placed them, once per snapshot (the

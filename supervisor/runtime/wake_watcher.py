@@ -231,18 +231,12 @@ class WakeWatcher:
             log.info("hibernated container %s no longer exists; forgotten", rec.name)
             self.store.forget(cid)
             return
-        if rec.mode == "pause":
-            if info.state != "paused":
-                log.info("hibernated container %s is %s now; forgotten", rec.name, info.state)
-                self.store.forget(cid)
-                return
-            woken_meanwhile = ("unpause", "start", "restart", "die")
-        else:
-            if info.state not in ("exited", "created"):
-                log.info("hibernated container %s is %s now; forgotten", rec.name, info.state)
-                self.store.forget(cid)
-                return
-            woken_meanwhile = ("start", "restart")
+        pause = rec.mode == "pause"
+        if info.state not in (("paused",) if pause else ("exited", "created")):
+            log.info("hibernated container %s is %s now; forgotten", rec.name, info.state)
+            self.store.forget(cid)
+            return
+        woken_meanwhile = ("unpause", "start", "restart", "die") if pause else ("start", "restart")
         # Paused now, but was it unpaused (and paused again by somebody else) while we
         # were down? The engine keeps recent events: look.
         try:
@@ -257,13 +251,10 @@ class WakeWatcher:
                          "(somebody else woke it); forgotten and left as it is", rec.name, act)
                 self.store.forget(cid)
                 return
-        if rec.phase == PAUSING:
-            rec.phase = PAUSED
+        if rec.phase in (PAUSING, STOPPING):
+            rec.phase = PAUSED if rec.phase == PAUSING else STOPPED
             self.store.put(rec)
-        elif rec.phase == STOPPING:
-            rec.phase = STOPPED
-            self.store.put(rec)
-        if rec.mode == "pause":
+        if pause:
             targets: list[TcpSocket]
             try:
                 targets = wake_targets(list_tcp(self.worker, info.pid), self.owned_sockets(info))
