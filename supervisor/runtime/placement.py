@@ -281,15 +281,17 @@ class Placement(Component):
         looping = set(oom_cases(tick, m)) if m.oom_alerted else set()
         for cid in set(m.oom_alerted) - looping:
             m.oom_alerted.pop(cid, None)  # the loop ended: a new one is alerted anew
-        if tick.snapshot.engine_up:
-            for cid in (set(m.given) | m.released) - live:
-                self._forget_given(cid)
         for d in (m.dry_reported, m.retry_at, m.failures):
             for cid in set(d) - live:
                 d.pop(cid, None)
-        for cid in set(self.limits_given) - live:
-            self.limits_given.pop(cid, None)
-            self.ctx.journal.del_state(GIVEN_STATE_PREFIX + cid)
+        # The durable records are forgotten only when the engine says a container is gone:
+        # an engine that is down (or not up yet at start) lists none.
+        if tick.snapshot.engine_up:
+            for cid in (set(m.given) | m.released) - live:
+                self._forget_given(cid)
+            for cid in set(self.limits_given) - live:
+                self.limits_given.pop(cid, None)
+                self.ctx.journal.del_state(GIVEN_STATE_PREFIX + cid)
 
     # ------------------------------------------------------------ publishing
 

@@ -342,6 +342,14 @@ def test_the_limits_placement_gave_survive_a_daemon_restart_and_an_owners_do_not
     restarted.observe(t, [placed(ours, 40 * MIB, 8 * GIB, SOURCE_OOM_REMOVED)])
     again = Placement(ctx)
     assert again.memory.released == {ours.info.id} and ours.info.id not in again.memory.given
+    # an engine that is down lists no container: nothing durable is forgotten then (the
+    # audit would take a limit placement gave for its owner's)
+    t = tick(cfg, [], now=1050.0, engine_up=False)
+    again.plan(t)
+    again.observe(t, [])
+    after_outage = Placement(ctx)
+    assert after_outage.memory.released == {ours.info.id}
+    assert after_outage.limits_given[ours.info.id]["given_bytes"] == 8 * GIB
     # a container that is gone is forgotten
     t = tick(cfg, [owners], now=1100.0)
     again.plan(t)
