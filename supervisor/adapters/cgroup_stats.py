@@ -96,21 +96,28 @@ def read_stats(loc: CgroupLocation, with_pressure: bool = True) -> CgroupStats:
     return (_read_v2 if loc.version == 2 else _read_v1)(loc, with_pressure)
 
 
-def _optional(read: Callable[[], T], default: T) -> T:
-    """``read()``, or ``default`` when its file cannot be read (a controller not enabled
-    for this subtree, PSI disabled); CgroupGone still ends the whole read."""
+def _optional(d: str, read: Callable[[], T], default: T) -> T:
+    """``read()`` of a file in the cgroup directory ``d``, or ``default`` when the file is
+    not there or cannot be read: a controller not enabled for this subtree has no files
+    (ENOENT), nor has PSI booted with psi=0, and cgroup.pressure=0 answers EOPNOTSUPP.
+    ENOENT reads as CgroupGone (``wrap_os_error``): only a directory that is gone too
+    ends the whole read."""
     try:
         return read()
     except CgroupGone:
+        if os.path.isdir(d):
+            return default
         raise
     except CgroupError:
         return default
+
 
 def _pressure(loc: CgroupLocation) -> dict[str, Pressure] | None:
     if not loc.psi_dir:
         return None
     # PSI may be disabled for this cgroup (psi=0 or cgroup.pressure=0)
-    texts = {res: _optional(lambda: read_text(f"{loc.psi_dir}/{res}.pressure"), None)
+    texts = {res: _optional(loc.psi_dir, lambda: read_text(f"{loc.psi_dir}/{res}.pressure"),
+                            None)
              for res in ("cpu", "memory", "io")}
     return {res: parse_pressure(t) for res, t in texts.items() if t is not None}
 
@@ -124,12 +131,12 @@ def _read_v2(loc: CgroupLocation, with_pressure: bool) -> CgroupStats:
     low = read_int(f"{d}/memory.low")
     events = parse_flat_keyed(read_text(f"{d}/memory.events"))
     cstat = parse_flat_keyed(read_text(f"{d}/cpu.stat"))
-    qtext = _optional(lambda: read_text(f"{d}/cpu.max").split(), [])
+    qtext = _optional(d, lambda: read_text(f"{d}/cpu.max").split(), [])
     quota = int(qtext[0]) / int(qtext[1]) if qtext and qtext[0] != "max" else None
-    cpuset = _optional(lambda: read_text(f"{d}/cpuset.cpus").strip(), "")
-    pids = _optional(lambda: read_int(f"{d}/pids.current"), 0)
+    cpuset = _optional(d, lambda: read_text(f"{d}/cpuset.cpus").strip(), "")
+    pids = _optional(d, lambda: read_int(f"{d}/pids.current"), 0)
     rbytes = wbytes = 0
-    for line in _optional(lambda: read_text(f"{d}/io.stat"), "").splitlines():
+    for line in _optional(d, lambda: read_text(f"{d}/io.stat"), "").splitlines():
         for item in line.split()[1:]:
             k, _, v = item.partition("=")
             if k == "rbytes":

@@ -84,6 +84,26 @@ def test_vanished_cgroup_is_cgroup_gone(tmp_path):
         fs.read_stats(loc)
 
 
+def test_v2_files_of_a_controller_not_enabled_or_of_psi_off_are_skipped(tmp_path):
+    """A controller not enabled for the subtree has no files, nor has PSI booted with
+    psi=0: the read goes on without them (ENOENT with the directory still there)."""
+    shutil.copytree(FIX / "cgroup_v2", tmp_path / "cg")
+    fs = CgroupFS(str(tmp_path / "cg"), proc=str(FIX / "proc_v2"))
+    loc = fs.locate(V1_ID, 4242)
+    d = tmp_path / "cg" / "system.slice" / f"docker-{V1_ID}.scope"
+    for name in ("cpu.max", "cpuset.cpus", "pids.current", "io.stat", "cpu.pressure",
+                 "memory.pressure", "io.pressure"):
+        (d / name).unlink()
+    s = fs.read_stats(loc)
+    assert s.memory_usage_bytes == 50 * 2**20 and s.memory_limit_bytes == 64 * 2**20
+    assert (s.cpu_quota_cores, s.cpuset_cpus, s.pids) == (None, "", 0)
+    assert (s.blkio_read_bytes, s.blkio_write_bytes) == (0, 0)
+    assert s.pressure == {}
+    shutil.rmtree(d)
+    with pytest.raises(CgroupGone):
+        fs.read_stats(loc)
+
+
 def test_parsers():
     p = parse_pressure("some avg10=1.00 avg60=2.00 avg300=3.00 total=4\n"
                        "full avg10=5.00 avg60=6.00 avg300=7.00 total=8\n")
