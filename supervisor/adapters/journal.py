@@ -227,8 +227,10 @@ class Journal:
 
     def states(self, prefix: str) -> dict[str, Any]:
         with self._lock:
-            rows = self._db.execute("SELECT key, value FROM state WHERE key LIKE ?",
-                                    (prefix.replace("%", r"\%") + "%",)).fetchall()
+            # Not LIKE: its "_" matches any character and it ignores case.
+            rows = self._db.execute("SELECT key, value FROM state "
+                                    "WHERE substr(key, 1, length(?1)) = ?1",
+                                    (prefix,)).fetchall()
         return {k: json.loads(v) for k, v in rows}
 
     def close(self) -> None:

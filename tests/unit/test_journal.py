@@ -61,3 +61,17 @@ def test_a_damaged_database_is_moved_aside_and_a_new_one_started(tmp_path):
     assert j.damaged and j.damaged_moved_to.startswith(str(path) + ".damaged-")
     assert os.path.exists(j.damaged_moved_to)
     assert j.count() == 0 and j.integrity_check() == "ok"
+
+
+def test_states_are_read_by_exact_prefix(tmp_path):
+    """A prefix is matched as written: "_" and "%" are no wildcards and case counts
+    (placement's keys hold "_"; hibernation's container names may hold both)."""
+    j = Journal(str(tmp_path / "j.sqlite3"), 100)
+    for key in ("placement.limit_given.a", "placementXlimitXgiven.b", "PLACEMENT.limit_given.c",
+                "hib/50%_x", "hib/50ab"):
+        j.put_state(key, [key])
+    assert set(j.states("placement.limit_given.")) == {"placement.limit_given.a"}
+    assert set(j.states("hib/50%_")) == {"hib/50%_x"}
+    assert set(j.states("")) == {"placement.limit_given.a", "placementXlimitXgiven.b",
+                                 "PLACEMENT.limit_given.c", "hib/50%_x", "hib/50ab"}
+    j.close()
