@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from supervisor.model.errors import ConfigError
+from supervisor.model.ollama import check_url
 from supervisor.model.units import (core_runs, format_cpuset, parse_cpuset, parse_duration,
                                     parse_size)
 
@@ -236,8 +237,10 @@ class OllamaSection(_Section):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, v: str) -> str:
-        if v and not (v.startswith(("http://", "https://")) and len(v.split("://", 1)[1]) > 0):
-            raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:11434, not {v!r}")
+        # The planner's own check (a URL without a host, "http://:11434", would otherwise
+        # load and then fail every pass).
+        if v:
+            check_url(v)
         return v
 
 

@@ -141,6 +141,10 @@ def test_a_bad_api_url_or_idle_time_is_refused_naming_the_key():
         config(api_url="127.0.0.1:11434", model_idle_for="soon")
     keys = dict(e.value.problems)
     assert "http" in keys["ollama.api_url"] and "duration" in keys["ollama.model_idle_for"]
+    for url in ("http://:11434", "ftp://127.0.0.1:11434", "http://"):
+        with pytest.raises(ConfigError) as e:
+            config(api_url=url)
+        assert "http" in dict(e.value.problems)["ollama.api_url"], url
 
 
 # ---------------------------------------------------------------- throttle steps (hysteresis)
