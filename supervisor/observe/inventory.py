@@ -267,6 +267,7 @@ class Inventory:
                         fn("relist", "", {})
                     except Exception:
                         log.exception("inventory listener failed on relist")
+                        self.counts["listener_errors"] += 1
                 for ev in self.events_engine.events(since=since):
                     if self._stop.is_set():
                         break
