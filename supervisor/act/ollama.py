@@ -116,7 +116,7 @@ class OllamaExecutors:
             return Outcome(ok=False, skipped=True, detail="container no longer exists")
         if info.state != "running":
             return Outcome(ok=False, skipped=True, detail=f"container is {info.state}")
-        current = info.cpu_limit_cores
+        current = rules.held_cpu_cores(info)
         before = {"cpu_limit_cores": current, "cpuset": info.cpuset_cpus}
         kw: dict[str, Any] = {}
         if "cores" in p:
@@ -135,7 +135,7 @@ class OllamaExecutors:
             info = self.ctx.inventory.refresh_one(info.id) or info
         if p["purpose"] == "restore":
             self.throttles.drop(action.target)
-        after = {"cpu_limit_cores": info.cpu_limit_cores, "cpuset": info.cpuset_cpus}
+        after = {"cpu_limit_cores": rules.held_cpu_cores(info), "cpuset": info.cpuset_cpus}
         if not kw:
             return Outcome(ok=True, skipped=True, before=before, after=after,
                            detail="already so: nothing to change")

@@ -237,6 +237,11 @@ def cpu_limit_cores(nano_cpus: int, quota_us: int, period_us: int) -> float | No
     return None
 
 
+def held_cpu_cores(info: "ContainerInfo") -> float | None:
+    """The CPU limit ``info`` holds, in cores (None: none)."""
+    return cpu_limit_cores(info.nano_cpus, info.cpu_quota_us, info.cpu_period_us)
+
+
 def cpu_update_params(nano_cpus: int, quota_us: int, period_us: int,
                       cores: float | None) -> dict[str, Any]:
     """Docker update parameters that bring a container's CPU limit to ``cores`` ({} when

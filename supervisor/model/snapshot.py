@@ -127,14 +127,6 @@ class ContainerInfo:
     def short_id(self) -> str:
         return self.id[:12]
 
-    @property
-    def cpu_limit_cores(self) -> float | None:
-        if self.nano_cpus:
-            return self.nano_cpus / 1e9
-        if self.cpu_quota_us > 0:
-            return self.cpu_quota_us / (self.cpu_period_us or 100_000)
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class ContainerSample:

@@ -33,6 +33,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from supervisor.model import rules
 from supervisor.model.classify import classify, label_is_true
 from supervisor.model.config import Config
 from supervisor.model.errors import SupervisorError
@@ -298,7 +299,7 @@ def spec_from_container(info: ContainerInfo, given: dict[str, int] | None = None
         healthcheck="yes" if info.has_healthcheck else "none",
         host_ports=[(hp, f"{hip + ':' if hip else ''}{hp}->{cp}") for cp, hip, hp in info.ports if hp],
         restart=info.restart_policy, restart_count_known=False, user=info.user,
-        env=_key_values(list(info.env)), cpu_limit_cores=info.cpu_limit_cores,
+        env=_key_values(list(info.env)), cpu_limit_cores=rules.held_cpu_cores(info),
         cgroup_parent=info.cgroup_parent)
     if info.has_healthcheck:
         # Rule 2.2's interval and timeout as inspect gives them (0: not set, Docker's

@@ -76,7 +76,7 @@ def may_act(c: "ContainerSample", cfg: "Config", kind: str) -> bool:
 
 def cpu_cores_now(c: "ContainerSample", host_cores: int) -> float:
     i = c.info
-    held = rules.cpu_limit_cores(i.nano_cpus, i.cpu_quota_us, i.cpu_period_us)
+    held = rules.held_cpu_cores(i)
     if held:
         return held
     if c.stats and c.stats.cpu_quota_cores:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from supervisor.model import rules
 from supervisor.model.classify import COMPOSE_SERVICE_LABEL, label_is_false, label_is_true
 from supervisor.policy.tick import Tick
 from supervisor.model.config import Config, glob_match
@@ -383,7 +384,7 @@ def container_target(c: ContainerSample, cfg: Config, s) -> Target | None:
     klass = cfg.classes.get(c.class_name)
     return Target(
         key=info.id, kind="container", name=info.name, found_by=how, state=info.state,
-        env=env, cpu_limit_cores=info.cpu_limit_cores, cpuset=info.cpuset_cpus,
+        env=env, cpu_limit_cores=rules.held_cpu_cores(info), cpuset=info.cpuset_cpus,
         class_name=c.class_name, class_cpuset=klass.cpuset if klass else None,
         api_url=url, api_note=note)
 

@@ -94,7 +94,7 @@ def writes_new_limit(info: ContainerInfo, kw: dict[str, Any]) -> bool:
 
 def resources_of(info: ContainerInfo) -> dict[str, Any]:
     """The Docker values placement manages, as journaled before/after."""
-    return {"cpuset_cpus": info.cpuset_cpus, "cpu_limit_cores": info.cpu_limit_cores,
+    return {"cpuset_cpus": info.cpuset_cpus, "cpu_limit_cores": rules.held_cpu_cores(info),
             "memory_limit_bytes": info.memory_limit_bytes,
             "memory_reservation_bytes": info.memory_reservation_bytes,
             "memory_swap_bytes": info.memory_swap_bytes}
@@ -109,7 +109,7 @@ def describe_changes(info: ContainerInfo, kw: dict[str, Any]) -> str:
     if "cpuset_cpus" in kw:
         parts.append(f"cpuset {info.cpuset_cpus or 'all'} -> {kw['cpuset_cpus']}")
     if "cpu_quota" in kw or "nano_cpus" in kw:
-        cur = info.cpu_limit_cores
+        cur = rules.held_cpu_cores(info)
         if kw.get("cpu_quota") == -1:
             new = "none"
         elif "nano_cpus" in kw:

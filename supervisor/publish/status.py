@@ -30,7 +30,7 @@ def container_row(c, cfg, now_s: float, cpu: float | None, hib: dict) -> dict[st
         "memory_reservation_bytes": c.info.memory_reservation_bytes,
         "memory_working_set_bytes": s.memory_working_set_bytes if s else None,
         "memory_usage_bytes": s.memory_usage_bytes if s else None,
-        "cpu_limit_cores": c.info.cpu_limit_cores,
+        "cpu_limit_cores": rules.held_cpu_cores(c.info),
         "cpu_usage_s": s.cpu_usage_s if s else None,
         "error": c.error,
         "cpu_percent": cpu, "idle_s": hib.get("idle_s"), "hibernated": hibernated,
