@@ -46,7 +46,6 @@ class Context:
     history: "History"
     clock: Callable[[], float]
     get_config: Callable[[], "Config"]
-    request_pass: Callable[[], None]  # ask the loop for a pass now (e.g. after an event)
     proc: str = _DEFAULT_PROC  # the /proc root the adapters read (docker.proc_root)
     # Action kinds some executor handles (filled by the daemon after registration), so a
     # planner can skip a step whose mechanism is absent and say so.

@@ -117,8 +117,8 @@ class Daemon:
         self.wake = threading.Event()
         self.ctx = Context(engine=self.engine, inventory=self.inventory, cgroups=self.cgroups,
                            journal=self.journal, history=self.history, clock=clock,
-                           get_config=lambda: self.cfg, request_pass=self.wake.set,
-                           proc=s.docker.proc_root, activity=self.sampler.activity)
+                           get_config=lambda: self.cfg, proc=s.docker.proc_root,
+                           activity=self.sampler.activity)
         self.components = (components or build_components)(self.ctx)
         for comp in self.components:
             for kind, fn in comp.executors().items():

@@ -272,8 +272,7 @@ def make_ladder(docker_host, make_config, tmp_path, classes=None):
     inv.refresh()
     journal = Journal(str(tmp_path / "executors.sqlite3"))
     ctx = Context(engine=engine, inventory=inv, cgroups=CgroupFS(), journal=journal,
-                  history=History(60, 1), clock=time.time, get_config=lambda: cfg,
-                  request_pass=lambda: None)
+                  history=History(60, 1), clock=time.time, get_config=lambda: cfg)
     return Ladder(ctx), journal
 
 

@@ -343,8 +343,7 @@ def component_on(tmp_path, tree: str, proc: str):
     shutil.copytree(FIX / proc, tmp_path / proc)
     fs = CgroupFS(str(tmp_path / tree), proc=str(tmp_path / proc))
     ctx = Context(engine=None, inventory=None, cgroups=fs, journal=None, history=None,
-                  clock=time.time, get_config=cfg_with, request_pass=lambda: None,
-                  proc=str(tmp_path / proc))
+                  clock=time.time, get_config=cfg_with, proc=str(tmp_path / proc))
     return Hibernation(ctx), fs
 
 

@@ -136,8 +136,8 @@ class Sim:
         self.ctx = Context(engine=_NoHost("engine"), inventory=_NoHost("inventory"),
                            cgroups=_NoHost("cgroups"), journal=self.journal,
                            history=History(3600, 1.0), clock=lambda: self.now,
-                           get_config=lambda: self.cfg, request_pass=lambda: None,
-                           proc="/nonexistent", activity=ActivityTracker("/nonexistent"))
+                           get_config=lambda: self.cfg, proc="/nonexistent",
+                           activity=ActivityTracker("/nonexistent"))
         self.components = build_components(self.ctx)
         self.actuator = Actuator(self.journal, lambda: self.now,
                                  cfg.settings.ladder.max_actions_per_minute,

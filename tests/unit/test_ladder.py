@@ -329,8 +329,7 @@ def ladder_on(journal, now, caps=(), cfg=None):
     executor does (intent, then result)."""
     clock = lambda: now[0]
     ctx = Context(engine=None, inventory=None, cgroups=None, journal=journal, history=None,
-                  clock=clock, get_config=lambda: cfg or make_cfg(), request_pass=lambda: None,
-                  capabilities=set(caps))
+                  clock=clock, get_config=lambda: cfg or make_cfg(), capabilities=set(caps))
     ladder = Ladder(ctx)
     actuator = sim_actuator(journal, clock, ctx.get_config)
 
@@ -579,8 +578,7 @@ def test_the_executors_refuse_an_unprotected_infrastructure_class_at_their_reche
     pg = container("pg", "infrastructure", ws_mib=90).info
     engine, journal = _Engine(), Journal(":memory:")
     ctx = Context(engine=engine, inventory=_Inventory(pg), cgroups=None, journal=journal,
-                  history=None, clock=lambda: 100.0, get_config=lambda: cfg,
-                  request_pass=lambda: None)
+                  history=None, clock=lambda: 100.0, get_config=lambda: cfg)
     actuator = Actuator(journal, ctx.clock, get_config=ctx.get_config)
     for kind, fn in {**CoreActions(ctx).executors(), **KnobExecutors(ctx).executors()}.items():
         actuator.register(kind, fn)

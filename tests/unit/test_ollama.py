@@ -281,7 +281,7 @@ def governor(tmp_path):
     journal = Journal(str(tmp_path / "j.sqlite3"))
     ctx = Context(engine=engine, inventory=Inventory(engine), cgroups=CgroupFS(str(tmp_path)),
                   journal=journal, history=History(60, 1), clock=lambda: 0.0,
-                  get_config=lambda: cfgs["cfg"], request_pass=lambda: None)
+                  get_config=lambda: cfgs["cfg"])
     gov = OllamaGovernor(ctx)
     gov.cfgs = cfgs
     yield gov

@@ -41,7 +41,7 @@ def ladder(docker_client, tmp_path):
     # and the executors under test never read it.
     ctx = Context(engine=engine, inventory=inv, cgroups=CgroupFS(), journal=Journal(
         str(tmp_path / "journal.sqlite3")), history=None, clock=time.time,
-        get_config=lambda: cfg, request_pass=lambda: None)
+        get_config=lambda: cfg)
     return Ladder(ctx)
 
 
