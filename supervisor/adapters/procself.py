@@ -96,10 +96,12 @@ class ProcSelf:
     def _read(self) -> ProcessFigures | None:
         try:
             with open(f"{self.proc}/self/stat", "rb") as f:
-                figures = parse_stat(f.read().decode("utf-8", "replace"), self._ticks,
-                                     self._page, self._btime)
+                rss, virt, user, system, threads, start = parse_stat(
+                    f.read().decode("utf-8", "replace"), self._ticks, self._page, self._btime)
         except (OSError, IndexError, ValueError):
             return None
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return ProcessFigures(*figures, open_fds=self._open_fds(),
+        return ProcessFigures(rss_bytes=rss, virtual_bytes=virt, cpu_user_s=user,
+                              cpu_system_s=system, threads=threads, start_time_s=start,
+                              open_fds=self._open_fds(),
                               max_fds=None if soft == resource.RLIM_INFINITY else soft)

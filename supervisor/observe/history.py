@@ -22,10 +22,10 @@ class Ring:
 
     def push(self, value: float) -> None:
         if self._peak is not None:
-            if self.n == len(self.buf) and self.buf[self.i] >= self._peak:
+            if value >= self._peak:
+                self._peak = float(value)  # a new highest, whatever leaves the window
+            elif self.n == len(self.buf) and self.buf[self.i] >= self._peak:
                 self._peak = None  # the highest sample leaves the window
-            elif value > self._peak:
-                self._peak = float(value)
         self.buf[self.i] = value
         self.i = (self.i + 1) % len(self.buf)
         self.n = min(self.n + 1, len(self.buf))

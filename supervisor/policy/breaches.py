@@ -193,7 +193,7 @@ def oom_signals(tick: "Tick", memory: SignalMemory
                 seq = seq[older[-1]:]
             samples[c.info.id] = tuple(seq)
             rise = count - seq[0][1]
-        if count is not None and rise == 0 < L.oom_events_threshold and not loop:
+        if count is not None and rise == 0 and L.oom_events_threshold > 0 and not loop:
             # The common case, every pass for nearly every container: a quiet signal (it
             # still clears a breach of this container), the same value each time.
             out.append(_quiet_oom_signal(c.info.id, c.info.name, c.stats.version,
